@@ -1,0 +1,81 @@
+"""Flows as config files: load and check TOML flow files, compile them to shared state machines.
+
+    flow, diagnostics = load_flow(Path("flows/wine_shop.toml"), templates_dir=Path("templates"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checks import Limits, check_flow
+from .compiler import CompiledFlow, Reply, Snapshot, StepResult, UserInput
+from .diagnostics import Diagnostic, FlowError, Severity
+from .loader import read_flow
+from .spec import FlowSpec
+from .templates import make_environment
+
+__all__ = [
+    "CompiledFlow", "Diagnostic", "FlowError", "FlowOptions", "FlowSpec", "Limits", "Reply", "Severity", "Snapshot",
+    "StepResult", "UserInput", "check_paths", "flow_files", "load_flow", "load_flows",
+]
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    templates_dir: Path | None = None
+    limits: Limits = Limits()
+    otn_available: bool = True
+
+
+def load_flow(path: Path, options: FlowOptions = FlowOptions()) -> tuple[CompiledFlow | None, list[Diagnostic]]:
+    """Load, check and compile one flow file. The flow is None when any error was found."""
+    spec, report = read_flow(path)
+    env = make_environment(options.templates_dir)
+    if spec is not None:
+        check_flow(spec, report, env, options.limits, options.otn_available)
+    diagnostics = sorted(report.diagnostics)
+    if spec is None or any(d.is_error for d in diagnostics):
+        return None, diagnostics
+    return CompiledFlow(spec, env), diagnostics
+
+
+def flow_files(paths: Iterable[Path]) -> list[Path]:
+    """Expand folders to the `*.toml` files directly inside them (sub-folders hold conversation tests)."""
+    found: list[Path] = []
+    for path in paths:
+        found.extend(sorted(path.glob("*.toml")) if path.is_dir() else [path])
+    return found
+
+
+def check_paths(paths: Iterable[Path], options: FlowOptions = FlowOptions()) -> tuple[dict[str, CompiledFlow],
+                                                                                      list[Diagnostic]]:
+    """Load every flow under `paths`; also report flow names used twice."""
+    flows: dict[str, CompiledFlow] = {}
+    first_file: dict[str, str] = {}
+    diagnostics: list[Diagnostic] = []
+    for file in flow_files(paths):
+        flow, found = load_flow(file, options)
+        diagnostics.extend(found)
+        if flow is None:
+            continue
+        name = flow.spec.name
+        if name in first_file:
+            diagnostics.append(Diagnostic(str(file), 1, f"flow name '{name}' is already used by {first_file[name]}",
+                                          "flow.name"))
+            continue
+        first_file[name] = str(file)
+        flows[name] = flow
+    return flows, diagnostics
+
+
+def load_flows(paths: Iterable[Path], options: FlowOptions = FlowOptions()) -> dict[str, CompiledFlow]:
+    """For the server: every flow, or FlowError listing every problem of every file."""
+    flows, diagnostics = check_paths(paths, options)
+    errors = [d for d in diagnostics if d.is_error]
+    if errors:
+        raise FlowError(errors)
+    if not flows:
+        raise FlowError([Diagnostic(", ".join(str(p) for p in paths), 1, "no flow files (*.toml) found")])
+    return flows

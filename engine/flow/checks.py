@@ -1,0 +1,257 @@
+"""Whole-flow checks on a built FlowSpec: targets, reachability, Messenger's limits, templates, topics.
+
+Each check reports through the file's Reporter, so every finding carries the file, line and key.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from jinja2.sandbox import SandboxedEnvironment
+
+from .diagnostics import KeyPath, dotted
+from .loader import Reporter
+from .shapes import suggest
+from .spec import Choice, FlowSpec, Message
+from .templates import CONVERSATION_NAMES, NOTIFICATION_NAMES, TemplateProblem, template_source, undeclared_names
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Messenger's limits (from messenger-platform.md); configuration may tighten them if Meta changes them."""
+
+    quick_replies: int = 13
+    quick_reply_title: int = 20
+    buttons: int = 3
+    button_text: int = 640
+    otn_title: int = 65
+
+
+def check_flow(spec: FlowSpec, report: Reporter, env: SandboxedEnvironment, limits: Limits = Limits(),
+               otn_available: bool = True) -> None:
+    _check_targets(spec, report)
+    _check_reachability(spec, report)
+    _check_states(spec, report, limits)
+    _check_topics(spec, report, limits, otn_available)
+    _check_templates(spec, report, env, limits)
+
+
+# -- targets and graph -------------------------------------------------------------------------------------
+def _edges(spec: FlowSpec) -> Iterator[tuple[KeyPath, str | None, str]]:
+    """Every (key path, source state or None for 'anywhere', target state) the flow names."""
+    for name, state in spec.states.items():
+        for kind, choices in (("quick_replies", state.quick_replies), ("buttons", state.buttons)):
+            for i, choice in enumerate(choices):
+                if choice.goto is not None:
+                    yield ("states", name, kind, i, "goto"), name, choice.goto
+        for i, rule in enumerate(state.rules):
+            yield ("states", name, "on", i, "goto"), name, rule.goto
+        if state.then is not None:
+            yield ("states", name, "then"), name, state.then
+    for i, keyword in enumerate(spec.keywords):
+        yield ("keywords", i, "goto"), None, keyword.goto
+    if spec.fallback and spec.fallback.goto:
+        yield ("fallback", "goto"), None, spec.fallback.goto
+    for topic in spec.topics.values():
+        for i, choice in enumerate(topic.quick_replies):
+            if choice.goto is not None:
+                yield ("topics", topic.name, "quick_replies", i, "goto"), None, choice.goto
+        if topic.on_optin:
+            yield ("topics", topic.name, "on_optin"), None, topic.on_optin
+
+
+def _unknown_state(spec: FlowSpec, name: str) -> str:
+    hint = suggest(name, list(spec.states)).replace("known keys", "known states")
+    return f"unknown state '{name}'{hint}"
+
+
+def _check_targets(spec: FlowSpec, report: Reporter) -> None:
+    if not spec.name:
+        report.error(("flow", "name"), "the flow needs a non-empty name")
+    if spec.start not in spec.states:
+        report.error(("flow", "start"), f"start state: {_unknown_state(spec, spec.start)}")
+    for path, _, target in _edges(spec):
+        if target not in spec.states:
+            report.error(path, _unknown_state(spec, target))
+    for name, state in spec.states.items():
+        seen = [name]
+        nxt = state.then
+        while nxt is not None and nxt in spec.states and nxt not in seen:
+            seen.append(nxt)
+            nxt = spec.states[nxt].then
+        if nxt == name:
+            report.error(("states", name, "then"), f"'then' loops forever: {' -> '.join([*seen, name])}")
+
+
+def _check_reachability(spec: FlowSpec, report: Reporter) -> None:
+    if spec.start not in spec.states:
+        return
+    outgoing: dict[str | None, set[str]] = {}
+    for _, source, target in _edges(spec):
+        outgoing.setdefault(source, set()).add(target)
+    reached = {spec.start} | outgoing.get(None, set())
+    queue = deque(reached)
+    while queue:
+        for target in outgoing.get(queue.popleft(), set()):
+            if target not in reached:
+                reached.add(target)
+                queue.append(target)
+    for name, state in spec.states.items():
+        if name not in reached:
+            report.error(("states", name), f"state '{name}' is unreachable: no start, goto, then, keyword or "
+                                           "on_optin leads to it")
+        elif not outgoing.get(name) and not state.end:
+            report.warning(("states", name), f"state '{name}' is a dead end: nothing leads out of it but global "
+                                             "keywords (add quick replies, buttons, 'on' or 'then', or mark it "
+                                             "'end = true')")
+
+
+# -- Messenger's limits ------------------------------------------------------------------------------------
+def _check_choices(choices: tuple[Choice, ...], path: KeyPath, report: Reporter, limits: Limits) -> None:
+    if len(choices) > limits.quick_replies:
+        report.error(path, f"{len(choices)} quick replies; Messenger allows at most {limits.quick_replies}")
+    for i, choice in enumerate(choices):
+        if len(choice.title) > limits.quick_reply_title:
+            report.error((*path, i, "title"), f"quick-reply title {choice.title!r} is {len(choice.title)} "
+                                              f"characters; Messenger allows at most {limits.quick_reply_title}")
+        if not choice.title:
+            report.error((*path, i, "title"), "quick-reply title is empty")
+
+
+def _check_states(spec: FlowSpec, report: Reporter, limits: Limits) -> None:
+    for name, state in spec.states.items():
+        path: KeyPath = ("states", name)
+        _check_choices(state.quick_replies, (*path, "quick_replies"), report, limits)
+        if len(state.buttons) > limits.buttons:
+            report.error((*path, "buttons"), f"{len(state.buttons)} buttons; Messenger allows at most "
+                                             f"{limits.buttons} in a button message")
+        if state.buttons and state.say is None:
+            report.error((*path, "buttons"), "a button message needs text: add 'say' or 'template'")
+        seen: dict[str, str] = {}
+        payload_places: list[tuple[KeyPath, str]] = [
+            ((*path, kind, i, "payload"), c.payload)
+            for kind, choices in (("quick_replies", state.quick_replies), ("buttons", state.buttons))
+            for i, c in enumerate(choices) if c.url is None
+        ]
+        payload_places += [((*path, "on", i, "payload"), r.payload) for i, r in enumerate(state.rules)
+                           if r.payload is not None]
+        for key, payload in payload_places:
+            if payload in seen:
+                report.error(key, f"duplicate payload '{payload}' in state '{name}' (also at {seen[payload]}); "
+                                  "each tap must lead to one place")
+            else:
+                seen[payload] = dotted(key)
+        if state.otn is not None and state.otn.topic not in spec.topics:
+            known = ", ".join(sorted(spec.topics)) or "none declared"
+            report.error((*path, "otn", "topic"), f"unknown topic '{state.otn.topic}' (topics: {known})")
+
+
+def _check_topics(spec: FlowSpec, report: Reporter, limits: Limits, otn_available: bool) -> None:
+    requested = {s.otn.topic for s in spec.states.values() if s.otn}
+    requested |= {t.next for t in spec.topics.values() if t.next}
+    asking = [name for name, s in spec.states.items() if s.otn]
+    if asking and not otn_available:
+        report.warning(("states", asking[0], "otn"), "this flow asks for One-Time Notifications but OTN is off for "
+                                                    "this page (otn_available = false or an EU page): the requests "
+                                                    "will be refused")
+    for name, topic in spec.topics.items():
+        path: KeyPath = ("topics", name)
+        if name not in requested:
+            report.warning(path, f"topic '{name}' is never requested: no state has otn = {{ topic = \"{name}\" }}")
+        if topic.next is not None and topic.next not in spec.topics:
+            report.error((*path, "next"), f"unknown topic '{topic.next}'")
+        defaults = [i for i, v in enumerate(topic.variants) if not v.when_source]
+        if not defaults:
+            report.error((*path, "variants"), f"topic '{name}' has no default variant: the last variant must have "
+                                              "no 'when', so every user gets a message")
+        elif defaults[0] != len(topic.variants) - 1:
+            report.warning((*path, "variants", defaults[0] + 1), "variants after the default can never be chosen")
+        _check_choices(topic.quick_replies, (*path, "quick_replies"), report, limits)
+
+
+# -- templates -------------------------------------------------------------------------------------------------
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
+
+def _message_source(message: Message, env: SandboxedEnvironment, path: KeyPath,
+                    report: Reporter) -> tuple[str, str | None] | None:
+    """The template text and its file name (None for inline text), or None after reporting why not."""
+    if message.text is not None:
+        return message.text, None
+    assert message.template is not None
+    try:
+        return template_source(env, message.template), message.template
+    except TemplateProblem as problem:
+        report.error((*path, "template"), problem.message)
+        return None
+
+
+def _check_message(message: Message | None, path: KeyPath, allowed: frozenset[str], env: SandboxedEnvironment,
+                   report: Reporter, max_static: int | None = None) -> None:
+    if message is None:
+        return
+    found = _message_source(message, env, path, report)
+    if found is None:
+        return
+    source, file_name = found
+    key = (*path, "say" if file_name is None else "template")
+    where = f"template '{file_name}'" if file_name else "text"
+    try:
+        names = undeclared_names(env, source, file_name)
+    except TemplateProblem as problem:
+        report.error(key, f"{where} line {problem.line}: {problem.message}")
+        return
+    for unknown in sorted(names - allowed):
+        report.error(key, f"{where} uses undefined variable '{unknown}' (known: {', '.join(sorted(allowed))})")
+    static = _JINJA.sub("", source).strip()
+    if max_static is not None and len(static) > max_static:
+        report.error(key, f"{where} is at least {len(static)} characters; a button message allows at most "
+                          f"{max_static}")
+
+
+def _check_templates(spec: FlowSpec, report: Reporter, env: SandboxedEnvironment, limits: Limits) -> None:
+    for name, state in spec.states.items():
+        _check_message(state.say, ("states", name), CONVERSATION_NAMES, env, report,
+                       limits.button_text if state.buttons else None)
+    if spec.fallback:
+        _check_message(spec.fallback.say, ("fallback",), CONVERSATION_NAMES, env, report)
+    for name, topic in spec.topics.items():
+        allowed = NOTIFICATION_NAMES | set(topic.params)
+        for i, variant in enumerate(topic.variants):
+            _check_message(variant.message, ("topics", name, "variants", i), allowed, env, report)
+        _check_otn_titles(spec, name, env, report, limits)
+
+
+def _check_otn_titles(spec: FlowSpec, topic_name: str, env: SandboxedEnvironment, report: Reporter,
+                      limits: Limits) -> None:
+    """The Notify Me title is rendered with the asking state's `vars`: check it for each state that asks."""
+    topic = spec.topics[topic_name]
+    title_path: KeyPath = ("topics", topic_name, "title")
+    try:
+        names = undeclared_names(env, topic.title)
+        template = env.from_string(topic.title)
+    except TemplateProblem as problem:
+        report.error(title_path, f"title line {problem.line}: {problem.message}")
+        return
+    askers = [(n, s.otn) for n, s in spec.states.items() if s.otn and s.otn.topic == topic_name]
+    if not askers and len(topic.title) > limits.otn_title and not names:
+        report.error(title_path, f"Notify Me title is {len(topic.title)} characters; Messenger allows at most "
+                                 f"{limits.otn_title}")
+    for state_name, ask in askers:
+        assert ask is not None
+        given = dict(ask.vars)
+        missing = sorted(names - CONVERSATION_NAMES - set(given))
+        ask_path: KeyPath = ("states", state_name, "otn")
+        if missing:
+            report.error((*ask_path, "vars"), f"the title of topic '{topic_name}' uses {', '.join(missing)}: give "
+                                              f"{'it' if len(missing) == 1 else 'them'} in otn.vars")
+            continue
+        if names & CONVERSATION_NAMES:
+            continue  # depends on the user: checked when rendered, at run time
+        title = template.render(**given)
+        if len(title) > limits.otn_title:
+            report.error(ask_path, f"Notify Me title {title!r} is {len(title)} characters once rendered; Messenger "
+                                   f"allows at most {limits.otn_title}")

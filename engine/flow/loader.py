@@ -1,0 +1,230 @@
+"""Read one flow file into a typed FlowSpec, collecting every problem instead of stopping at the first."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import tomli
+
+from .diagnostics import Diagnostic, KeyPath, Severity, dotted
+from .locate import Locator
+from .segments import ALWAYS, Segment, SegmentError, parse_segment
+from .shapes import check_shape
+from .spec import Choice, Effects, Fallback, FlowSpec, Keyword, Message, OtnAsk, Rule, State, Topic, Variant
+
+
+class Reporter:
+    """Collects diagnostics for one file, turning key paths into lines."""
+
+    def __init__(self, file: str, locator: Locator | None) -> None:
+        self.file = file
+        self.locator = locator
+        self.diagnostics: list[Diagnostic] = []
+
+    def line(self, path: KeyPath) -> int:
+        return self.locator.line(path) if self.locator else 1
+
+    def error(self, path: KeyPath, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path)))
+
+    def warning(self, path: KeyPath, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path), Severity.WARNING))
+
+
+def default_payload(title: str) -> str:
+    """'Red wine' -> 'RED_WINE': readable in logs and stable across edits of other choices."""
+    return re.sub(r"[^0-9A-Za-z]+", "_", title).strip("_").upper() or "CHOICE"
+
+
+def parse_toml(text: str, report: Reporter) -> dict[str, Any] | None:
+    try:
+        return tomli.loads(text)
+    except tomli.TOMLDecodeError as err:
+        report.diagnostics.append(Diagnostic(report.file, err.lineno, f"TOML syntax error: {err.msg} "
+                                             f"(column {err.colno})"))
+        return None
+
+
+def read_flow(path: Path, display: str | None = None) -> tuple[FlowSpec | None, Reporter]:
+    """Parse and shape-check a flow file, and build its spec. The spec is None when the file cannot be used."""
+    name = display or str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        report = Reporter(name, None)
+        report.diagnostics.append(Diagnostic(name, 1, f"cannot read flow file: {err}"))
+        return None, report
+    return build_spec(text, name)
+
+
+def build_spec(text: str, name: str) -> tuple[FlowSpec | None, Reporter]:
+    report = Reporter(name, None)
+    document = parse_toml(text, report)
+    if document is None:
+        return None, report
+    report.locator = Locator(text)
+    if not check_shape(document, "file", (), report.error):
+        # Keep going where the shape allows, so one run lists as many problems as possible.
+        if not isinstance(document.get("flow"), dict) or not isinstance(document.get("states"), dict):
+            return None, report
+    return _Builder(report).flow(document, name), report
+
+
+class _Builder:
+    """Turns shape-checked TOML into spec objects; value-level problems (regex, segments) are reported here."""
+
+    def __init__(self, report: Reporter) -> None:
+        self.report = report
+
+    def flow(self, doc: dict[str, Any], path: str) -> FlowSpec:
+        meta = doc["flow"]
+        states = {
+            name: self.state(name, raw, ("states", name))
+            for name, raw in doc["states"].items() if isinstance(raw, dict)
+        }
+        topics = {
+            name: self.topic(name, raw, ("topics", name))
+            for name, raw in _table(doc.get("topics")).items() if isinstance(raw, dict)
+        }
+        keywords = tuple(
+            Keyword(tuple(w.strip().casefold() for w in _words(raw.get("words"))), str(raw.get("goto", "")), self.effects(raw))
+            for raw in _tables(doc.get("keywords"))
+        )
+        fallback = None
+        if isinstance(doc.get("fallback"), dict):
+            raw = doc["fallback"]
+            message = self.message(raw, ("fallback",))
+            if message is None:
+                self.report.error(("fallback",), "the fallback must have 'say' or 'template'")
+                message = Message(text="")
+            fallback = Fallback(message, _opt_str(raw.get("goto")))
+        return FlowSpec(
+            name=str(meta.get("name", "")),
+            start=str(meta.get("start", "")),
+            path=path,
+            states=states,
+            topics=topics,
+            keywords=keywords,
+            fallback=fallback,
+            description=str(meta.get("description", "")),
+        )
+
+    def state(self, name: str, raw: dict[str, Any], path: KeyPath) -> State:
+        otn = None
+        if isinstance(raw.get("otn"), dict):
+            otn = OtnAsk(str(raw["otn"].get("topic", "")), _scalars(raw["otn"].get("vars")))
+        return State(
+            name=name,
+            say=self.message(raw, path),
+            quick_replies=self.choices(raw.get("quick_replies"), (*path, "quick_replies")),
+            buttons=self.choices(raw.get("buttons"), (*path, "buttons")),
+            rules=tuple(self.rule(r, (*path, "on", i)) for i, r in enumerate(_tables(raw.get("on")))),
+            then=_opt_str(raw.get("then")),
+            effects=self.effects(raw),
+            otn=otn,
+            end=raw.get("end") is True,
+        )
+
+    def message(self, raw: dict[str, Any], path: KeyPath) -> Message | None:
+        say, template = _opt_str(raw.get("say")), _opt_str(raw.get("template"))
+        if say is not None and template is not None:
+            self.report.error((*path, "template"), "use either 'say' or 'template', not both")
+        if say is None and template is None:
+            return None
+        return Message(text=say, template=None if say is not None else template)
+
+    def choices(self, raw: Any, path: KeyPath) -> tuple[Choice, ...]:
+        out = []
+        for raw_choice in _tables(raw):
+            title = str(raw_choice.get("title", ""))
+            url = _opt_str(raw_choice.get("url"))
+            goto = _opt_str(raw_choice.get("goto"))
+            index = len(out)
+            if url is not None and goto is not None:
+                self.report.error((*path, index, "url"), "a button has either 'url' or 'goto', not both")
+            if url is None and goto is None and path[-1] == "buttons":
+                self.report.error((*path, index), "a button needs 'goto' (a postback) or 'url' (a web page)")
+            payload = _opt_str(raw_choice.get("payload")) or default_payload(title)
+            out.append(Choice(title, payload, goto, self.effects(raw_choice), url))
+        return tuple(out)
+
+    def rule(self, raw: dict[str, Any], path: KeyPath) -> Rule:
+        regex = None
+        if isinstance(raw.get("regex"), str):
+            try:
+                regex = re.compile(raw["regex"])
+            except re.error as err:
+                self.report.error((*path, "regex"), f"invalid regex {raw['regex']!r}: {err}")
+        payload = _opt_str(raw.get("payload"))
+        words = _words(raw.get("keyword"))
+        if payload is None and not words and "regex" not in raw:
+            self.report.error(path, "a rule needs 'payload', 'keyword' or 'regex' to say what input it matches")
+        when_source = str(raw.get("when", ""))
+        return Rule(
+            goto=str(raw.get("goto", "")),
+            payload=payload,
+            keywords=tuple(w.casefold() for w in words),
+            regex=regex,
+            when=self.segment(raw.get("when"), (*path, "when")),
+            when_source=when_source,
+            capture=_opt_str(raw.get("capture")),
+            effects=self.effects(raw),
+        )
+
+    def topic(self, name: str, raw: dict[str, Any], path: KeyPath) -> Topic:
+        variants = []
+        for i, raw_variant in enumerate(_tables(raw.get("variants"))):
+            message = self.message(raw_variant, (*path, "variants", i))
+            if message is None:
+                self.report.error((*path, "variants", i), "a variant must have 'say' or 'template'")
+                message = Message(text="")
+            variants.append(Variant(self.segment(raw_variant.get("when"), (*path, "variants", i, "when")),
+                                    str(raw_variant.get("when", "")), message))
+        return Topic(
+            name=name,
+            title=str(raw.get("title", "")),
+            params=tuple(_strs(raw.get("params"))),
+            variants=tuple(variants),
+            quick_replies=self.choices(raw.get("quick_replies"), (*path, "quick_replies")),
+            on_optin=_opt_str(raw.get("on_optin")),
+            next=_opt_str(raw.get("next")),
+        )
+
+    def segment(self, source: Any, path: KeyPath) -> Segment:
+        if not isinstance(source, str):
+            return ALWAYS
+        try:
+            return parse_segment(source)
+        except SegmentError as err:
+            self.report.error(path, f"invalid segment expression {source!r}: {err}")
+            return ALWAYS
+
+    def effects(self, raw: dict[str, Any]) -> Effects:
+        return Effects(tuple(_strs(raw.get("tag"))), tuple(_strs(raw.get("untag"))), _scalars(raw.get("set")))
+
+
+def _table(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _tables(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _strs(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _words(value: Any) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(_strs(value))
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _scalars(value: Any) -> tuple[tuple[str, Any], ...]:
+    return tuple(value.items()) if isinstance(value, dict) else ()
+
