@@ -10,6 +10,7 @@ from pathlib import Path
 from .flow import FlowOptions, check_paths, flow_files
 from .flow.graph import to_mermaid
 from .flow.loader import read_flow
+from .flow.shapes import schema_text
 
 
 def _flow_options(args: argparse.Namespace) -> FlowOptions:
@@ -42,6 +43,11 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(schema_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otnflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     graph = commands.add_parser("graph", help="print a flow as a Mermaid state diagram")
     graph.add_argument("flow", help="a flow file")
     graph.set_defaults(run=cmd_graph)
+
+    schema = commands.add_parser("schema", help="print the JSON Schema of flow files (for editors)")
+    schema.set_defaults(run=cmd_schema)
     return parser
 
 

@@ -1,12 +1,12 @@
 """Flows as config files: load and check TOML flow files, compile them to shared state machines.
 
-    flow, diagnostics = load_flow(Path("flows/wine_shop.toml"), templates_dir=Path("templates"))
+flow, diagnostics = load_flow(Path("flows/wine_shop.toml"), templates_dir=Path("templates"))
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checks import Limits, check_flow
@@ -17,15 +17,28 @@ from .spec import FlowSpec
 from .templates import make_environment
 
 __all__ = [
-    "CompiledFlow", "Diagnostic", "FlowError", "FlowOptions", "FlowSpec", "Limits", "Reply", "Severity", "Snapshot",
-    "StepResult", "UserInput", "check_paths", "flow_files", "load_flow", "load_flows",
+    "CompiledFlow",
+    "Diagnostic",
+    "FlowError",
+    "FlowOptions",
+    "FlowSpec",
+    "Limits",
+    "Reply",
+    "Severity",
+    "Snapshot",
+    "StepResult",
+    "UserInput",
+    "check_paths",
+    "flow_files",
+    "load_flow",
+    "load_flows",
 ]
 
 
 @dataclass(frozen=True)
 class FlowOptions:
     templates_dir: Path | None = None
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     otn_available: bool = True
 
 
@@ -49,8 +62,9 @@ def flow_files(paths: Iterable[Path]) -> list[Path]:
     return found
 
 
-def check_paths(paths: Iterable[Path], options: FlowOptions = FlowOptions()) -> tuple[dict[str, CompiledFlow],
-                                                                                      list[Diagnostic]]:
+def check_paths(
+    paths: Iterable[Path], options: FlowOptions = FlowOptions()
+) -> tuple[dict[str, CompiledFlow], list[Diagnostic]]:
     """Load every flow under `paths`; also report flow names used twice."""
     flows: dict[str, CompiledFlow] = {}
     first_file: dict[str, str] = {}
@@ -62,8 +76,9 @@ def check_paths(paths: Iterable[Path], options: FlowOptions = FlowOptions()) -> 
             continue
         name = flow.spec.name
         if name in first_file:
-            diagnostics.append(Diagnostic(str(file), 1, f"flow name '{name}' is already used by {first_file[name]}",
-                                          "flow.name"))
+            diagnostics.append(
+                Diagnostic(str(file), 1, f"flow name '{name}' is already used by {first_file[name]}", "flow.name")
+            )
             continue
         first_file[name] = str(file)
         flows[name] = flow

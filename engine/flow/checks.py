@@ -30,8 +30,9 @@ class Limits:
     otn_title: int = 65
 
 
-def check_flow(spec: FlowSpec, report: Reporter, env: SandboxedEnvironment, limits: Limits = Limits(),
-               otn_available: bool = True) -> None:
+def check_flow(
+    spec: FlowSpec, report: Reporter, env: SandboxedEnvironment, limits: Limits = Limits(), otn_available: bool = True
+) -> None:
     _check_targets(spec, report)
     _check_reachability(spec, report)
     _check_states(spec, report, limits)
@@ -101,12 +102,17 @@ def _check_reachability(spec: FlowSpec, report: Reporter) -> None:
                 queue.append(target)
     for name, state in spec.states.items():
         if name not in reached:
-            report.error(("states", name), f"state '{name}' is unreachable: no start, goto, then, keyword or "
-                                           "on_optin leads to it")
+            report.error(
+                ("states", name),
+                f"state '{name}' is unreachable: no start, goto, then, keyword or on_optin leads to it",
+            )
         elif not outgoing.get(name) and not state.end:
-            report.warning(("states", name), f"state '{name}' is a dead end: nothing leads out of it but global "
-                                             "keywords (add quick replies, buttons, 'on' or 'then', or mark it "
-                                             "'end = true')")
+            report.warning(
+                ("states", name),
+                f"state '{name}' is a dead end: nothing leads out of it but global "
+                "keywords (add quick replies, buttons, 'on' or 'then', or mark it "
+                "'end = true')",
+            )
 
 
 # -- Messenger's limits ------------------------------------------------------------------------------------
@@ -115,8 +121,11 @@ def _check_choices(choices: tuple[Choice, ...], path: KeyPath, report: Reporter,
         report.error(path, f"{len(choices)} quick replies; Messenger allows at most {limits.quick_replies}")
     for i, choice in enumerate(choices):
         if len(choice.title) > limits.quick_reply_title:
-            report.error((*path, i, "title"), f"quick-reply title {choice.title!r} is {len(choice.title)} "
-                                              f"characters; Messenger allows at most {limits.quick_reply_title}")
+            report.error(
+                (*path, i, "title"),
+                f"quick-reply title {choice.title!r} is {len(choice.title)} "
+                f"characters; Messenger allows at most {limits.quick_reply_title}",
+            )
         if not choice.title:
             report.error((*path, i, "title"), "quick-reply title is empty")
 
@@ -126,22 +135,31 @@ def _check_states(spec: FlowSpec, report: Reporter, limits: Limits) -> None:
         path: KeyPath = ("states", name)
         _check_choices(state.quick_replies, (*path, "quick_replies"), report, limits)
         if len(state.buttons) > limits.buttons:
-            report.error((*path, "buttons"), f"{len(state.buttons)} buttons; Messenger allows at most "
-                                             f"{limits.buttons} in a button message")
+            report.error(
+                (*path, "buttons"),
+                f"{len(state.buttons)} buttons; Messenger allows at most {limits.buttons} in a button message",
+            )
+        if state.quick_replies and state.say is None:
+            report.error((*path, "quick_replies"), "quick replies ride on a message: add 'say' or 'template'")
         if state.buttons and state.say is None:
             report.error((*path, "buttons"), "a button message needs text: add 'say' or 'template'")
         seen: dict[str, str] = {}
         payload_places: list[tuple[KeyPath, str]] = [
             ((*path, kind, i, "payload"), c.payload)
             for kind, choices in (("quick_replies", state.quick_replies), ("buttons", state.buttons))
-            for i, c in enumerate(choices) if c.url is None
+            for i, c in enumerate(choices)
+            if c.url is None
         ]
-        payload_places += [((*path, "on", i, "payload"), r.payload) for i, r in enumerate(state.rules)
-                           if r.payload is not None]
+        payload_places += [
+            ((*path, "on", i, "payload"), r.payload) for i, r in enumerate(state.rules) if r.payload is not None
+        ]
         for key, payload in payload_places:
             if payload in seen:
-                report.error(key, f"duplicate payload '{payload}' in state '{name}' (also at {seen[payload]}); "
-                                  "each tap must lead to one place")
+                report.error(
+                    key,
+                    f"duplicate payload '{payload}' in state '{name}' (also at {seen[payload]}); "
+                    "each tap must lead to one place",
+                )
             else:
                 seen[payload] = dotted(key)
         if state.otn is not None and state.otn.topic not in spec.topics:
@@ -154,9 +172,12 @@ def _check_topics(spec: FlowSpec, report: Reporter, limits: Limits, otn_availabl
     requested |= {t.next for t in spec.topics.values() if t.next}
     asking = [name for name, s in spec.states.items() if s.otn]
     if asking and not otn_available:
-        report.warning(("states", asking[0], "otn"), "this flow asks for One-Time Notifications but OTN is off for "
-                                                    "this page (otn_available = false or an EU page): the requests "
-                                                    "will be refused")
+        report.warning(
+            ("states", asking[0], "otn"),
+            "this flow asks for One-Time Notifications but OTN is off for "
+            "this page (otn_available = false or an EU page): the requests "
+            "will be refused",
+        )
     for name, topic in spec.topics.items():
         path: KeyPath = ("topics", name)
         if name not in requested:
@@ -164,10 +185,13 @@ def _check_topics(spec: FlowSpec, report: Reporter, limits: Limits, otn_availabl
         if topic.next is not None and topic.next not in spec.topics:
             report.error((*path, "next"), f"unknown topic '{topic.next}'")
         defaults = [i for i, v in enumerate(topic.variants) if not v.when_source]
-        if not defaults:
-            report.error((*path, "variants"), f"topic '{name}' has no default variant: the last variant must have "
-                                              "no 'when', so every user gets a message")
-        elif defaults[0] != len(topic.variants) - 1:
+        if topic.variants and not defaults:
+            report.error(
+                (*path, "variants"),
+                f"topic '{name}' has no default variant: the last variant must have "
+                "no 'when', so every user gets a message",
+            )
+        elif defaults and defaults[0] != len(topic.variants) - 1:
             report.warning((*path, "variants", defaults[0] + 1), "variants after the default can never be chosen")
         _check_choices(topic.quick_replies, (*path, "quick_replies"), report, limits)
 
@@ -176,8 +200,9 @@ def _check_topics(spec: FlowSpec, report: Reporter, limits: Limits, otn_availabl
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 
-def _message_source(message: Message, env: SandboxedEnvironment, path: KeyPath,
-                    report: Reporter) -> tuple[str, str | None] | None:
+def _message_source(
+    message: Message, env: SandboxedEnvironment, path: KeyPath, report: Reporter
+) -> tuple[str, str | None] | None:
     """The template text and its file name (None for inline text), or None after reporting why not."""
     if message.text is not None:
         return message.text, None
@@ -189,8 +214,14 @@ def _message_source(message: Message, env: SandboxedEnvironment, path: KeyPath,
         return None
 
 
-def _check_message(message: Message | None, path: KeyPath, allowed: frozenset[str], env: SandboxedEnvironment,
-                   report: Reporter, max_static: int | None = None) -> None:
+def _check_message(
+    message: Message | None,
+    path: KeyPath,
+    allowed: frozenset[str],
+    env: SandboxedEnvironment,
+    report: Reporter,
+    max_static: int | None = None,
+) -> None:
     if message is None:
         return
     found = _message_source(message, env, path, report)
@@ -208,14 +239,14 @@ def _check_message(message: Message | None, path: KeyPath, allowed: frozenset[st
         report.error(key, f"{where} uses undefined variable '{unknown}' (known: {', '.join(sorted(allowed))})")
     static = _JINJA.sub("", source).strip()
     if max_static is not None and len(static) > max_static:
-        report.error(key, f"{where} is at least {len(static)} characters; a button message allows at most "
-                          f"{max_static}")
+        report.error(key, f"{where} is at least {len(static)} characters; a button message allows at most {max_static}")
 
 
 def _check_templates(spec: FlowSpec, report: Reporter, env: SandboxedEnvironment, limits: Limits) -> None:
     for name, state in spec.states.items():
-        _check_message(state.say, ("states", name), CONVERSATION_NAMES, env, report,
-                       limits.button_text if state.buttons else None)
+        _check_message(
+            state.say, ("states", name), CONVERSATION_NAMES, env, report, limits.button_text if state.buttons else None
+        )
     if spec.fallback:
         _check_message(spec.fallback.say, ("fallback",), CONVERSATION_NAMES, env, report)
     for name, topic in spec.topics.items():
@@ -225,8 +256,9 @@ def _check_templates(spec: FlowSpec, report: Reporter, env: SandboxedEnvironment
         _check_otn_titles(spec, name, env, report, limits)
 
 
-def _check_otn_titles(spec: FlowSpec, topic_name: str, env: SandboxedEnvironment, report: Reporter,
-                      limits: Limits) -> None:
+def _check_otn_titles(
+    spec: FlowSpec, topic_name: str, env: SandboxedEnvironment, report: Reporter, limits: Limits
+) -> None:
     """The Notify Me title is rendered with the asking state's `vars`: check it for each state that asks."""
     topic = spec.topics[topic_name]
     title_path: KeyPath = ("topics", topic_name, "title")
@@ -238,20 +270,27 @@ def _check_otn_titles(spec: FlowSpec, topic_name: str, env: SandboxedEnvironment
         return
     askers = [(n, s.otn) for n, s in spec.states.items() if s.otn and s.otn.topic == topic_name]
     if not askers and len(topic.title) > limits.otn_title and not names:
-        report.error(title_path, f"Notify Me title is {len(topic.title)} characters; Messenger allows at most "
-                                 f"{limits.otn_title}")
+        report.error(
+            title_path, f"Notify Me title is {len(topic.title)} characters; Messenger allows at most {limits.otn_title}"
+        )
     for state_name, ask in askers:
         assert ask is not None
         given = dict(ask.vars)
         missing = sorted(names - CONVERSATION_NAMES - set(given))
         ask_path: KeyPath = ("states", state_name, "otn")
         if missing:
-            report.error((*ask_path, "vars"), f"the title of topic '{topic_name}' uses {', '.join(missing)}: give "
-                                              f"{'it' if len(missing) == 1 else 'them'} in otn.vars")
+            report.error(
+                (*ask_path, "vars"),
+                f"the title of topic '{topic_name}' uses {', '.join(missing)}: give "
+                f"{'it' if len(missing) == 1 else 'them'} in otn.vars",
+            )
             continue
         if names & CONVERSATION_NAMES:
             continue  # depends on the user: checked when rendered, at run time
         title = template.render(**given)
         if len(title) > limits.otn_title:
-            report.error(ask_path, f"Notify Me title {title!r} is {len(title)} characters once rendered; Messenger "
-                                   f"allows at most {limits.otn_title}")
+            report.error(
+                ask_path,
+                f"Notify Me title {title!r} is {len(title)} characters once rendered; Messenger "
+                f"allows at most {limits.otn_title}",
+            )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import Template
 from jinja2.sandbox import SandboxedEnvironment
@@ -114,24 +114,33 @@ class CompiledFlow:
     # The machine -------------------------------------------------------------------------------------------
     def _build_machine(self) -> Machine:
         spec = self.spec
-        machine = Machine(model=None, states=[NEW_USER], initial=NEW_USER, auto_transitions=False,
-                          send_event=True)
+        machine = Machine(model=None, states=[NEW_USER], initial=NEW_USER, auto_transitions=False, send_event=True)
         for state in spec.states.values():
             machine.add_state(state.name, on_enter=[partial(self._on_enter, state)])
         machine.add_transition("begin", NEW_USER, spec.start)
         for state in spec.states.values():
             for choice in state.choices:
                 if choice.goto is not None:
-                    machine.add_transition(f"tap:{choice.payload}", state.name, choice.goto,
-                                           before=[partial(_apply_effects, choice.effects)])
+                    machine.add_transition(
+                        f"tap:{choice.payload}",
+                        state.name,
+                        choice.goto,
+                        before=[partial(_apply_effects, choice.effects)],
+                    )
             for index, rule in enumerate(state.rules):
-                machine.add_transition(f"rule:{index}", state.name, rule.goto, conditions=_guard(rule.when),
-                                       before=[partial(_apply_rule, rule)])
+                machine.add_transition(
+                    f"rule:{index}",
+                    state.name,
+                    rule.goto,
+                    conditions=_guard(rule.when),
+                    before=[partial(_apply_rule, rule)],
+                )
             if state.then is not None:
                 machine.add_transition("then", state.name, state.then)
         for index, keyword in enumerate(spec.keywords):
-            machine.add_transition(f"keyword:{index}", "*", keyword.goto,
-                                   before=[partial(_apply_effects, keyword.effects)])
+            machine.add_transition(
+                f"keyword:{index}", "*", keyword.goto, before=[partial(_apply_effects, keyword.effects)]
+            )
         if spec.fallback and spec.fallback.goto:
             machine.add_transition("fallback", "*", spec.fallback.goto)
         for topic in spec.topics.values():
@@ -139,8 +148,12 @@ class CompiledFlow:
                 machine.add_transition(f"optin:{topic.name}", "*", topic.on_optin)
             for choice in topic.quick_replies:
                 if choice.goto is not None:
-                    machine.add_transition(f"tap:{notification_payload(topic.name, choice)}", "*", choice.goto,
-                                           before=[partial(_apply_effects, choice.effects)])
+                    machine.add_transition(
+                        f"tap:{notification_payload(topic.name, choice)}",
+                        "*",
+                        choice.goto,
+                        before=[partial(_apply_effects, choice.effects)],
+                    )
         return machine
 
     def _index_late_taps(self) -> dict[str, str]:
@@ -153,14 +166,16 @@ class CompiledFlow:
         return {payload: states[0] for payload, states in offered.items() if len(states) == 1}
 
     def _on_enter(self, state: State, event: EventData) -> None:
-        convo: _Conversation = event.model
+        convo = cast(_Conversation, event.model)
         convo.apply(state.effects)
         if state.say is not None:
-            convo.replies.append(Reply(
-                self.render(state.say, convo.context()),
-                tuple(QuickReply(c.title, c.payload) for c in state.quick_replies),
-                tuple(Button(c.title, None if c.url else c.payload, c.url) for c in state.buttons),
-            ))
+            convo.replies.append(
+                Reply(
+                    self.render(state.say, convo.context()),
+                    tuple(QuickReply(c.title, c.payload) for c in state.quick_replies),
+                    tuple(Button(c.title, None if c.url else c.payload, c.url) for c in state.buttons),
+                )
+            )
         if state.otn is not None:
             topic = self.spec.topics[state.otn.topic]
             title = self.render(Message(text=topic.title), {**convo.context(), **dict(state.otn.vars)})
@@ -242,8 +257,9 @@ class CompiledFlow:
                 return True
         return False
 
-    def _match_rules(self, convo: _Conversation, rules: tuple[Rule, ...], *, payload: str | None = None,
-                     text: str | None = None) -> bool:
+    def _match_rules(
+        self, convo: _Conversation, rules: tuple[Rule, ...], *, payload: str | None = None, text: str | None = None
+    ) -> bool:
         for index, rule in enumerate(rules):
             if payload is not None:
                 hit = rule.payload == payload
@@ -262,8 +278,13 @@ class CompiledFlow:
             self._fire(convo, "fallback")
 
     # Notifications -----------------------------------------------------------------------------------------
-    def notification(self, topic_name: str, snapshot: Snapshot, params: Mapping[str, Scalar],
-                     profile: Mapping[str, Any] | None = None) -> Reply:
+    def notification(
+        self,
+        topic_name: str,
+        snapshot: Snapshot,
+        params: Mapping[str, Scalar],
+        profile: Mapping[str, Any] | None = None,
+    ) -> Reply:
         """The message a user gets for `topic_name`: the first variant whose segment matches their tags."""
         topic = self.spec.topics[topic_name]
         convo = _Conversation(snapshot, None, profile or {})
@@ -285,22 +306,22 @@ def notification_payload(topic: str, choice: Choice) -> str:
 
 
 def _apply_effects(effects: Effects, event: EventData) -> None:
-    event.model.apply(effects)
+    cast(_Conversation, event.model).apply(effects)
 
 
 def _apply_rule(rule: Rule, event: EventData) -> None:
-    convo: _Conversation = event.model
+    convo = cast(_Conversation, event.model)
     convo.apply(rule.effects)
     if rule.capture and convo.text is not None:
         convo.variables[rule.capture] = convo.text
 
 
-def _guard(segment: Segment) -> list[Callable[[EventData], bool]]:
+def _guard(segment: Segment) -> list[str | Callable[..., bool | None]]:
     if segment is ALWAYS:
         return []
 
     def holds(event: EventData) -> bool:
-        convo: _Conversation = event.model
+        convo = cast(_Conversation, event.model)
         return segment.matches(convo.tags, convo.variables)
 
     return [holds]

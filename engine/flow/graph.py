@@ -35,9 +35,13 @@ def to_mermaid(spec: FlowSpec) -> str:
             if choice.goto:
                 lines.append(f"    {_node(name)} --> {_node(choice.goto)}: [{_label(choice.title)}]")
         for rule in state.rules:
-            what = (f"payload {rule.payload}" if rule.payload else
-                    " / ".join(rule.keywords) if rule.keywords else
-                    f"/{rule.regex.pattern if rule.regex else ''}/")
+            what = (
+                f"payload {rule.payload}"
+                if rule.payload
+                else " / ".join(rule.keywords)
+                if rule.keywords
+                else f"/{rule.regex.pattern if rule.regex else ''}/"
+            )
             guard = f" if {rule.when_source}" if rule.when_source else ""
             lines.append(f"    {_node(name)} --> {_node(rule.goto)}: {_label(what + guard)}")
         if state.then:
@@ -52,11 +56,14 @@ def to_mermaid(spec: FlowSpec) -> str:
             lines.append(f"    {ANYWHERE} --> {_node(spec.fallback.goto)}: not understood")
     for topic in spec.topics.values():
         if topic.on_optin:
-            lines.append(f"    {ANYWHERE if spec.keywords else '[*]'} --> {_node(topic.on_optin)}: "
-                         f"Notify Me tapped ({_label(topic.name)})")
+            lines.append(
+                f"    {ANYWHERE if spec.keywords else '[*]'} --> {_node(topic.on_optin)}: "
+                f"Notify Me tapped ({_label(topic.name)})"
+            )
     otn_states = [name for name, state in spec.states.items() if state.otn]
     for name in otn_states:
-        topic_name = spec.states[name].otn.topic if spec.states[name].otn else ""
+        ask = spec.states[name].otn
+        topic_name = ask.topic if ask else ""
         lines.append(f"    note right of {_node(name)}: OTN request ({_label(topic_name)})")
     if otn_states:
         lines.append("    classDef otn fill:#fde68a,stroke:#b45309")

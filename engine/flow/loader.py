@@ -42,8 +42,9 @@ def parse_toml(text: str, report: Reporter) -> dict[str, Any] | None:
     try:
         return tomli.loads(text)
     except tomli.TOMLDecodeError as err:
-        report.diagnostics.append(Diagnostic(report.file, err.lineno, f"TOML syntax error: {err.msg} "
-                                             f"(column {err.colno})"))
+        report.diagnostics.append(
+            Diagnostic(report.file, err.lineno, f"TOML syntax error: {err.msg} (column {err.colno})")
+        )
         return None
 
 
@@ -65,10 +66,11 @@ def build_spec(text: str, name: str) -> tuple[FlowSpec | None, Reporter]:
     if document is None:
         return None, report
     report.locator = Locator(text)
-    if not check_shape(document, "file", (), report.error):
-        # Keep going where the shape allows, so one run lists as many problems as possible.
-        if not isinstance(document.get("flow"), dict) or not isinstance(document.get("states"), dict):
-            return None, report
+    # Keep going where the shape allows, so one run lists as many problems as possible.
+    shape_ok = check_shape(document, "file", (), report.error)
+    unusable = not isinstance(document.get("flow"), dict) or not isinstance(document.get("states"), dict)
+    if not shape_ok and unusable:
+        return None, report
     return _Builder(report).flow(document, name), report
 
 
@@ -82,14 +84,20 @@ class _Builder:
         meta = doc["flow"]
         states = {
             name: self.state(name, raw, ("states", name))
-            for name, raw in doc["states"].items() if isinstance(raw, dict)
+            for name, raw in doc["states"].items()
+            if isinstance(raw, dict)
         }
         topics = {
             name: self.topic(name, raw, ("topics", name))
-            for name, raw in _table(doc.get("topics")).items() if isinstance(raw, dict)
+            for name, raw in _table(doc.get("topics")).items()
+            if isinstance(raw, dict)
         }
         keywords = tuple(
-            Keyword(tuple(w.strip().casefold() for w in _words(raw.get("words"))), str(raw.get("goto", "")), self.effects(raw))
+            Keyword(
+                tuple(w.strip().casefold() for w in _words(raw.get("words"))),
+                str(raw.get("goto", "")),
+                self.effects(raw),
+            )
             for raw in _tables(doc.get("keywords"))
         )
         fallback = None
@@ -136,7 +144,7 @@ class _Builder:
         return Message(text=say, template=None if say is not None else template)
 
     def choices(self, raw: Any, path: KeyPath) -> tuple[Choice, ...]:
-        out = []
+        out: list[Choice] = []
         for raw_choice in _tables(raw):
             title = str(raw_choice.get("title", ""))
             url = _opt_str(raw_choice.get("url"))
@@ -180,8 +188,13 @@ class _Builder:
             if message is None:
                 self.report.error((*path, "variants", i), "a variant must have 'say' or 'template'")
                 message = Message(text="")
-            variants.append(Variant(self.segment(raw_variant.get("when"), (*path, "variants", i, "when")),
-                                    str(raw_variant.get("when", "")), message))
+            variants.append(
+                Variant(
+                    self.segment(raw_variant.get("when"), (*path, "variants", i, "when")),
+                    str(raw_variant.get("when", "")),
+                    message,
+                )
+            )
         return Topic(
             name=name,
             title=str(raw.get("title", "")),
@@ -227,4 +240,3 @@ def _opt_str(value: Any) -> str | None:
 
 def _scalars(value: Any) -> tuple[tuple[str, Any], ...]:
     return tuple(value.items()) if isinstance(value, dict) else ()
-

@@ -8,6 +8,10 @@ comments.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import re
+
 from .diagnostics import KeyPath
 
 _BARE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_")
@@ -19,10 +23,11 @@ class _Scanner:
         self.i = 0
         self.lines: dict[KeyPath, int] = {}
         self.aot_counts: dict[KeyPath, int] = {}
+        self.line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
 
     # -- low level -----------------------------------------------------------------------------------------
     def line(self) -> int:
-        return self.s.count("\n", 0, self.i) + 1
+        return bisect.bisect_right(self.line_starts, self.i)
 
     def peek(self, n: int = 1) -> str:
         return self.s[self.i : self.i + n]
@@ -160,10 +165,8 @@ class Locator:
 
     def __init__(self, text: str) -> None:
         scanner = _Scanner(text)
-        try:
+        with contextlib.suppress(IndexError, ValueError):  # a construct it does not know: keep what it found
             scanner.document()
-        except (IndexError, ValueError):  # a construct the scanner does not know: keep what it found
-            pass
         self._lines = scanner.lines
 
     def line(self, path: KeyPath) -> int:

@@ -241,8 +241,9 @@ def tags_in(segment: Segment) -> set[str]:
     return set()
 
 
-def first_match(candidates: Sequence[tuple[Segment, object]], tags: Iterable[str],
-                variables: Mapping[str, object]) -> object | None:
+def first_match(
+    candidates: Sequence[tuple[Segment, object]], tags: Iterable[str], variables: Mapping[str, object]
+) -> object | None:
     """The payload of the first candidate whose segment matches: 'first match wins'."""
     tag_set = frozenset(tags)
     for segment, payload in candidates:

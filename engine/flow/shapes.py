@@ -2,7 +2,8 @@
 
 The loader checks documents against it (unknown keys with a suggestion, wrong types, missing keys) and the
 shipped JSON Schema (`flow.schema.json`) is generated from it, so editors and the loader cannot disagree;
-`tests/flow/test_schema.py` fails when the shipped file is stale (`python -m engine.flow.shapes > ...` refreshes it).
+`tests/flow/test_schema.py` fails when the shipped file is stale
+(`otnflow schema > engine/flow/flow.schema.json` refreshes it).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class Field:
 _EFFECTS = {
     "tag": Field("str_list", "Tags added to the user."),
     "untag": Field("str_list", "Tags removed from the user."),
-    "set": Field("scalars", "Variables set on the user, e.g. { size = \"42\" }."),
+    "set": Field("scalars", 'Variables set on the user, e.g. { size = "42" }.'),
 }
 _SAY = {
     "say": Field("str", "Inline jinja2 text. Knows `user`, `vars` and `text` (the user's last message, as data)."),
@@ -41,7 +42,7 @@ SHAPES: dict[str, dict[str, Field]] = {
         "flow": Field("table:flow", "The flow's name and start state.", required=True),
         "states": Field("map:state", "The conversation's states, by name.", required=True),
         "topics": Field("map:topic", "One-Time Notification topics, by name."),
-        "keywords": Field("tables:keyword", "Global keywords that work from any state (\"menu\", \"stop\")."),
+        "keywords": Field("tables:keyword", 'Global keywords that work from any state ("menu", "stop").'),
         "fallback": Field("table:fallback", "What to say when input matches nothing in the current state."),
     },
     "flow": {
@@ -54,8 +55,9 @@ SHAPES: dict[str, dict[str, Field]] = {
         "goto": Field("str", "State to move to; absent means stay (the state's quick replies are offered again)."),
     },
     "keyword": {
-        "words": Field("words", "Words that trigger it, matched on the whole message, case-insensitive.",
-                       required=True),
+        "words": Field(
+            "words", "Words that trigger it, matched on the whole message, case-insensitive.", required=True
+        ),
         "goto": Field("str", "The state to move to.", required=True),
         **_EFFECTS,
     },
@@ -87,20 +89,21 @@ SHAPES: dict[str, dict[str, Field]] = {
         "payload": Field("str", "Matches a postback or quick-reply payload exactly."),
         "keyword": Field("words", "Matches these words (whole message, case-insensitive)."),
         "regex": Field("str", "Matches the user's text with this Python regular expression (search)."),
-        "when": Field("str", "A segment expression that must hold, e.g. \"likes_white and not churned\"."),
+        "when": Field("str", 'A segment expression that must hold, e.g. "likes_white and not churned".'),
         "capture": Field("str", "Store the user's text in this variable."),
         "goto": Field("str", "The state to move to.", required=True),
         **_EFFECTS,
     },
     "otn": {
         "topic": Field("str", "The topic to ask about (declared under [topics]).", required=True),
-        "vars": Field("scalars", "Values for the topic title's variables, e.g. { product = \"SL13\" }."),
+        "vars": Field("scalars", 'Values for the topic title\'s variables, e.g. { product = "SL13" }.'),
     },
     "topic": {
         "title": Field("str", "The Notify Me title (jinja2; at most 65 characters once rendered).", required=True),
         "params": Field("str_list", "Variables a notification of this topic is sent with (`otnflow notify --var`)."),
-        "variants": Field("tables:variant", "Notification texts by segment: first match wins, a default last.",
-                          required=True),
+        "variants": Field(
+            "tables:variant", "Notification texts by segment: first match wins, a default last.", required=True
+        ),
         "quick_replies": Field("tables:choice", "Offered under the delivered notification so the user can engage."),
         "on_optin": Field("str", "State to run when the user taps Notify Me."),
         "next": Field("str", "Topic to ask for again after a delivery (default: the same topic)."),
@@ -138,8 +141,11 @@ def _type_ok(kind: str, value: Any) -> bool:
 
 
 _TYPE_NAMES = {
-    "str": "a string", "bool": "true or false", "str_list": "a list of strings",
-    "words": "a string or a list of strings", "scalars": "a table of strings, numbers or booleans",
+    "str": "a string",
+    "bool": "true or false",
+    "str_list": "a list of strings",
+    "words": "a string or a list of strings",
+    "scalars": "a table of strings, numbers or booleans",
 }
 
 
@@ -183,8 +189,14 @@ def check_shape(value: Any, shape: str, path: KeyPath, report: Report) -> bool:
 
 
 def _toml_type(value: Any) -> str:
-    return {str: "a string", bool: "a boolean", int: "an integer", float: "a float", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 def json_schema() -> dict[str, Any]:
@@ -193,7 +205,7 @@ def json_schema() -> dict[str, Any]:
     def field_schema(field: Field) -> dict[str, Any]:
         scalar = {"type": ["string", "number", "boolean"]}
         kind, _, sub = field.kind.partition(":")
-        schema: dict[str, Any] = {
+        by_kind: dict[str, dict[str, Any]] = {
             "str": {"type": "string"},
             "bool": {"type": "boolean"},
             "str_list": {"type": "array", "items": {"type": "string"}},
@@ -202,8 +214,8 @@ def json_schema() -> dict[str, Any]:
             "table": {"$ref": f"#/$defs/{sub}"},
             "tables": {"type": "array", "items": {"$ref": f"#/$defs/{sub}"}},
             "map": {"type": "object", "additionalProperties": {"$ref": f"#/$defs/{sub}"}},
-        }[kind]
-        return {**schema, "description": field.doc}
+        }
+        return {**by_kind[kind], "description": field.doc}
 
     def object_schema(shape: str) -> dict[str, Any]:
         fields = SHAPES[shape]
@@ -227,5 +239,5 @@ def json_schema() -> dict[str, Any]:
     }
 
 
-if __name__ == "__main__":
-    print(json.dumps(json_schema(), indent=2))
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2) + "\n"
