@@ -101,8 +101,10 @@ def main() -> None:
     per_event = timed(per_event_machine, 10)
     step = timed(whole_step, args.repeat)
 
-    print(f"flow: {args.states} states, {sum(len(e.transitions) for e in flow.machine.events.values())} "
-          f"transition sources, {len(flow.machine.events)} triggers")
+    print(
+        f"flow: {args.states} states, {sum(len(e.transitions) for e in flow.machine.events.values())} "
+        f"transition sources, {len(flow.machine.events)} triggers"
+    )
     print(f"{'what':<52}{'time':>14}")
     print(f"{'parse + shape-check + build spec':<52}{load_s * 1e3:>11.2f} ms")
     print(f"{'load + check + compile (load_flow)':<52}{full_s * 1e3:>11.2f} ms")

@@ -1,0 +1,171 @@
+"""Runtime settings: `config.toml`, overridden by environment variables; secrets only from the environment.
+
+The rule: a setting `section.key` in config.toml is overridden by `OTNFLOW_SECTION_KEY` (e.g. `graph.url` by
+`OTNFLOW_GRAPH_URL`, `server.port` by `OTNFLOW_SERVER_PORT`). Secrets (`OTNFLOW_APP_SECRET`,
+`OTNFLOW_PAGE_TOKEN`, `OTNFLOW_VERIFY_TOKEN`, `OTNFLOW_API_TOKEN`) are never read from the file. Every problem
+stops the start with one line naming the setting and how to fix it (ConfigError).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli
+
+
+class ConfigError(ValueError):
+    """One clear line: which setting, what is wrong, how to fix it."""
+
+
+@dataclass(frozen=True)
+class Option:
+    default: Any
+    doc: str
+
+
+#: Every setting, by `section.key`. The default's type is the setting's type.
+OPTIONS: dict[str, Option] = {
+    "server.host": Option("127.0.0.1", "Address to listen on (use 0.0.0.0 behind a proxy)."),
+    "server.port": Option(8080, "Port to listen on."),
+    "server.max_body_bytes": Option(1_048_576, "Larger webhook bodies are refused with 413."),
+    "server.allow_sha1_signature": Option(False, "Accept the legacy X-Hub-Signature (SHA-1) when no SHA-256 is sent."),
+    "flows.dir": Option("flows", "Folder of flow files."),
+    "flows.templates": Option("templates", "Folder of jinja2 templates."),
+    "flows.default": Option("", "The flow a new user enters (default: the first flow by file name)."),
+    "store.url": Option("sqlite:///data/otnflow.sqlite3", "sqlite:///relative/or//absolute/path, or mongodb://..."),
+    "graph.url": Option("https://graph.facebook.com", "Graph API base URL (tests point it at a local fake)."),
+    "graph.version": Option("v21.0", "Graph API version."),
+    "graph.timeout_seconds": Option(10.0, "Timeout of one Graph API call."),
+    "graph.max_attempts": Option(5, "Attempts per send for transient errors and rate limits."),
+    "graph.backoff_base_seconds": Option(0.5, "First retry waits up to this (full jitter), doubling each time."),
+    "graph.backoff_max_seconds": Option(30.0, "Longest wait between two attempts."),
+    "dispatcher.concurrency": Option(64, "Users handled at the same time (one event at a time per user)."),
+    "log.level": Option("INFO", "DEBUG, INFO, WARNING or ERROR."),
+    "log.format": Option("json", "json (one object per line) or text."),
+}
+SECRETS = ("OTNFLOW_APP_SECRET", "OTNFLOW_PAGE_TOKEN", "OTNFLOW_VERIFY_TOKEN", "OTNFLOW_API_TOKEN")
+LOCAL_SECRET = "otnflow-local"
+
+
+def env_name(key: str) -> str:
+    return "OTNFLOW_" + key.replace(".", "_").upper()
+
+
+@dataclass(frozen=True)
+class Settings:
+    root: Path  # the folder of config.toml: relative paths are relative to it
+    values: Mapping[str, Any]
+    app_secret: str
+    page_token: str
+    verify_token: str
+    api_token: str
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+    @property
+    def local_mode(self) -> bool:
+        """No page token: replies go to an in-process fake Graph API instead of Facebook."""
+        return not self.page_token
+
+    def path(self, key: str) -> Path:
+        return (self.root / str(self.values[key])).resolve()
+
+    @property
+    def store_url(self) -> str:
+        url = str(self.values["store.url"])
+        if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            return "sqlite:///" + str(self.root / url.removeprefix("sqlite:///"))
+        return url
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    default = OPTIONS[key].default
+    kind = type(default)
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                return text.lower() in ("true", "1", "yes")
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"config: {key} = {value!r} ({source}) must be {_kind_name(kind)}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"config: {key} = {value!r} ({source}) must be {_kind_name(kind)}")
+    return value
+
+
+def _kind_name(kind: type) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
+
+
+def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    path = config_path or Path(env.get("OTNFLOW_CONFIG", "config.toml"))
+    values = {key: option.default for key, option in OPTIONS.items()}
+    if path.exists():
+        try:
+            document = tomli.loads(path.read_text(encoding="utf-8"))
+        except tomli.TOMLDecodeError as err:
+            raise ConfigError(f"config: {path}:{err.lineno}: TOML syntax error: {err.msg}") from None
+        for section, table in document.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"config: {path}: '{section}' must be a [section]; known: {_sections()}")
+            for name, value in table.items():
+                key = f"{section}.{name}"
+                if key not in OPTIONS:
+                    close = difflib.get_close_matches(key, list(OPTIONS), n=1)
+                    hint = f"; did you mean '{close[0]}'?" if close else ""
+                    raise ConfigError(f"config: {path}: unknown setting '{key}'{hint}")
+                values[key] = _coerce(key, value, str(path))
+    elif config_path is not None:
+        raise ConfigError(f"config: {path} not found")
+    for key in OPTIONS:
+        name = env_name(key)
+        if name in env:
+            values[key] = _coerce(key, env[name], f"from {name}")
+    if values["log.format"] not in ("json", "text"):
+        raise ConfigError(f"config: log.format = {values['log.format']!r} must be json or text")
+    if not str(values["store.url"]).startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
+        raise ConfigError(f"config: store.url = {values['store.url']!r} must start with sqlite:/// or mongodb://")
+    settings = Settings(
+        root=path.parent.resolve() if path.exists() else Path.cwd(),
+        values=values,
+        app_secret=env.get("OTNFLOW_APP_SECRET", ""),
+        page_token=env.get("OTNFLOW_PAGE_TOKEN", ""),
+        verify_token=env.get("OTNFLOW_VERIFY_TOKEN", ""),
+        api_token=env.get("OTNFLOW_API_TOKEN", ""),
+    )
+    return _check_secrets(settings)
+
+
+def _check_secrets(settings: Settings) -> Settings:
+    if settings.local_mode:  # a fresh clone runs with no Facebook account at all
+        return Settings(
+            settings.root,
+            settings.values,
+            settings.app_secret or LOCAL_SECRET,
+            "",
+            settings.verify_token or LOCAL_SECRET,
+            settings.api_token or LOCAL_SECRET,
+        )
+    for name, value in (("OTNFLOW_APP_SECRET", settings.app_secret), ("OTNFLOW_VERIFY_TOKEN", settings.verify_token)):
+        if not value:
+            raise ConfigError(
+                f"config: {name} is not set: with OTNFLOW_PAGE_TOKEN set (live mode) export {name} "
+                "too (see docs/going-live.md)"
+            )
+    return settings
+
+
+def _sections() -> str:
+    return ", ".join(sorted({key.split(".")[0] for key in OPTIONS}))

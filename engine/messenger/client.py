@@ -1,0 +1,137 @@
+"""The Send API and User Profile client: one aiohttp session, bounded retries with exponential backoff and full
+jitter, every failure classified (messenger/errors.py). It never raises on a Graph API answer; the caller decides
+from the returned outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from .errors import GraphError, Outcome, classify
+from .signature import appsecret_proof
+
+log = logging.getLogger("otnflow.graph")
+
+
+@dataclass(frozen=True)
+class GraphSettings:
+    base_url: str
+    version: str
+    page_token: str
+    app_secret: str
+    timeout_seconds: float = 10.0
+    max_attempts: int = 5
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    message_id: str | None = None
+    error: GraphError | None = None
+    attempts: int = 1
+    reached_meta: bool = True  # False only when no attempt got any HTTP answer (all timed out / refused)
+
+    @property
+    def detail(self) -> str:
+        return self.error.describe() if self.error else ""
+
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class GraphClient:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        settings: GraphSettings,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._session = session
+        self.settings = settings
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._auth = {"access_token": settings.page_token}
+        if settings.app_secret:
+            self._auth["appsecret_proof"] = appsecret_proof(settings.page_token, settings.app_secret)
+
+    def url(self, path: str) -> str:
+        version = self.settings.version.lstrip("v")
+        return f"{self.settings.base_url.rstrip('/')}/v{version}/{path.lstrip('/')}"
+
+    def backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**attempt)]."""
+        cap = min(self.settings.backoff_max_seconds, self.settings.backoff_base_seconds * 2**attempt)
+        return self._rng.uniform(0, cap)
+
+    async def send(self, body: dict[str, Any]) -> SendResult:
+        """POST /me/messages, retrying transient errors and rate limits up to max_attempts."""
+        reached = False
+        error: GraphError | None = None
+        for attempt in range(1, self.settings.max_attempts + 1):
+            try:
+                status, answer = await self._request("POST", "me/messages", json_body=body)
+            except (TimeoutError, aiohttp.ClientError) as err:
+                error = GraphError(0, None, None, f"{type(err).__name__}: {err}", None)
+                outcome = Outcome.RETRY
+            else:
+                reached = True
+                if status == 200 and isinstance(answer, dict) and "message_id" in answer:
+                    return SendResult(Outcome.SENT, str(answer["message_id"]), None, attempt)
+                error = GraphError.from_response(status, answer)
+                outcome = classify(error)
+            if outcome is not Outcome.RETRY:
+                log.warning("send failed: %s (%s)", outcome.value, error.describe())
+                return SendResult(outcome, None, error, attempt, reached)
+            if attempt < self.settings.max_attempts:
+                delay = self.backoff(attempt)
+                log.info("send attempt %d failed (%s); retrying in %.2fs", attempt, error.describe(), delay)
+                await self._sleep(delay)
+        assert error is not None
+        log.warning("send gave up after %d attempts: %s", self.settings.max_attempts, error.describe())
+        return SendResult(Outcome.RETRY, None, error, self.settings.max_attempts, reached)
+
+    async def profile(self, user_id: str, timeout: float = 3.0) -> dict[str, Any] | None:
+        """The User Profile API, once, short timeout; None on any failure (a reply never waits on it)."""
+        try:
+            status, answer = await self._request(
+                "GET", user_id, params={"fields": "first_name,last_name,profile_pic"}, timeout=timeout
+            )
+        except (TimeoutError, aiohttp.ClientError) as err:
+            log.info("profile of a user unavailable: %s", type(err).__name__)
+            return None
+        if status != 200 or not isinstance(answer, dict):
+            log.info("profile of a user unavailable: HTTP %s", status)
+            return None
+        return {k: answer[k] for k in ("first_name", "last_name", "profile_pic") if isinstance(answer.get(k), str)}
+
+    async def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
+        return await self._request("GET", path, params=params)
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> tuple[int, Any]:
+        client_timeout = aiohttp.ClientTimeout(total=timeout or self.settings.timeout_seconds)
+        async with self._session.request(
+            method, self.url(path), params={**self._auth, **(params or {})}, json=json_body, timeout=client_timeout
+        ) as response:
+            text = await response.text()
+            try:
+                return response.status, json.loads(text) if text else None
+            except json.JSONDecodeError:
+                return response.status, None

@@ -1,0 +1,97 @@
+"""Per-user ordering within a process: one worker task per user with work, removed when idle (memory stays flat),
+at most `concurrency` users at once. A worker handles the user's stored events oldest first, sending each event's
+replies before the next event, and loops while new work arrived meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from ..store import Store
+from .conversation import ConversationHandler
+from .metrics import Metrics
+from .sender import OutboxSender
+
+log = logging.getLogger("otnflow.dispatcher")
+
+
+class Dispatcher:
+    def __init__(
+        self, store: Store, handler: ConversationHandler, sender: OutboxSender, metrics: Metrics, concurrency: int
+    ) -> None:
+        self.store = store
+        self.handler = handler
+        self.sender = sender
+        self.metrics = metrics
+        self._slots = asyncio.Semaphore(concurrency)
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._received_at: dict[str, float] = {}  # event key -> monotonic receipt time, for the latency histogram
+
+    def wake(self, user_id: str, event_keys: list[str] | tuple[str, ...] = ()) -> None:
+        now = time.monotonic()
+        for key in event_keys:
+            self._received_at[key] = now
+        if user_id in self._workers:
+            self._again.add(user_id)
+            return
+        self._workers[user_id] = asyncio.create_task(self._work(user_id), name="user-worker")
+
+    async def start(self) -> int:
+        """Resume what a previous process left: uncertain sends are settled, pending users woken."""
+        uncertain = await self.store.recover_in_flight()
+        if uncertain:
+            log.warning(
+                "%d send(s) were in flight when the last process stopped: marked uncertain, not resent", uncertain
+            )
+        users = await self.store.users_with_pending_work()
+        for user_id in users:
+            self.wake(user_id)
+        return len(users)
+
+    async def idle(self, timeout: float = 30.0) -> None:
+        """Wait until no worker runs (tests and graceful shutdown)."""
+        deadline = time.monotonic() + timeout
+        while self._workers and time.monotonic() < deadline:
+            await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle(timeout), timeout)
+        for task in list(self._workers.values()):
+            task.cancel()
+        await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+
+    @property
+    def active_users(self) -> int:
+        return len(self._workers)
+
+    async def _work(self, user_id: str) -> None:
+        try:
+            async with self._slots:
+                while True:
+                    self._again.discard(user_id)
+                    await self._drain(user_id)
+                    if user_id not in self._again:
+                        break
+        except Exception:  # a worker must never die silently; the stored events stay for the next wake
+            log.exception("worker for a user failed")
+        finally:
+            del self._workers[user_id]  # no await between the last check of _again and here: no lost wake-up
+
+    async def _drain(self, user_id: str) -> None:
+        await self.sender.drain(user_id)  # rows a previous run left pending go first: they are older
+        while events := await self.store.pending_events(user_id):
+            for event in events:
+                try:
+                    await self.handler.handle(event)
+                except Exception as err:
+                    self.metrics.events_failed.inc()
+                    log.exception("handling event %s failed", event.key)
+                    await self.store.fail_event(event.key, f"{type(err).__name__}: {err}", self.handler.clock.now_ms())
+                await self.sender.drain(user_id)
+                started = self._received_at.pop(event.key, None)
+                if started is not None:
+                    self.metrics.handling_seconds.observe(time.monotonic() - started)

@@ -1,0 +1,38 @@
+"""Process metrics, exported in Prometheus format on /metrics. One registry per app, so tests stay isolated."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.events_received = Counter(
+            "otnflow_events_received", "Webhook events stored, by kind", ["kind"], registry=self.registry
+        )
+        self.events_duplicate = Counter(
+            "otnflow_events_duplicate", "Webhook events dropped as already stored", registry=self.registry
+        )
+        self.events_skipped = Counter(
+            "otnflow_events_skipped",
+            "Webhook items not acted on (echo, receipts, ...)",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.events_failed = Counter(
+            "otnflow_events_failed", "Events whose handling raised (kept, with the error)", registry=self.registry
+        )
+        self.webhook_rejected = Counter(
+            "otnflow_webhook_rejected", "Webhook requests refused, by HTTP status", ["status"], registry=self.registry
+        )
+        self.handling_seconds = Histogram(
+            "otnflow_handling_seconds",
+            "From receipt of an event to its replies being sent",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.sends = Counter("otnflow_sends", "Send API calls by outcome", ["outcome"], registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

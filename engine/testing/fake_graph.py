@@ -1,0 +1,226 @@
+"""A fake Graph API: an aiohttp app answering like Meta's Send API and User Profile API.
+
+It validates message shapes and limits (messenger-platform.md), answers errors in Meta's format, records every
+accepted message, and can be told to fail (5xx, 613, timeouts, 551, 190, ...) for tests, in process
+(`fake.fail(...)`) or over HTTP (`POST /_fake/fail`), so subprocess tests can steer it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+#: Failure kinds: (HTTP status, error code, subcode, message).
+FAILURES: dict[str, tuple[int, int | None, int | None, str]] = {
+    "5xx": (500, 2, None, "An unexpected error has occurred. Please retry your request later."),
+    "613": (400, 613, None, "Calls to this api have exceeded the rate limit."),
+    "551": (400, 551, 1545041, "This person isn't available right now."),
+    "blocked": (400, 10, 2018108, "This person isn't receiving messages from you right now."),
+    "190": (400, 190, None, "Invalid OAuth access token."),
+    "permission": (400, 200, 2018027, "This message is sent outside of allowed window. Permission missing."),
+    "window": (400, 10, 2018278, "This message is sent outside of allowed window."),
+    "no_user": (400, 100, 2018001, "No matching user found"),
+}
+
+
+@dataclass
+class SentMessage:
+    recipient: dict[str, Any]
+    body: dict[str, Any]
+    message_id: str
+
+    @property
+    def user_id(self) -> str | None:
+        value = self.recipient.get("id")
+        return str(value) if value is not None else None
+
+    @property
+    def text(self) -> str | None:
+        message = self.body.get("message", {})
+        if "text" in message:
+            return str(message["text"])
+        payload = message.get("attachment", {}).get("payload", {})
+        found = payload.get("text") or payload.get("title")
+        return str(found) if found is not None else None
+
+
+@dataclass
+class _Failure:
+    kind: str
+    user_id: str | None = None
+
+
+@dataclass
+class FakeGraph:
+    page_token: str | None = None  # when set, any other token answers 190
+    timeout_delay: float = 30.0  # how long a "timeout" failure hangs
+    sent: list[SentMessage] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    profile_requests: int = 0
+    _failures: deque[_Failure] = field(default_factory=deque)
+    _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    # -- control -------------------------------------------------------------------------------------------
+    def fail(self, kind: str, times: int = 1, user_id: str | None = None) -> None:
+        """The next `times` sends (to `user_id`, or to anyone) fail with `kind` (a key of FAILURES or 'timeout')."""
+        if kind not in FAILURES and kind != "timeout":
+            raise ValueError(f"unknown failure kind {kind!r}; known: timeout, {', '.join(FAILURES)}")
+        self._failures.extend(_Failure(kind, user_id) for _ in range(times))
+
+    def reset(self) -> None:
+        self.sent.clear()
+        self.rejected.clear()
+        self._failures.clear()
+
+    def messages_to(self, user_id: str) -> list[SentMessage]:
+        return [m for m in self.sent if m.user_id == user_id]
+
+    # -- the app -------------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/{version}/me/messages", self._messages)
+        app.router.add_post("/{version}/{page_id}/messages", self._messages)
+        app.router.add_get("/{version}/{user_id}", self._profile)
+        app.router.add_post("/_fake/fail", self._control_fail)
+        app.router.add_post("/_fake/reset", self._control_reset)
+        app.router.add_get("/_fake/sent", self._control_sent)
+        return app
+
+    async def _messages(self, request: web.Request) -> web.Response:
+        token = request.query.get("access_token")
+        if not token or (self.page_token is not None and token != self.page_token):
+            return _error(*FAILURES["190"])
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 100, None, "Invalid JSON body")
+        problem = validate_send(body)
+        if problem:
+            self.rejected.append({"body": body, "error": problem})
+            return _error(400, 100, None, problem)
+        recipient = body["recipient"]
+        failure = self._take_failure(recipient.get("id"))
+        if failure is not None:
+            if failure.kind == "timeout":
+                await asyncio.sleep(self.timeout_delay)
+                return web.json_response({"error": {"message": "timeout"}}, status=504)
+            self.rejected.append({"body": body, "error": failure.kind})
+            return _error(*FAILURES[failure.kind])
+        message_id = f"m_fake_{next(self._ids)}"
+        if "sender_action" not in body:
+            self.sent.append(SentMessage(recipient, body, message_id))
+        return web.json_response({"recipient_id": str(recipient.get("id", "")), "message_id": message_id})
+
+    def _take_failure(self, user_id: Any) -> _Failure | None:
+        for failure in self._failures:
+            if failure.user_id is None or failure.user_id == str(user_id):
+                self._failures.remove(failure)
+                return failure
+        return None
+
+    async def _profile(self, request: web.Request) -> web.Response:
+        self.profile_requests += 1
+        if not request.query.get("access_token"):
+            return _error(*FAILURES["190"])
+        user_id = request.match_info["user_id"]
+        profile = self.profiles.get(user_id, {"first_name": "Test", "last_name": "User"})
+        if profile.get("fail"):
+            return _error(*FAILURES["5xx"])
+        return web.json_response({"id": user_id, **profile})
+
+    async def _control_fail(self, request: web.Request) -> web.Response:
+        data = await request.json()
+        self.fail(str(data["kind"]), int(data.get("times", 1)), data.get("user_id"))
+        return web.json_response({"ok": True})
+
+    async def _control_reset(self, request: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+    async def _control_sent(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            [{"recipient": m.recipient, "body": m.body, "message_id": m.message_id} for m in self.sent]
+        )
+
+
+def _error(status: int, code: int | None, subcode: int | None, message: str) -> web.Response:
+    error: dict[str, Any] = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": "AFakeTraceId"}
+    if subcode is not None:
+        error["error_subcode"] = subcode
+    return web.json_response({"error": error}, status=status)
+
+
+def validate_send(body: Any) -> str | None:
+    """What Meta would refuse in a Send API body, as a message; None when the body is acceptable."""
+    if not isinstance(body, dict):
+        return "body must be an object"
+    recipient = body.get("recipient")
+    if not isinstance(recipient, dict) or not (recipient.get("id") or recipient.get("one_time_notif_token")):
+        return "(#100) recipient.id or recipient.one_time_notif_token is required"
+    if "sender_action" in body:
+        ok = body["sender_action"] in ("typing_on", "typing_off", "mark_seen") and "message" not in body
+        return None if ok else "(#100) sender_action must be typing_on, typing_off or mark_seen, without message"
+    if recipient.get("id"):
+        kind = body.get("messaging_type")
+        if kind not in ("RESPONSE", "UPDATE", "MESSAGE_TAG"):
+            return "(#100) messaging_type must be RESPONSE, UPDATE or MESSAGE_TAG"
+        if kind == "MESSAGE_TAG" and not body.get("tag"):
+            return "(#100) MESSAGE_TAG requires a tag"
+    message = body.get("message")
+    if not isinstance(message, dict):
+        return "(#100) message is required"
+    return validate_message(message)
+
+
+def validate_message(message: dict[str, Any]) -> str | None:
+    quick = message.get("quick_replies", [])
+    if len(quick) > 13:
+        return "(#100) quick_replies: at most 13"
+    for reply in quick:
+        if reply.get("content_type") == "text":
+            if not 0 < len(reply.get("title", "")) <= 20:
+                return "(#100) quick_replies[].title must be 1 to 20 characters"
+            if not 0 < len(reply.get("payload", "")) <= 1000:
+                return "(#100) quick_replies[].payload must be 1 to 1000 characters"
+    if "text" in message:
+        if not isinstance(message["text"], str) or not message["text"]:
+            return "(#100) message.text must be a non-empty string"
+        if len(message["text"]) > 2000:
+            return "(#100) message.text: at most 2000 characters"
+        return None
+    attachment = message.get("attachment")
+    if not isinstance(attachment, dict) or attachment.get("type") != "template":
+        return "(#100) message needs text or a template attachment"
+    payload = attachment.get("payload", {})
+    kind = payload.get("template_type")
+    if kind == "button":
+        buttons = payload.get("buttons", [])
+        if not 1 <= len(buttons) <= 3:
+            return "(#100) button template: 1 to 3 buttons"
+        if not 0 < len(payload.get("text", "")) <= 640:
+            return "(#100) button template: text must be 1 to 640 characters"
+        for button in buttons:
+            if button.get("type") == "postback" and not button.get("payload"):
+                return "(#100) postback button needs a payload"
+            if button.get("type") == "web_url" and not button.get("url"):
+                return "(#100) web_url button needs a url"
+        return None
+    if kind == "one_time_notif_req":
+        if set(payload) - {"template_type", "title", "payload"}:
+            return "(#100) one_time_notif_req accepts only title and payload"
+        if not 0 < len(payload.get("title", "")) <= 65:
+            return "(#100) one_time_notif_req: title must be 1 to 65 characters"
+        if not payload.get("payload"):
+            return "(#100) one_time_notif_req: payload is required"
+        return None
+    if kind == "generic":
+        if not 1 <= len(payload.get("elements", [])) <= 10:
+            return "(#100) generic template: 1 to 10 elements"
+        return None
+    return f"(#100) unsupported template_type {kind!r}"

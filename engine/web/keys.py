@@ -1,0 +1,26 @@
+"""Typed application state keys (aiohttp's AppKey)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..config import Settings
+from ..flow import CompiledFlow
+from ..messenger.client import GraphClient
+from ..runtime.clock import Clock
+from ..runtime.dispatcher import Dispatcher
+from ..runtime.metrics import Metrics
+from ..runtime.sender import SendingState
+from ..store import Store
+from ..testing.fake_graph import FakeGraph
+
+SETTINGS = web.AppKey("settings", Settings)
+FLOWS: web.AppKey[dict[str, CompiledFlow]] = web.AppKey("flows")
+CLOCK = web.AppKey("clock", Clock)
+METRICS = web.AppKey("metrics", Metrics)
+STORE = web.AppKey("store", Store)
+GRAPH = web.AppKey("graph", GraphClient)
+FAKE_GRAPH = web.AppKey("fake_graph", FakeGraph)
+GRAPH_URL = web.AppKey("graph_url", str)
+SENDING = web.AppKey("sending", SendingState)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)

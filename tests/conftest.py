@@ -1,0 +1,169 @@
+"""Shared fixtures: a fake Graph API and a real otnflow server, both on loopback, plus helpers to sign and post."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import aioresponses.core
+import pytest
+from aiohttp import ClientResponse, web
+
+from engine.config import Settings, load_settings
+from engine.messenger.signature import sign
+from engine.testing import FakeGraph, ManualClock
+from engine.web import create_app
+from engine.web.keys import DISPATCHER, STORE
+
+# --- aioresponses shim -------------------------------------------------------------------------------------
+# aioresponses 0.7.9 builds ClientResponse without the `stream_writer` argument that aiohttp 3.14 requires
+# (upstream pnuckowski/aioresponses#289, fix not merged yet). Give it a response class that supplies a stand-in
+# writer. Remove this block once an aioresponses release passes stream_writer itself.
+if "stream_writer" in inspect.signature(ClientResponse.__init__).parameters:
+
+    class _CompatClientResponse(ClientResponse):
+        def __init__(self, method: str, url: Any, *, stream_writer: Any = None, **kwargs: Any) -> None:
+            if stream_writer is None:
+                stream_writer = SimpleNamespace(output_size=0)
+            super().__init__(method, url, stream_writer=stream_writer, **kwargs)
+
+    aioresponses.core.ClientResponse = _CompatClientResponse  # type: ignore[misc]
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT.parent / "shared" / "fixtures" / "webhooks"
+LOCAL_FIXTURES = Path(__file__).parent / "fixtures"
+APP_SECRET = "test-app-secret"
+PAGE_TOKEN = "test-page-token"
+VERIFY_TOKEN = "test-verify-token"
+
+
+def webhook_fixture(name: str) -> dict[str, Any]:
+    """A sample body from ../shared/fixtures/webhooks (copied under tests/fixtures/webhooks when shared/ is absent)."""
+    for folder in (FIXTURES, LOCAL_FIXTURES / "webhooks"):
+        path = folder / name
+        if path.exists():
+            return json.loads(path.read_text())  # type: ignore[no-any-return]
+    raise FileNotFoundError(name)
+
+
+async def wait_until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0,
+                     what: str = "condition") -> None:
+    """Poll `condition` every 10 ms, bounded in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class Loopback:
+    url: str
+    runner: web.AppRunner
+
+
+async def serve_on_loopback(app: web.Application) -> Loopback:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return Loopback(f"http://127.0.0.1:{runner.addresses[0][1]}", runner)
+
+
+@pytest.fixture
+async def fake_graph() -> AsyncIterator[tuple[FakeGraph, str]]:
+    fake = FakeGraph(page_token=PAGE_TOKEN, timeout_delay=2.0)
+    served = await serve_on_loopback(fake.app())
+    yield fake, served.url
+    await served.runner.cleanup()
+
+
+def make_settings(tmp_path: Path, graph_url: str, **overrides: Any) -> Settings:
+    env = {
+        "OTNFLOW_APP_SECRET": APP_SECRET, "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN, "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
+        "OTNFLOW_GRAPH_URL": graph_url, "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        "OTNFLOW_GRAPH_BACKOFF_BASE_SECONDS": "0.001", "OTNFLOW_GRAPH_BACKOFF_MAX_SECONDS": "0.01",
+        "OTNFLOW_GRAPH_TIMEOUT_SECONDS": "1.0",
+    }
+    env.update({f"OTNFLOW_{k.upper()}": str(v) for k, v in overrides.items()})
+    return load_settings(ROOT / "config.toml", env)
+
+
+class Server:
+    """A running otnflow app on loopback, with helpers to post signed webhooks and inspect its store."""
+
+    def __init__(self, app: web.Application, url: str, fake: FakeGraph, clock: ManualClock) -> None:
+        self.app, self.url, self.fake, self.clock = app, url, fake, clock
+        self.session = aiohttp.ClientSession()
+
+    async def post(self, body: Any, *, secret: str = APP_SECRET, raw: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, str]:
+        data = raw if raw is not None else json.dumps(body).encode()
+        sent_headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(data, secret)}
+        sent_headers.update(headers or {})
+        async with self.session.post(f"{self.url}/webhook", data=data, headers=sent_headers) as response:
+            return response.status, await response.text()
+
+    async def get(self, path: str) -> tuple[int, str]:
+        async with self.session.get(f"{self.url}{path}") as response:
+            return response.status, await response.text()
+
+    async def idle(self) -> None:
+        await asyncio.sleep(0)
+        await self.app[DISPATCHER].idle()
+
+    async def counts(self) -> dict[str, int]:
+        return await self.app[STORE].counts()
+
+    def texts_to(self, user_id: str) -> list[str | None]:
+        return [m.text for m in self.fake.messages_to(user_id)]
+
+
+@pytest.fixture
+async def server_factory(tmp_path: Path, fake_graph: tuple[FakeGraph, str]) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    fake, graph_url = fake_graph
+    started: list[tuple[Server, Loopback]] = []
+
+    async def start(**overrides: Any) -> Server:
+        clock = ManualClock(1_764_240_000_000)
+        app = create_app(make_settings(tmp_path, graph_url, **overrides), clock=clock)
+        served = await serve_on_loopback(app)
+        server = Server(app, served.url, fake, clock)
+        started.append((server, served))
+        return server
+
+    yield start
+    for server, served in started:
+        await server.session.close()
+        await served.runner.cleanup()
+
+
+@pytest.fixture
+async def server(server_factory: Callable[..., Awaitable[Server]]) -> Server:
+    return await server_factory()
+
+
+def message_event(user: str, mid: str, timestamp: int, text: str | None = None, payload: str | None = None,
+                  page: str = "106000000000001") -> dict[str, Any]:
+    message: dict[str, Any] = {"mid": mid}
+    if text is not None:
+        message["text"] = text
+    if payload is not None:
+        message["quick_reply"] = {"payload": payload}
+    return {"sender": {"id": user}, "recipient": {"id": page}, "timestamp": timestamp, "message": message}
+
+
+def body_of(*events: dict[str, Any], page: str = "106000000000001") -> dict[str, Any]:
+    return {"object": "page", "entry": [{"id": page, "time": 1, "messaging": list(events)}]}
