@@ -95,7 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("\n".join(lines), flush=True)
 
     app.on_startup.append(banner)
-    web.run_app(app, host=host, port=port, print=None, access_log=None)
+    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=5.0)
     return 0
 
 

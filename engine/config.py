@@ -84,10 +84,11 @@ class Settings:
         return url
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
+def _coerce(key: str, value: Any, source: str, from_env: bool = False) -> Any:
+    """Environment values are text and are parsed; file values must already have the right TOML type."""
     default = OPTIONS[key].default
     kind = type(default)
-    if isinstance(value, str) and kind is not str:
+    if from_env and kind is not str:
         text = value.strip()
         try:
             if kind is bool:
@@ -132,7 +133,7 @@ def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | 
     for key in OPTIONS:
         name = env_name(key)
         if name in env:
-            values[key] = _coerce(key, env[name], f"from {name}")
+            values[key] = _coerce(key, env[name], f"from {name}", from_env=True)
     if values["log.format"] not in ("json", "text"):
         raise ConfigError(f"config: log.format = {values['log.format']!r} must be json or text")
     if not str(values["store.url"]).startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):

@@ -54,8 +54,9 @@ def webhook_fixture(name: str) -> dict[str, Any]:
     raise FileNotFoundError(name)
 
 
-async def wait_until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0,
-                     what: str = "condition") -> None:
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Poll `condition` every 10 ms, bounded in time."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -92,9 +93,13 @@ async def fake_graph() -> AsyncIterator[tuple[FakeGraph, str]]:
 
 def make_settings(tmp_path: Path, graph_url: str, **overrides: Any) -> Settings:
     env = {
-        "OTNFLOW_APP_SECRET": APP_SECRET, "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN, "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
-        "OTNFLOW_GRAPH_URL": graph_url, "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
-        "OTNFLOW_GRAPH_BACKOFF_BASE_SECONDS": "0.001", "OTNFLOW_GRAPH_BACKOFF_MAX_SECONDS": "0.01",
+        "OTNFLOW_APP_SECRET": APP_SECRET,
+        "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN,
+        "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
+        "OTNFLOW_GRAPH_URL": graph_url,
+        "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        "OTNFLOW_GRAPH_BACKOFF_BASE_SECONDS": "0.001",
+        "OTNFLOW_GRAPH_BACKOFF_MAX_SECONDS": "0.01",
         "OTNFLOW_GRAPH_TIMEOUT_SECONDS": "1.0",
     }
     env.update({f"OTNFLOW_{k.upper()}": str(v) for k, v in overrides.items()})
@@ -108,8 +113,9 @@ class Server:
         self.app, self.url, self.fake, self.clock = app, url, fake, clock
         self.session = aiohttp.ClientSession()
 
-    async def post(self, body: Any, *, secret: str = APP_SECRET, raw: bytes | None = None,
-                   headers: dict[str, str] | None = None) -> tuple[int, str]:
+    async def post(
+        self, body: Any, *, secret: str = APP_SECRET, raw: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, str]:
         data = raw if raw is not None else json.dumps(body).encode()
         sent_headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(data, secret)}
         sent_headers.update(headers or {})
@@ -132,7 +138,9 @@ class Server:
 
 
 @pytest.fixture
-async def server_factory(tmp_path: Path, fake_graph: tuple[FakeGraph, str]) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+async def server_factory(
+    tmp_path: Path, fake_graph: tuple[FakeGraph, str]
+) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     fake, graph_url = fake_graph
     started: list[tuple[Server, Loopback]] = []
 
@@ -155,8 +163,14 @@ async def server(server_factory: Callable[..., Awaitable[Server]]) -> Server:
     return await server_factory()
 
 
-def message_event(user: str, mid: str, timestamp: int, text: str | None = None, payload: str | None = None,
-                  page: str = "106000000000001") -> dict[str, Any]:
+def message_event(
+    user: str,
+    mid: str,
+    timestamp: int,
+    text: str | None = None,
+    payload: str | None = None,
+    page: str = "106000000000001",
+) -> dict[str, Any]:
     message: dict[str, Any] = {"mid": mid}
     if text is not None:
         message["text"] = text

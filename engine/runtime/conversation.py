@@ -7,6 +7,7 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..flow import CompiledFlow, Reply, Snapshot, StepResult, UserInput
@@ -38,6 +39,15 @@ def reply_to_outbox(reply: Reply, key: str, user_id: str) -> OutboxItem:
     return OutboxItem(key, user_id, message, meta)
 
 
+@dataclass
+class Handled:
+    """What one handled event left to send. `committed` is False when another worker or a replay got there first."""
+
+    committed: bool
+    user: UserRecord
+    outbox: list[OutboxItem]
+
+
 class ConversationHandler:
     def __init__(
         self,
@@ -56,10 +66,14 @@ class ConversationHandler:
     def flow_for(self, user: UserRecord) -> CompiledFlow:
         return self.flows.get(user.flow) or self.flows[self.default_flow]
 
-    async def handle(self, stored: StoredEvent) -> bool:
-        """Handle one event. False when it had already been handled (another worker or a replay got there)."""
+    async def handle(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> Handled:
+        """Handle one event: one atomic write of the user, its replies and the event's handled mark. With
+        `send_now` the first reply is recorded as `sending` in that same write, because the caller sends it at
+        once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
+        `user` is the record this worker itself just committed for the same user, when it has one: no read back."""
         event = parse_event(json.loads(stored.body), stored.key, Counter())
-        user = await self.store.load_user(stored.user_id)
+        if user is None or user.user_id != stored.user_id:
+            user = await self.store.load_user(stored.user_id)
         if user is None:
             user = UserRecord(stored.user_id, stored.page_id, self.default_flow, created_ms=self.clock.now_ms())
         if user.profile is None:
@@ -76,7 +90,13 @@ class ConversationHandler:
             user.variables = dict(result.snapshot.variables)
             replies = result.replies
         outbox = [reply_to_outbox(r, f"{stored.key}#{i}", user.user_id) for i, r in enumerate(replies)]
-        return await self.store.commit_step(stored.key, user, outbox, self.clock.now_ms())
+        if send_now and outbox and not user.unreachable:
+            outbox[0].status = "sending"
+        committed = await self.store.commit_step(stored.key, user, outbox, self.clock.now_ms())
+        if not committed:  # someone else handled it: our copy of the user is stale
+            reloaded = await self.store.load_user(stored.user_id)
+            return Handled(False, reloaded or user, [])
+        return Handled(True, user, outbox)
 
     def run_flow(self, flow: CompiledFlow, user: UserRecord, event: InboundEvent) -> StepResult | None:
         snapshot = Snapshot(

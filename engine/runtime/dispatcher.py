@@ -1,6 +1,10 @@
 """Per-user ordering within a process: one worker task per user with work, removed when idle (memory stays flat),
-at most `concurrency` users at once. A worker handles the user's stored events oldest first, sending each event's
-replies before the next event, and loops while new work arrived meanwhile."""
+at most `concurrency` users at once. A worker handles the user's events oldest first, sending each event's
+replies before the next event, and loops while new work arrived meanwhile.
+
+The webhook hands freshly stored events to the worker directly, so the steady state reads nothing back from the
+inbox; the store stays the source of truth (a restart, or a user whose hand-off was lost, is read from it) and
+`commit_step` refuses an event already handled, so a hand-off can never cause double handling."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import contextlib
 import logging
 import time
 
-from ..store import Store
+from ..store import Store, StoredEvent, UserRecord
 from .conversation import ConversationHandler
 from .metrics import Metrics
 from .sender import OutboxSender
@@ -28,12 +32,19 @@ class Dispatcher:
         self._slots = asyncio.Semaphore(concurrency)
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        self._resume: set[str] = set()  # users to read from the store (restart): their outbox, then their inbox
+        self._handed: dict[str, list[StoredEvent]] = {}  # events the webhook just stored, per user with a worker
         self._received_at: dict[str, float] = {}  # event key -> monotonic receipt time, for the latency histogram
 
-    def wake(self, user_id: str, event_keys: list[str] | tuple[str, ...] = ()) -> None:
+    def wake(self, user_id: str, events: list[StoredEvent] | None = None) -> None:
+        """New work for a user: `events` just stored, or (None) whatever the store holds for them."""
         now = time.monotonic()
-        for key in event_keys:
-            self._received_at[key] = now
+        if events is None:
+            self._resume.add(user_id)
+        else:
+            self._handed.setdefault(user_id, []).extend(events)
+            for event in events:
+                self._received_at[event.key] = now
         if user_id in self._workers:
             self._again.add(user_id)
             return
@@ -56,6 +67,7 @@ class Dispatcher:
         deadline = time.monotonic() + timeout
         while self._workers and time.monotonic() < deadline:
             await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+        await self.sender.flush()
 
     async def stop(self, timeout: float = 10.0) -> None:
         with contextlib.suppress(TimeoutError):
@@ -63,6 +75,7 @@ class Dispatcher:
         for task in list(self._workers.values()):
             task.cancel()
         await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+        await self.sender.flush()
 
     @property
     def active_users(self) -> int:
@@ -80,18 +93,31 @@ class Dispatcher:
             log.exception("worker for a user failed")
         finally:
             del self._workers[user_id]  # no await between the last check of _again and here: no lost wake-up
+            self._handed.pop(user_id, None)
 
     async def _drain(self, user_id: str) -> None:
-        await self.sender.drain(user_id)  # rows a previous run left pending go first: they are older
-        while events := await self.store.pending_events(user_id):
-            for event in events:
-                try:
-                    await self.handler.handle(event)
-                except Exception as err:
-                    self.metrics.events_failed.inc()
-                    log.exception("handling event %s failed", event.key)
-                    await self.store.fail_event(event.key, f"{type(err).__name__}: {err}", self.handler.clock.now_ms())
-                await self.sender.drain(user_id)
-                started = self._received_at.pop(event.key, None)
-                if started is not None:
-                    self.metrics.handling_seconds.observe(time.monotonic() - started)
+        user: UserRecord | None = None  # what this run last committed for the user: its next event starts there
+        if user_id in self._resume:
+            self._resume.discard(user_id)
+            await self.sender.drain(user_id)  # rows a previous run left pending go first: they are older
+            while events := await self.store.pending_events(user_id):
+                user = await self._handle_all(events, user)
+        while handed := self._handed.pop(user_id, None):
+            user = await self._handle_all(sorted(handed, key=lambda e: e.timestamp), user)
+
+    async def _handle_all(self, events: list[StoredEvent], user: UserRecord | None) -> UserRecord | None:
+        for event in events:
+            try:
+                handled = await self.handler.handle(event, not self.sender.state.stopped_reason, user)
+                user = handled.user
+            except Exception as err:
+                user = None  # unknown state after a failure: read it again
+                self.metrics.events_failed.inc()
+                log.exception("handling event %s failed", event.key)
+                await self.store.fail_event(event.key, f"{type(err).__name__}: {err}", self.handler.clock.now_ms())
+            else:
+                await self.sender.send(handled.user, handled.outbox)
+            started = self._received_at.pop(event.key, None)
+            if started is not None:
+                self.metrics.handling_seconds.observe(time.monotonic() - started)
+        return user

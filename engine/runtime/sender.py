@@ -7,13 +7,16 @@ for a chat, and Meta itself refuses a second use of an OTN token). See docs/arch
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
-from ..store import OutboxItem, Store
+from ..store import OutboxItem, Store, UserRecord
 from .clock import Clock
 from .metrics import Metrics
 
@@ -36,27 +39,52 @@ class OutboxSender:
         self.clock = clock
         self.metrics = metrics
         self.state = state
+        self._pending_writes: set[asyncio.Task[None]] = set()
+
+    def _background(self, write: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(write)
+        self._pending_writes.add(task)
+        task.add_done_callback(self._pending_writes.discard)
+
+    async def flush(self) -> None:
+        """Wait for the status writes still queued (shutdown, tests)."""
+        await asyncio.gather(*list(self._pending_writes), return_exceptions=True)
 
     async def drain(self, user_id: str) -> None:
+        """Send whatever the user has pending in the store (after a restart, or after sending resumed)."""
         if self.state.stopped_reason:
             return
         user = await self.store.load_user(user_id)
-        for item in await self.store.pending_outbox(user_id):
+        await self.send(user, await self.store.pending_outbox(user_id))
+
+    async def send(self, user: UserRecord | None, items: list[OutboxItem]) -> None:
+        """Send rows in order; stop at the first that must stop the user's (or everyone's) sending. A user found
+        unreachable is marked so in the store and on `user`, the caller's copy."""
+        for item in items:
+            if self.state.stopped_reason:
+                if item.status == "sending":  # marked at commit, but no attempt will be made now
+                    await self._finish(item, "pending", "")
+                return
             if user is not None and user.unreachable:
                 await self._finish(item, "skipped", "user unreachable")
                 continue
-            if not await self._send(item):
+            outcome = await self._send(item)
+            if outcome is Outcome.UNREACHABLE and user is not None:
+                user.unreachable = True
+            if outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION, Outcome.UNREACHABLE):
                 return
 
-    async def _send(self, item: OutboxItem) -> bool:
-        """Send one row. False when sending must stop (for this user or for everyone)."""
-        now = self.clock.now_ms()
-        await self.store.set_outbox_status(item.key, "sending", "", now)
+    async def _send(self, item: OutboxItem) -> Outcome:
+        """Send one row and record its fate; the outcome tells the caller whether to go on."""
+        if item.status != "sending":  # recorded before the attempt, so a crash mid-send is never resent
+            await self.store.set_outbox_status(item.key, "sending", "", self.clock.now_ms())
         result = await self.client.send(send_body(item.user_id, item.message, "RESPONSE"))
         self.metrics.sends.labels(result.outcome.value).inc()
         if result.outcome is Outcome.SENT:
-            await self._finish(item, "sent", result.message_id or "")
-            return True
+            # Not awaited: the write is queued in order behind the others; if the process dies before it lands,
+            # the row stays `sending` and becomes `uncertain` at restart, which never resends it.
+            self._background(self._finish(item, "sent", result.message_id or ""))
+            return result.outcome
         detail = f"{result.outcome.value}: {result.detail}"
         if result.outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):
             await self._finish(item, "pending", detail)
@@ -66,16 +94,15 @@ class OutboxSender:
                 "replies are kept and will go out then.",
                 detail,
             )
-            return False
-        if result.outcome is Outcome.UNREACHABLE:
+        elif result.outcome is Outcome.UNREACHABLE:
             await self._finish(item, "failed", detail)
             await self.store.mark_unreachable(item.user_id)
             log.warning("user marked unreachable; no further messages will be sent to them")
             for rest in await self.store.pending_outbox(item.user_id):
                 await self._finish(rest, "skipped", "user unreachable")
-            return False
-        await self._finish(item, "refused" if result.outcome is Outcome.POLICY_BLOCKED else "failed", detail)
-        return True
+        else:
+            await self._finish(item, "refused" if result.outcome is Outcome.POLICY_BLOCKED else "failed", detail)
+        return result.outcome
 
     async def _finish(self, item: OutboxItem, status: str, detail: str) -> None:
         await self.store.set_outbox_status(item.key, status, detail, self.clock.now_ms())

@@ -7,8 +7,10 @@ accepted message, and can be told to fail (5xx, 613, timeouts, 551, 190, ...) fo
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ class SentMessage:
     recipient: dict[str, Any]
     body: dict[str, Any]
     message_id: str
+    at: float = field(default_factory=time.time)  # when the fake received it (wall clock, for latency figures)
 
     @property
     def user_id(self) -> str | None:
@@ -59,6 +62,7 @@ class _Failure:
 class FakeGraph:
     page_token: str | None = None  # when set, any other token answers 190
     timeout_delay: float = 30.0  # how long a "timeout" failure hangs
+    delay: float = 0.0  # added to every send, to model Meta's latency in load and crash tests
     sent: list[SentMessage] = field(default_factory=list)
     rejected: list[dict[str, Any]] = field(default_factory=list)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -105,6 +109,8 @@ class FakeGraph:
             self.rejected.append({"body": body, "error": problem})
             return _error(400, 100, None, problem)
         recipient = body["recipient"]
+        if self.delay:
+            await asyncio.sleep(self.delay)
         failure = self._take_failure(recipient.get("id"))
         if failure is not None:
             if failure.kind == "timeout":
@@ -145,7 +151,7 @@ class FakeGraph:
 
     async def _control_sent(self, request: web.Request) -> web.Response:
         return web.json_response(
-            [{"recipient": m.recipient, "body": m.body, "message_id": m.message_id} for m in self.sent]
+            [{"recipient": m.recipient, "body": m.body, "message_id": m.message_id, "at": m.at} for m in self.sent]
         )
 
 
@@ -224,3 +230,23 @@ def validate_message(message: dict[str, Any]) -> str | None:
             return "(#100) generic template: 1 to 10 elements"
         return None
     return f"(#100) unsupported template_type {kind!r}"
+
+
+def main() -> None:
+    """Run the fake on its own: `python -m engine.testing.fake_graph --port 8081` (benchmarks, manual tests)."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8081)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds added to every send")
+    args = parser.parse_args()
+    web.run_app(
+        FakeGraph(delay=args.delay).app(),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=lambda _: print(f"fake Graph API on http://{args.host}:{args.port}", flush=True),
+    )
+
+
+if __name__ == "__main__":
+    main()

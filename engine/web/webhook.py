@@ -70,10 +70,10 @@ async def receive(request: web.Request) -> web.Response:
     ]
     new = await app[STORE].add_events(stored) if stored else []
     metrics.events_duplicate.inc(len(stored) - len(new))
-    by_user: dict[str, list[str]] = defaultdict(list)
+    by_user: dict[str, list[StoredEvent]] = defaultdict(list)
     for event in new:
         metrics.events_received.labels(event.kind).inc()
-        by_user[event.user_id].append(event.key)
-    for user_id, keys in by_user.items():
-        app[DISPATCHER].wake(user_id, keys)
+        by_user[event.user_id].append(event)
+    for user_id, events in by_user.items():
+        app[DISPATCHER].wake(user_id, events)
     return web.Response(text="EVENT_RECEIVED")

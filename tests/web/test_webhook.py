@@ -59,10 +59,14 @@ async def test_sha1_is_only_a_configured_fallback(server_factory) -> None:  # ty
         (b"{not json", "body is not JSON"),
         (b"[]", "body must be a JSON object"),
         (b'{"object": "page", "entry": {}}', "'entry' must be a list"),
-        (b'{"object": "page", "entry": [{"messaging": [{"timestamp": 1, "message": {"mid": "x"}}]}]}',
-         "entry[0].messaging[0].sender.id is missing"),
-        (b'{"object": "page", "entry": [{"messaging": [{"sender": {"id": "1"}, "recipient": {"id": "2"}}]}]}',
-         "entry[0].messaging[0].timestamp must be an integer"),
+        (
+            b'{"object": "page", "entry": [{"messaging": [{"timestamp": 1, "message": {"mid": "x"}}]}]}',
+            "entry[0].messaging[0].sender.id is missing",
+        ),
+        (
+            b'{"object": "page", "entry": [{"messaging": [{"sender": {"id": "1"}, "recipient": {"id": "2"}}]}]}',
+            "entry[0].messaging[0].timestamp must be an integer",
+        ),
     ],
 )
 async def test_malformed_body_is_400_naming_the_problem(server: Server, raw: bytes, message: str) -> None:
@@ -88,16 +92,24 @@ async def test_every_sample_webhook_is_accepted_and_never_crashes(server: Server
     assert counts.get("inbox_failed", 0) == 0
     replied = len(server.fake.sent) > 0
     # what deserves an answer gets one; echoes, receipts, standby and feed changes get none
-    expected_reply = name in {"text.json", "quick_reply.json", "postback.json", "postback_old_no_mid.json",
-                              "attachment_image.json", "referral.json", "batch.json"}
+    expected_reply = name in {
+        "text.json",
+        "quick_reply.json",
+        "postback.json",
+        "postback_old_no_mid.json",
+        "attachment_image.json",
+        "referral.json",
+        "batch.json",
+    }
     assert replied is expected_reply, (name, server.fake.sent)
 
 
 async def test_non_ascii_signed_both_escaped_and_raw(server: Server) -> None:
     event = message_event(USER, "m_accent", 1_764_240_000_000, text="Crémant 🍾")
     escaped = json.dumps(body_of(event)).encode()  # Meta's form: \u00e9 escapes
-    raw = json.dumps(body_of(message_event(USER, "m_accent2", 1_764_240_000_001, text="Crémant 🍾")),
-                     ensure_ascii=False).encode()
+    raw = json.dumps(
+        body_of(message_event(USER, "m_accent2", 1_764_240_000_001, text="Crémant 🍾")), ensure_ascii=False
+    ).encode()
     assert b"\\u00e9" in escaped and "é".encode() in raw
     assert (await server.post(None, raw=escaped))[0] == 200
     assert (await server.post(None, raw=raw))[0] == 200
@@ -113,7 +125,7 @@ async def test_batch_handles_every_entry_and_event(server: Server) -> None:
     # user 1 said "one" (enters the start state) then "two" (not understood there): two replies, in that order
     first = server.texts_to("7100000000000001")
     assert len(first) == 2 and first[0] is not None and first[0].startswith("Hi Test!")
-    assert first[1] == "Sorry, I didn't get that. Tap an option below, or type \"menu\"."
+    assert first[1] == 'Sorry, I didn\'t get that. Tap an option below, or type "menu".'
     assert len(server.texts_to("7100000000000002")) == 1
 
 
@@ -131,8 +143,9 @@ async def test_the_same_delivery_three_times_yields_one_reply(server: Server) ->
 
 async def test_events_of_one_user_are_handled_in_timestamp_order(server: Server) -> None:
     # one batch, listed newest first: "hi" (t=1) enters welcome, the White tap (t=2) needs welcome to work
-    batch = body_of(message_event(USER, "m_2", 2_000, text="White", payload="WHITE"),
-                    message_event(USER, "m_1", 1_000, text="hi"))
+    batch = body_of(
+        message_event(USER, "m_2", 2_000, text="White", payload="WHITE"), message_event(USER, "m_1", 1_000, text="hi")
+    )
     assert (await server.post(batch))[0] == 200
     await server.idle()
     texts = server.texts_to(USER)

@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engine.config import LOCAL_SECRET, OPTIONS, ConfigError, env_name, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_config_lists_every_setting_with_its_default() -> None:
+    settings = load_settings(ROOT / "config.toml", {})
+    for key, option in OPTIONS.items():
+        if key != "flows.default":
+            assert settings[key] == option.default, key
+
+
+def test_every_setting_is_overridden_by_its_environment_variable() -> None:
+    settings = load_settings(
+        ROOT / "config.toml",
+        {
+            "OTNFLOW_SERVER_PORT": "9999",
+            "OTNFLOW_GRAPH_URL": "http://x",
+            "OTNFLOW_SERVER_ALLOW_SHA1_SIGNATURE": "yes",
+            "OTNFLOW_GRAPH_TIMEOUT_SECONDS": "2",
+        },
+    )
+    assert settings["server.port"] == 9999
+    assert settings["graph.url"] == "http://x"
+    assert settings["server.allow_sha1_signature"] is True
+    assert settings["graph.timeout_seconds"] == 2.0
+    assert env_name("dispatcher.concurrency") == "OTNFLOW_DISPATCHER_CONCURRENCY"
+
+
+def test_local_mode_without_a_page_token_uses_local_secrets() -> None:
+    settings = load_settings(ROOT / "config.toml", {})
+    assert settings.local_mode
+    assert settings.app_secret == settings.verify_token == LOCAL_SECRET
+
+
+@pytest.mark.parametrize(
+    ("env", "file", "message"),
+    [
+        (
+            {"OTNFLOW_SERVER_PORT": "eighty"},
+            None,
+            "config: server.port = 'eighty' (from OTNFLOW_SERVER_PORT) must be an integer",
+        ),
+        ({}, "[server]\nprot = 1\n", "unknown setting 'server.prot'; did you mean 'server.port'?"),
+        ({}, '[graph]\nmax_attempts = "3"\n', "config: graph.max_attempts = '3' ("),
+        ({}, '[store]\nurl = "postgres://x"\n', "store.url = 'postgres://x' must start with sqlite:/// or mongodb://"),
+        ({"OTNFLOW_PAGE_TOKEN": "EAAB"}, None, "OTNFLOW_APP_SECRET is not set: with OTNFLOW_PAGE_TOKEN set"),
+        ({}, "[server\n", "TOML syntax error"),
+    ],
+)
+def test_a_bad_setting_stops_with_one_clear_line(
+    tmp_path: Path, env: dict[str, str], file: str | None, message: str
+) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(file if file is not None else "")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path, env)
+    text = str(caught.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[store]\nurl = "sqlite:///data/x.sqlite3"\n')
+    assert load_settings(path, {}).store_url == f"sqlite:///{tmp_path}/data/x.sqlite3"
