@@ -42,13 +42,23 @@ async def test_serve_in_local_mode_answers_a_message_through_the_fake_graph(tmp_
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTNFLOW_")}
-    env.update(OTNFLOW_SERVER_PORT=str(port), OTNFLOW_STORE_URL=f"sqlite:///{tmp_path / 'local.sqlite3'}",
-               OTNFLOW_LOG_LEVEL="WARNING")
-    process = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve"], cwd=ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env.update(
+        OTNFLOW_SERVER_PORT=str(port),
+        OTNFLOW_STORE_URL=f"sqlite:///{tmp_path / 'local.sqlite3'}",
+        OTNFLOW_LOG_LEVEL="WARNING",
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as session:
+
             async def up() -> bool:
                 try:
                     async with session.get(f"{url}/healthz") as response:
@@ -58,8 +68,9 @@ async def test_serve_in_local_mode_answers_a_message_through_the_fake_graph(tmp_
 
             await wait_until(up, timeout=20, what="otnflow serve")
             raw = json.dumps(webhook_fixture("text.json")).encode()
-            async with session.post(f"{url}/webhook", data=raw,
-                                    headers={"X-Hub-Signature-256": sign(raw, LOCAL_SECRET)}) as response:
+            async with session.post(
+                f"{url}/webhook", data=raw, headers={"X-Hub-Signature-256": sign(raw, LOCAL_SECRET)}
+            ) as response:
                 assert response.status == 200
 
             async def replied() -> bool:

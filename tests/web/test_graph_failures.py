@@ -102,8 +102,11 @@ async def test_replies_of_one_user_go_out_in_order(server: Server) -> None:
 
 async def test_unreachable_mid_queue_skips_the_users_next_events_too(server: Server) -> None:
     server.fake.fail("blocked", times=1, user_id=USER)
-    batch = body_of(message_event(USER, "q1", 1, text="hi"), message_event(USER, "q2", 2, text="menu"),
-                    message_event(USER, "q3", 3, text="menu"))
+    batch = body_of(
+        message_event(USER, "q1", 1, text="hi"),
+        message_event(USER, "q2", 2, text="menu"),
+        message_event(USER, "q3", 3, text="menu"),
+    )
     await server.post(batch)
     await server.idle()
     assert server.fake.messages_to(USER) == []
