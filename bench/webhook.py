@@ -68,7 +68,7 @@ async def load(server: str, graph: str, users: int, per_user: int, timeout: floa
                 event = {
                     "sender": {"id": f"u{u}"},
                     "recipient": {"id": "page"},
-                    "timestamp": 1_000 + n,
+                    "timestamp": int(time.time() * 1000),
                     "message": {"mid": f"m{u}_{n}_{time.time_ns()}", "text": f"u{u} n{n}"},
                 }
                 raw = json.dumps({"object": "page", "entry": [{"id": "page", "time": 1, "messaging": [event]}]})

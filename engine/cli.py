@@ -3,18 +3,194 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
 
 from .flow import FlowOptions, check_paths, flow_files
 from .flow.graph import to_mermaid
 from .flow.loader import read_flow
 from .flow.shapes import schema_text
 
+if TYPE_CHECKING:
+    from .config import Settings
+    from .flow import CompiledFlow
+
 
 def _flow_options(args: argparse.Namespace) -> FlowOptions:
-    return FlowOptions(templates_dir=Path(args.templates))
+    """From config.toml when there is one (templates, OTN availability, allowed tags); --templates overrides."""
+    from .config import ConfigError, load_settings
+
+    try:
+        options = load_settings(Path(args.config) if args.config else None).flow_options()
+    except ConfigError:
+        options = FlowOptions()
+    templates = Path(args.templates) if args.templates else options.templates_dir or Path("templates")
+    return FlowOptions(templates, options.limits, options.otn_available)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """Settings, or SystemExit(2) with the one line that says what is wrong."""
+    from .config import ConfigError, load_settings
+
+    try:
+        return load_settings(Path(args.config) if args.config else None)
+    except ConfigError as err:
+        print(f"otnflow: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _flows(settings: Settings) -> dict[str, CompiledFlow]:
+    from .flow import FlowError
+    from .web.app import load_configured_flows
+
+    try:
+        return load_configured_flows(settings)
+    except FlowError as err:
+        for diagnostic in err.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        print("otnflow: the flows have errors (listed above); `otnflow check` shows them too", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _parse_vars(pairs: list[str]) -> dict[str, str]:
+    variables = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            print(f"otnflow: --var {pair!r} must be key=value", file=sys.stderr)
+            raise SystemExit(2)
+        variables[key] = value
+    return variables
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    import asyncio
+
+    settings = _settings(args)
+    flows = _flows(settings)
+    variables = _parse_vars(args.var)
+    return asyncio.run(_notify(settings, flows, args.topic, args.segment or "", variables, args.campaign))
+
+
+async def _notify(
+    settings: Settings,
+    flows: dict[str, CompiledFlow],
+    topic: str,
+    segment: str,
+    variables: dict[str, str],
+    name: str | None,
+) -> int:
+    import aiohttp
+
+    from .messenger.client import GraphClient
+    from .runtime.clock import SystemClock
+    from .runtime.engine import assemble, graph_settings
+    from .runtime.metrics import Metrics
+    from .runtime.notify import CampaignError
+    from .runtime.sender import SendingState
+    from .store import open_store
+
+    if settings.local_mode and not os.environ.get("OTNFLOW_GRAPH_URL"):
+        print(
+            "otnflow: notify sends real messages: set OTNFLOW_PAGE_TOKEN (or OTNFLOW_GRAPH_URL for a fake)",
+            file=sys.stderr,
+        )
+        return 2
+    store = open_store(settings.store_url)
+    await store.open()
+    try:
+        async with aiohttp.ClientSession() as session:
+            graph = GraphClient(session, graph_settings(settings))
+            engine = assemble(
+                settings,
+                flows,
+                store,
+                graph,
+                SystemClock(),
+                Metrics(),
+                SendingState(),
+                campaigns_through_dispatcher=False,
+            )
+            bar = ProgressBar(sys.stderr)
+            try:
+                report = await engine.campaigns.run(topic, segment, variables, name, progress=bar.update)
+            except CampaignError as err:
+                print(f"otnflow: {err}", file=sys.stderr)
+                return 2
+            bar.close()
+    finally:
+        await store.close()
+    print(campaign_table(report.as_dict()))
+    if report.stopped:
+        print(
+            f"otnflow: campaign stopped: {report.stopped}; fix it and run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; a line every 10% elsewhere (logs, CI)."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.tty = stream.isatty()
+        self._last_tenth = -1
+
+    def update(self, done: int, total: int) -> None:
+        total = max(total, 1)
+        if self.tty:
+            filled = self.width * done // total
+            self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total}")
+            self.stream.flush()
+        elif (tenth := 10 * done // total) != self._last_tenth:
+            self._last_tenth = tenth
+            print(f"notify: {done}/{total}", file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+
+
+def campaign_table(report: dict[str, Any]) -> str:
+    counts: dict[str, int] = report["counts"]
+    rows = [
+        ("campaign", report["campaign"]),
+        ("topic", report["topic"]),
+        ("segment", report["segment"] or "(all)"),
+        ("eligible", report["eligible"]),
+    ]
+    rows += [(key, value) for key, value in sorted(counts.items())]
+    rows.append(("seconds", report["seconds"]))
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in rows)
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .runtime.clock import SystemClock
+    from .runtime.stats import loop_stats, table
+    from .store import open_store
+
+    settings = _settings(args)
+
+    async def run() -> dict[str, dict[str, float]]:
+        store = open_store(settings.store_url)
+        await store.open()
+        try:
+            return await loop_stats(store, SystemClock().now_ms(), float(settings["notify.expiring_soon_days"]))
+        finally:
+            await store.close()
+
+    figures = asyncio.run(run())
+    print(json.dumps(figures, indent=2) if args.json else table(figures))
+    return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -110,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="check flow files; print file:line: message for every problem")
     check.add_argument("paths", nargs="*", help="flow files or folders (default: flows/)")
-    check.add_argument("--templates", default="templates", help="templates folder (default: templates/)")
+    check.add_argument("--templates", help="templates folder (default: from config.toml, else templates/)")
+    check.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
     check.add_argument("--strict", action="store_true", help="fail on warnings too")
     check.set_defaults(run=cmd_check)
 
@@ -123,6 +300,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     serve.set_defaults(run=cmd_serve)
+
+    notify = commands.add_parser("notify", help="deliver a topic to every user holding a valid OTN token")
+    notify.add_argument("topic")
+    notify.add_argument("--segment", help='only users matching this segment expression, e.g. "likes_white"')
+    notify.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="a template variable")
+    notify.add_argument("--campaign", help="campaign name (default: derived from topic, segment and vars)")
+    notify.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
+    notify.set_defaults(run=cmd_notify)
+
+    stats = commands.add_parser("stats", help="the OTN loop's figures per topic")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
+    stats.set_defaults(run=cmd_stats)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of flow files (for editors)")
     schema.set_defaults(run=cmd_schema)

@@ -17,6 +17,9 @@ from typing import Any
 
 import tomli
 
+from .flow import FlowOptions, Limits
+from .policy import PolicySettings
+
 
 class ConfigError(ValueError):
     """One clear line: which setting, what is wrong, how to fix it."""
@@ -45,6 +48,22 @@ OPTIONS: dict[str, Option] = {
     "graph.backoff_base_seconds": Option(0.5, "First retry waits up to this (full jitter), doubling each time."),
     "graph.backoff_max_seconds": Option(30.0, "Longest wait between two attempts."),
     "dispatcher.concurrency": Option(64, "Users handled at the same time (one event at a time per user)."),
+    "policy.window_hours": Option(24.0, "The standard messaging window after the user's last interaction."),
+    "policy.allowed_tags": Option(
+        "CONFIRMED_EVENT_UPDATE,POST_PURCHASE_UPDATE,ACCOUNT_UPDATE,HUMAN_AGENT",
+        "Message tags allowed outside the window, comma-separated (Meta deprecates some: keep this current).",
+    ),
+    "policy.human_agent_days": Option(7.0, "HUMAN_AGENT may answer up to this long after the user's last message."),
+    "policy.otn_available": Option(True, "Whether the page may use One-Time Notification at all."),
+    "policy.page_in_eu": Option(False, "A page located in the EU/EEA (or with admins there): OTN is unavailable."),
+    "policy.eu_user_tag": Option("eu", "Users with this tag are treated as in the EU: no OTN for them."),
+    "policy.otn_token_days": Option(365.0, "How long an OTN token stays valid after the opt-in."),
+    "policy.otn_max_requests": Option(1, "OTN requests per topic per user per period (against nagging)."),
+    "policy.otn_request_period_hours": Option(24.0, "The period of policy.otn_max_requests."),
+    "policy.otn_skip_if_token_held": Option(True, "Do not ask for a topic the user already holds a token for."),
+    "notify.concurrency": Option(32, "Notifications in flight at once during a campaign."),
+    "notify.rate_per_second": Option(250.0, "Send API calls per second a campaign may make (Meta allows ~300)."),
+    "notify.expiring_soon_days": Option(30.0, "`otnflow stats` counts tokens expiring within this many days."),
     "log.level": Option("INFO", "DEBUG, INFO, WARNING or ERROR."),
     "log.format": Option("json", "json (one object per line) or text."),
 }
@@ -75,6 +94,30 @@ class Settings:
 
     def path(self, key: str) -> Path:
         return (self.root / str(self.values[key])).resolve()
+
+    @property
+    def policy(self) -> PolicySettings:
+        v = self.values
+        return PolicySettings(
+            window_hours=float(v["policy.window_hours"]),
+            allowed_tags=frozenset(t.strip() for t in str(v["policy.allowed_tags"]).split(",") if t.strip()),
+            human_agent_days=float(v["policy.human_agent_days"]),
+            otn_available=bool(v["policy.otn_available"]),
+            page_in_eu=bool(v["policy.page_in_eu"]),
+            otn_token_days=float(v["policy.otn_token_days"]),
+            otn_max_requests=int(v["policy.otn_max_requests"]),
+            otn_request_period_hours=float(v["policy.otn_request_period_hours"]),
+            otn_skip_if_token_held=bool(v["policy.otn_skip_if_token_held"]),
+        )
+
+    def flow_options(self) -> FlowOptions:
+        """How flows are checked against this configuration (templates folder, OTN availability, allowed tags)."""
+        policy = self.policy
+        return FlowOptions(
+            templates_dir=self.path("flows.templates"),
+            limits=Limits(allowed_tags=policy.allowed_tags),
+            otn_available=policy.otn_enabled,
+        )
 
     @property
     def store_url(self) -> str:

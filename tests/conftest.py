@@ -145,7 +145,7 @@ async def server_factory(
     started: list[tuple[Server, Loopback]] = []
 
     async def start(**overrides: Any) -> Server:
-        clock = ManualClock(1_764_240_000_000)
+        clock = ManualClock(T0)
         app = create_app(make_settings(tmp_path, graph_url, **overrides), clock=clock)
         served = await serve_on_loopback(app)
         server = Server(app, served.url, fake, clock)
@@ -163,20 +163,24 @@ async def server(server_factory: Callable[..., Awaitable[Server]]) -> Server:
     return await server_factory()
 
 
+T0 = 1_764_240_000_000  # the test clock's start, and the sample webhooks' timestamp
+
+
 def message_event(
     user: str,
     mid: str,
-    timestamp: int,
+    at: int,
     text: str | None = None,
     payload: str | None = None,
     page: str = "106000000000001",
 ) -> dict[str, Any]:
+    """A message event `at` ms after T0 (the servers' ManualClock starts at T0)."""
     message: dict[str, Any] = {"mid": mid}
     if text is not None:
         message["text"] = text
     if payload is not None:
         message["quick_reply"] = {"payload": payload}
-    return {"sender": {"id": user}, "recipient": {"id": page}, "timestamp": timestamp, "message": message}
+    return {"sender": {"id": user}, "recipient": {"id": page}, "timestamp": T0 + at, "message": message}
 
 
 def body_of(*events: dict[str, Any], page: str = "106000000000001") -> dict[str, Any]:

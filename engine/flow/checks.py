@@ -28,6 +28,9 @@ class Limits:
     buttons: int = 3
     button_text: int = 640
     otn_title: int = 65
+    allowed_tags: frozenset[str] = frozenset(
+        {"CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"}
+    )
 
 
 def check_flow(
@@ -162,6 +165,18 @@ def _check_states(spec: FlowSpec, report: Reporter, limits: Limits) -> None:
                 )
             else:
                 seen[payload] = dotted(key)
+        if state.message_tag is not None:
+            if state.message_tag not in limits.allowed_tags:
+                report.error(
+                    (*path, "message_tag"),
+                    f"message tag '{state.message_tag}' is not allowed (allowed: "
+                    f"{', '.join(sorted(limits.allowed_tags))})",
+                )
+            if state.promotional is not False:
+                report.error(
+                    (*path, "message_tag"),
+                    "a tagged message must say 'promotional = false': promotional content never rides on a message tag",
+                )
         if state.otn is not None and state.otn.topic not in spec.topics:
             known = ", ".join(sorted(spec.topics)) or "none declared"
             report.error((*path, "otn", "topic"), f"unknown topic '{state.otn.topic}' (topics: {known})")

@@ -48,6 +48,9 @@ class Reply:
     quick_replies: tuple[QuickReply, ...] = ()
     buttons: tuple[Button, ...] = ()
     otn_topic: str | None = None
+    otn_state: str = ""  # the state whose `otn` asked (its vars title the topic's next requests)
+    message_tag: str | None = None  # lets the message go outside the 24h window (never promotional)
+    promotional: bool = True
 
 
 @dataclass(frozen=True)
@@ -174,12 +177,37 @@ class CompiledFlow:
                     self.render(state.say, convo.context()),
                     tuple(QuickReply(c.title, c.payload) for c in state.quick_replies),
                     tuple(Button(c.title, None if c.url else c.payload, c.url) for c in state.buttons),
+                    message_tag=state.message_tag,
+                    promotional=state.promotional is not False,
                 )
             )
         if state.otn is not None:
-            topic = self.spec.topics[state.otn.topic]
-            title = self.render(Message(text=topic.title), {**convo.context(), **dict(state.otn.vars)})
-            convo.replies.append(Reply(title, otn_topic=topic.name))
+            convo.replies.append(self._otn_request(state.otn.topic, state.name, convo.context(), {}))
+
+    def _otn_request(
+        self, topic_name: str, source_state: str, context: Mapping[str, Any], extra: Mapping[str, Scalar]
+    ) -> Reply:
+        topic = self.spec.topics[topic_name]
+        asked = self.spec.states.get(source_state)
+        given = dict(asked.otn.vars) if asked and asked.otn and asked.otn.topic == topic_name else {}
+        title = self.render(Message(text=topic.title), {**context, **extra, **given})
+        return Reply(title, otn_topic=topic.name, otn_state=source_state)
+
+    def otn_request(
+        self,
+        topic_name: str,
+        source_state: str,
+        snapshot: Snapshot,
+        profile: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Scalar] | None = None,
+    ) -> Reply:
+        """The Notify Me request for a topic outside any step (the loop's re-request), titled as the state that
+        first asked titled it."""
+        convo = _Conversation(snapshot, None, profile or {})
+        return self._otn_request(topic_name, source_state, convo.context(), extra or {})
+
+    def next_topic(self, topic_name: str) -> str:
+        return self.spec.topics[topic_name].next or topic_name
 
     def render(self, message: Message, context: Mapping[str, Any]) -> str:
         template = self._templates.get(message)
@@ -231,6 +259,8 @@ class CompiledFlow:
         state = self.spec.states[convo.state]
         if user_input.payload is not None:
             payload = user_input.payload
+            if payload.startswith("otn:") and payload.endswith(":ENGAGE"):
+                return "engaged"
             if self._fire(convo, f"tap:{payload}") or self._match_rules(convo, state.rules, payload=payload):
                 return "payload"
             source = self._late_taps.get(payload)
@@ -291,13 +321,22 @@ class CompiledFlow:
         variant = topic.variants[self.variant_index(topic_name, snapshot)]
         text = self.render(variant.message, {**convo.context(), **params})
         quick = tuple(QuickReply(c.title, notification_payload(topic.name, c)) for c in topic.quick_replies)
-        return Reply(text, quick)
+        return Reply(text, quick or (QuickReply(ENGAGE_TITLE, engage_payload(topic.name)),))
 
     def variant_index(self, topic_name: str, snapshot: Snapshot) -> int:
         """First match wins; the checker guarantees a default variant, so one always matches."""
         tags = frozenset(snapshot.tags)
         variants = self.spec.topics[topic_name].variants
         return next(i for i, v in enumerate(variants) if v.when.matches(tags, snapshot.variables))
+
+
+ENGAGE_TITLE = "Thanks!"
+
+
+def engage_payload(topic: str) -> str:
+    """The default quick reply under a notification whose topic names none: tapping it reopens the 24h window (and
+    so lets the next OTN request go out) without moving the conversation."""
+    return f"otn:{topic}:ENGAGE"
 
 
 def notification_payload(topic: str, choice: Choice) -> str:

@@ -133,6 +133,8 @@ class _Builder:
             effects=self.effects(raw),
             otn=otn,
             end=raw.get("end") is True,
+            message_tag=_opt_str(raw.get("message_tag")),
+            promotional=raw["promotional"] if isinstance(raw.get("promotional"), bool) else None,
         )
 
     def message(self, raw: dict[str, Any], path: KeyPath) -> Message | None:

@@ -69,6 +69,8 @@ SHAPES: dict[str, dict[str, Field]] = {
         "then": Field("str", "Move on to this state right after speaking, without waiting for input."),
         "otn": Field("table:otn", "Ask for a One-Time Notification on a topic after speaking."),
         "end": Field("bool", "Marks an intended end of the conversation (no dead-end warning)."),
+        "message_tag": Field("str", "Meta message tag allowing this message outside the 24h window (non-promotional)."),
+        "promotional": Field("bool", "Whether the message promotes something; must be false on a tagged message."),
         "description": Field("str", "Free text for humans."),
         **_EFFECTS,
     },

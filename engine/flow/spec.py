@@ -74,6 +74,8 @@ class State:
     effects: Effects = Effects()
     otn: OtnAsk | None = None
     end: bool = False
+    message_tag: str | None = None
+    promotional: bool | None = None  # None: not said (treated as promotional)
 
     @property
     def choices(self) -> tuple[Choice, ...]:

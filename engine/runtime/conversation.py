@@ -1,8 +1,10 @@
-"""The conversation step for one stored event: load the user, run the flow, and commit the new user state, the
-replies (as outbox rows) and the event's handled mark in one atomic write."""
+"""The conversation step for one stored event: load the user, run the flow, pass every reply through the policy
+gate, and commit the new user state, the outbox rows, any OTN token received and the event's handled mark in one
+atomic write."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections import Counter
@@ -13,29 +15,49 @@ from typing import Any
 from ..flow import CompiledFlow, Reply, Snapshot, StepResult, UserInput
 from ..messenger import outbound
 from ..messenger.webhook import InboundEvent, parse_event
-from ..store import OutboxItem, Store, StoredEvent, UserRecord
+from ..policy import Outgoing
+from ..policy.gate import DAY_MS
+from ..store import OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord
 from .clock import Clock
+from .gate import Gate
 
 log = logging.getLogger("otnflow.conversation")
 
 ProfileFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
 
-#: Event kinds that open (or reopen) the 24h standard messaging window (messenger-platform.md).
+#: Event kinds that open (or reopen) the 24h standard messaging window (messenger-platform.md). An opt-in does not.
 WINDOW_OPENERS = frozenset({"message", "postback", "reaction", "referral"})
 
 
-def reply_to_outbox(reply: Reply, key: str, user_id: str) -> OutboxItem:
+def otn_payload(topic: str, source_state: str, key: str) -> str:
+    """What our Notify Me requests carry: the topic, the asking state and a request id."""
+    return f"otn:{topic}:{source_state}:{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+
+
+def parse_otn_payload(payload: str | None, topics: Mapping[str, object]) -> tuple[str, str]:
+    """(topic, source state) of an opt-in. Payloads not made by otnflow name the topic before a first ':'."""
+    if not payload:
+        return "", ""
+    if payload.startswith("otn:"):
+        parts = payload.split(":", 3)
+        return parts[1], parts[2] if len(parts) > 3 else ""
+    head = payload.split(":", 1)[0]
+    return (head if head in topics else payload), ""
+
+
+def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> OutboxItem:
     """A flow reply as a Send API `message`, with what the policy gate needs to know in `meta`."""
     quick = [(q.title, q.payload) for q in reply.quick_replies]
+    meta: dict[str, Any] = {"kind": "message", "responding": responding, "promotional": reply.promotional}
+    if reply.message_tag:
+        meta["tag"] = reply.message_tag
     if reply.otn_topic is not None:
-        message = outbound.otn_request(reply.text, f"otn:{reply.otn_topic}:{key}")
-        meta: dict[str, Any] = {"kind": "otn_request", "topic": reply.otn_topic}
+        message = outbound.otn_request(reply.text, otn_payload(reply.otn_topic, reply.otn_state, key))
+        meta.update(kind="otn_request", topic=reply.otn_topic)
     elif reply.buttons:
         message = outbound.button_message(reply.text, [(b.title, b.payload, b.url) for b in reply.buttons], quick)
-        meta = {"kind": "reply"}
     else:
         message = outbound.text_message(reply.text, quick)
-        meta = {"kind": "reply"}
     return OutboxItem(key, user_id, message, meta)
 
 
@@ -56,20 +78,22 @@ class ConversationHandler:
         store: Store,
         fetch_profile: ProfileFetcher,
         clock: Clock,
+        gate: Gate,
     ) -> None:
         self.flows = flows
         self.default_flow = default_flow
         self.store = store
         self.fetch_profile = fetch_profile
         self.clock = clock
+        self.gate = gate
 
     def flow_for(self, user: UserRecord) -> CompiledFlow:
         return self.flows.get(user.flow) or self.flows[self.default_flow]
 
     async def handle(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> Handled:
         """Handle one event: one atomic write of the user, its replies and the event's handled mark. With
-        `send_now` the first reply is recorded as `sending` in that same write, because the caller sends it at
-        once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
+        `send_now` the first allowed reply is recorded as `sending` in that same write, because the caller sends
+        it at once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
         `user` is the record this worker itself just committed for the same user, when it has one: no read back."""
         event = parse_event(json.loads(stored.body), stored.key, Counter())
         if user is None or user.user_id != stored.user_id:
@@ -80,43 +104,102 @@ class ConversationHandler:
             user.profile = await self.fetch_profile(user.user_id)  # None again on failure: tried next time
         flow = self.flow_for(user)
         user.flow = flow.spec.name
-        result = self.run_flow(flow, user, event) if event is not None else None
-        if event is not None and event.kind in WINDOW_OPENERS:
+        write = StepWrite(stored.key, user)
+        replies: list[Reply] = []
+        engaged = event is not None and event.kind in WINDOW_OPENERS
+        if event is not None and engaged:
             user.last_interaction_ms = max(user.last_interaction_ms, event.timestamp)
-        replies: tuple[Reply, ...] = ()
+            if event.kind == "message":
+                user.last_message_ms = max(user.last_message_ms, event.timestamp)
+            replies += await self._armed_requests(flow, user, write)  # the loop: they go before the flow's reply
+        rerequests = len(replies)
+        if event is not None and event.kind == "optin":
+            self._receive_token(flow, user, event, write)
+        result = self.run_flow(flow, user, event) if event is not None else None
         if result is not None:
             user.state = result.snapshot.state
             user.tags = set(result.snapshot.tags)
             user.variables = dict(result.snapshot.variables)
-            replies = result.replies
-        outbox = [reply_to_outbox(r, f"{stored.key}#{i}", user.user_id) for i, r in enumerate(replies)]
-        if send_now and outbox and not user.unreachable:
-            outbox[0].status = "sending"
-        committed = await self.store.commit_step(stored.key, user, outbox, self.clock.now_ms())
+            replies += result.replies
+        write.outbox = await self._gated(replies, stored.key, user, responding=engaged, write=write)
+        for item in write.outbox[:rerequests]:
+            item.meta["re_request"] = True
+        if send_now:  # refused rows are never sent, so the first pending row is the next to go out
+            first = next((item for item in write.outbox if item.status == "pending"), None)
+            if first is not None:
+                first.status = "sending"
+        committed = await self.store.commit_step(write, self.clock.now_ms())
         if not committed:  # someone else handled it: our copy of the user is stale
             reloaded = await self.store.load_user(stored.user_id)
             return Handled(False, reloaded or user, [])
-        return Handled(True, user, outbox)
+        return Handled(True, user, [item for item in write.outbox if item.status in ("pending", "sending")])
 
     def run_flow(self, flow: CompiledFlow, user: UserRecord, event: InboundEvent) -> StepResult | None:
-        snapshot = Snapshot(
-            user.state if user.state in flow.spec.states else None, frozenset(user.tags), user.variables
-        )
+        snapshot = self.snapshot(flow, user)
         profile = user.profile or {}
         if event.kind in ("message", "postback"):
             return flow.step(snapshot, UserInput(event.text, event.payload), profile)
         if event.kind == "optin":
-            topic = _otn_topic(event.payload)
-            if topic and topic in flow.spec.topics:
-                return flow.enter_optin(snapshot, topic, profile)
-            return None
+            topic, _ = parse_otn_payload(event.payload, flow.spec.topics)
+            return flow.enter_optin(snapshot, topic, profile) if topic in flow.spec.topics else None
         if event.kind == "referral" and snapshot.state is None:  # an m.me link opened by a new user: greet them
             return flow.step(snapshot, UserInput(), profile)
         return None  # reactions and the like: they reopen the window, nothing to say
 
+    @staticmethod
+    def snapshot(flow: CompiledFlow, user: UserRecord) -> Snapshot:
+        state = user.state if user.state in flow.spec.states else None
+        return Snapshot(state, frozenset(user.tags), user.variables)
 
-def _otn_topic(payload: str | None) -> str | None:
-    """Our OTN request payloads are `otn:<topic>:<request id>`."""
-    if payload and payload.startswith("otn:"):
-        return payload.split(":", 2)[1]
-    return None
+    def _receive_token(self, flow: CompiledFlow, user: UserRecord, event: InboundEvent, write: StepWrite) -> None:
+        optin = event.raw.get("optin", {})
+        token = optin.get("one_time_notif_token")
+        if optin.get("type") != "one_time_notif_req" or not isinstance(token, str):
+            log.info("opt-in of another kind (%s) ignored", optin.get("type") or "plugin")
+            return
+        topic, source_state = parse_otn_payload(event.payload, flow.spec.topics)
+        if topic not in flow.spec.topics:
+            log.warning("OTN token for topic %r, which flow %s does not declare: kept", topic, flow.spec.name)
+        days = self.gate.settings.otn_token_days
+        write.tokens.append(
+            Token(
+                token,
+                user.user_id,
+                topic,
+                event.payload or "",
+                event.timestamp,
+                event.timestamp + int(days * DAY_MS),
+                source_state,
+            )
+        )
+        write.otn_log.append((topic, "optin"))
+
+    async def _armed_requests(self, flow: CompiledFlow, user: UserRecord, write: StepWrite) -> list[Reply]:
+        """The user engaged: the OTN requests armed by earlier deliveries go out now (the window just reopened)."""
+        requests = []
+        for topic, source_state in await self.store.armed(user.user_id):
+            write.disarm.append(topic)
+            if topic in flow.spec.topics:
+                requests.append(flow.otn_request(topic, source_state, self.snapshot(flow, user), user.profile))
+        return requests
+
+    async def _gated(
+        self, replies: list[Reply], key: str, user: UserRecord, responding: bool, write: StepWrite
+    ) -> list[OutboxItem]:
+        """Outbox rows for the replies; those the policy gate refuses are recorded `refused`, with the reason."""
+        now = self.clock.now_ms()
+        items = []
+        for i, reply in enumerate(replies):
+            item = reply_to_outbox(reply, f"{key}#{i}", user.user_id, responding)
+            facts = self.gate.facts(user)
+            if reply.otn_topic is not None:
+                facts = await self.gate.request_facts(self.store, user, reply.otn_topic, now)
+            decision = self.gate.check(
+                facts, Outgoing(str(item.meta["kind"]), responding, reply.message_tag, reply.promotional), now
+            )
+            if not decision.allowed:
+                item.status, item.detail = "refused", decision.reason
+                if reply.otn_topic is not None:
+                    write.otn_log.append((reply.otn_topic, f"request_refused:{decision.reason}"))
+            items.append(item)
+        return items

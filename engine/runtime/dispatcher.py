@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from ..store import Store, StoredEvent, UserRecord
 from .conversation import ConversationHandler
@@ -19,6 +21,8 @@ from .metrics import Metrics
 from .sender import OutboxSender
 
 log = logging.getLogger("otnflow.dispatcher")
+Job = Callable[[], Awaitable[Any]]
+RETRY_AFTER_FAILURE = 5.0
 
 
 class Dispatcher:
@@ -34,6 +38,7 @@ class Dispatcher:
         self._again: set[str] = set()
         self._resume: set[str] = set()  # users to read from the store (restart): their outbox, then their inbox
         self._handed: dict[str, list[StoredEvent]] = {}  # events the webhook just stored, per user with a worker
+        self._jobs: dict[str, list[tuple[Job, asyncio.Future[Any]]]] = {}  # other work on a user (notifications)
         self._received_at: dict[str, float] = {}  # event key -> monotonic receipt time, for the latency histogram
 
     def wake(self, user_id: str, events: list[StoredEvent] | None = None) -> None:
@@ -49,6 +54,16 @@ class Dispatcher:
             self._again.add(user_id)
             return
         self._workers[user_id] = asyncio.create_task(self._work(user_id), name="user-worker")
+
+    async def run_job(self, user_id: str, job: Job) -> Any:
+        """Run `job` in the user's turn, between their events (a campaign's delivery to them); return its result."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.setdefault(user_id, []).append((job, future))
+        if user_id in self._workers:
+            self._again.add(user_id)
+        else:
+            self._workers[user_id] = asyncio.create_task(self._work(user_id), name="user-worker")
+        return await future
 
     async def start(self) -> int:
         """Resume what a previous process left: uncertain sends are settled, pending users woken."""
@@ -89,11 +104,15 @@ class Dispatcher:
                     await self._drain(user_id)
                     if user_id not in self._again:
                         break
-        except Exception:  # a worker must never die silently; the stored events stay for the next wake
-            log.exception("worker for a user failed")
+        except Exception:  # a worker must never die silently; its events are stored: read them again shortly
+            log.exception("worker for a user failed; retrying from the store in %.0fs", RETRY_AFTER_FAILURE)
+            asyncio.get_running_loop().call_later(RETRY_AFTER_FAILURE, self.wake, user_id)
         finally:
             del self._workers[user_id]  # no await between the last check of _again and here: no lost wake-up
             self._handed.pop(user_id, None)
+            for _, future in self._jobs.pop(user_id, []):  # only on a crash of the worker itself
+                if not future.done():
+                    future.set_exception(RuntimeError("the user's worker stopped"))
 
     async def _drain(self, user_id: str) -> None:
         user: UserRecord | None = None  # what this run last committed for the user: its next event starts there
@@ -104,6 +123,11 @@ class Dispatcher:
                 user = await self._handle_all(events, user)
         while handed := self._handed.pop(user_id, None):
             user = await self._handle_all(sorted(handed, key=lambda e: e.timestamp), user)
+        for job, future in self._jobs.pop(user_id, []):
+            try:
+                future.set_result(await job())
+            except Exception as err:  # the job's owner gets the error; the worker goes on
+                future.set_exception(err)
 
     async def _handle_all(self, events: list[StoredEvent], user: UserRecord | None) -> UserRecord | None:
         for event in events:

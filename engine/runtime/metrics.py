@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 
 class Metrics:
@@ -33,6 +33,18 @@ class Metrics:
             registry=self.registry,
         )
         self.sends = Counter("otnflow_sends", "Send API calls by outcome", ["outcome"], registry=self.registry)
+        self.policy_refusals = Counter(
+            "otnflow_policy_refusals",
+            "Messages the policy gate refused, by reason",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
+        self.otn = Gauge(
+            "otnflow_otn",
+            "OTN loop figures per topic (requests, optins, deliveries, re_requests, tokens_held, tokens_expiring_soon)",
+            ["topic", "figure"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -16,8 +16,10 @@ from typing import Any
 from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
+from ..policy import Via
 from ..store import OutboxItem, Store, UserRecord
 from .clock import Clock
+from .gate import Gate, outgoing_from_meta
 from .metrics import Metrics
 
 log = logging.getLogger("otnflow.sender")
@@ -33,12 +35,15 @@ class SendingState:
 
 
 class OutboxSender:
-    def __init__(self, store: Store, client: GraphClient, clock: Clock, metrics: Metrics, state: SendingState) -> None:
+    def __init__(
+        self, store: Store, client: GraphClient, clock: Clock, metrics: Metrics, state: SendingState, gate: Gate
+    ) -> None:
         self.store = store
         self.client = client
         self.clock = clock
         self.metrics = metrics
         self.state = state
+        self.gate = gate
         self._pending_writes: set[asyncio.Task[None]] = set()
 
     def _background(self, write: Coroutine[Any, Any, None]) -> None:
@@ -68,22 +73,30 @@ class OutboxSender:
             if user is not None and user.unreachable:
                 await self._finish(item, "skipped", "user unreachable")
                 continue
-            outcome = await self._send(item)
+            outcome = await self._send(item, user)
             if outcome is Outcome.UNREACHABLE and user is not None:
                 user.unreachable = True
             if outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION, Outcome.UNREACHABLE):
                 return
 
-    async def _send(self, item: OutboxItem) -> Outcome:
-        """Send one row and record its fate; the outcome tells the caller whether to go on."""
+    async def _send(self, item: OutboxItem, user: UserRecord | None) -> Outcome | None:
+        """Send one row and record its fate; the outcome tells the caller whether to go on (None: refused)."""
+        now = self.clock.now_ms()
+        decision = self.gate.check(self.gate.facts(user), outgoing_from_meta(item.meta), now)  # the last gate
+        if decision.via is None or decision.via is Via.OTN_TOKEN:  # token sends belong to campaigns (notify.py)
+            await self._finish(item, "refused", decision.reason or "token sends go through a campaign")
+            return None
         if item.status != "sending":  # recorded before the attempt, so a crash mid-send is never resent
-            await self.store.set_outbox_status(item.key, "sending", "", self.clock.now_ms())
-        result = await self.client.send(send_body(item.user_id, item.message, "RESPONSE"))
+            await self.store.set_outbox_status(item.key, "sending", "", now)
+        result = await self.client.send(send_body(item.user_id, item.message, decision.via.value, decision.tag))
         self.metrics.sends.labels(result.outcome.value).inc()
         if result.outcome is Outcome.SENT:
             # Not awaited: the write is queued in order behind the others; if the process dies before it lands,
             # the row stays `sending` and becomes `uncertain` at restart, which never resends it.
             self._background(self._finish(item, "sent", result.message_id or ""))
+            if item.meta.get("kind") == "otn_request":
+                what = "re_request" if item.meta.get("re_request") else "request"
+                self._background(self.store.log_otn(item.user_id, str(item.meta["topic"]), what, now))
             return result.outcome
         detail = f"{result.outcome.value}: {result.detail}"
         if result.outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import OutboxItem, Store, StoredEvent, UserRecord
+from .base import Campaign, Delivery, OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord
 
 
 def open_store(url: str) -> Store:
@@ -14,4 +14,14 @@ def open_store(url: str) -> Store:
     raise ValueError(f"unsupported store URL {url.split('://')[0]}://...: use sqlite:///path/to/file.sqlite3")
 
 
-__all__ = ["OutboxItem", "Store", "StoredEvent", "UserRecord", "open_store"]
+__all__ = [
+    "Campaign",
+    "Delivery",
+    "OutboxItem",
+    "StepWrite",
+    "Store",
+    "StoredEvent",
+    "Token",
+    "UserRecord",
+    "open_store",
+]

@@ -8,7 +8,7 @@ the outbox status updates around each send.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
 
@@ -22,36 +22,23 @@ class UserRecord:
     variables: dict[str, Any] = field(default_factory=dict)
     profile: dict[str, Any] | None = None
     last_interaction_ms: int = 0  # when the user last did something that opens the 24h window
+    last_message_ms: int = 0  # when the user last wrote (HUMAN_AGENT's 7 days count from it)
     unreachable: bool = False  # blocked the page / unavailable: never messaged again
     created_ms: int = 0
 
     def to_data(self) -> dict[str, Any]:
-        return {
-            "page_id": self.page_id,
-            "flow": self.flow,
-            "state": self.state,
-            "tags": sorted(self.tags),
-            "variables": self.variables,
-            "profile": self.profile,
-            "last_interaction_ms": self.last_interaction_ms,
-            "unreachable": self.unreachable,
-            "created_ms": self.created_ms,
-        }
+        data = asdict(self)
+        del data["user_id"]
+        data["tags"] = sorted(self.tags)
+        return data
 
     @classmethod
     def from_data(cls, user_id: str, data: dict[str, Any]) -> UserRecord:
-        return cls(
-            user_id,
-            data.get("page_id", ""),
-            data.get("flow", ""),
-            data.get("state"),
-            set(data.get("tags", ())),
-            dict(data.get("variables", {})),
-            data.get("profile"),
-            int(data.get("last_interaction_ms", 0)),
-            bool(data.get("unreachable", False)),
-            int(data.get("created_ms", 0)),
-        )
+        """Unknown keys (written by a newer version) are ignored; missing ones take their defaults."""
+        known = {f.name for f in fields(cls)} - {"user_id"}
+        values = {key: value for key, value in data.items() if key in known}
+        values["tags"] = set(values.get("tags", ()))
+        return cls(user_id, **values)
 
 
 @dataclass(frozen=True)
@@ -80,6 +67,52 @@ class OutboxItem:
     seq: int = 0
 
 
+@dataclass
+class Token:
+    """A One-Time Notification token: one message on `topic`, any time before `expires_ms`, once."""
+
+    token: str
+    user_id: str
+    topic: str
+    payload: str
+    received_ms: int
+    expires_ms: int
+    source_state: str = ""  # the flow state whose request the user accepted (its otn.vars title the next request)
+    status: str = "valid"  # valid, claimed (a send is being prepared or made), spent, invalid
+
+
+@dataclass
+class StepWrite:
+    """Everything one handled event changes, written atomically by `commit_step`."""
+
+    event_key: str
+    user: UserRecord
+    outbox: list[OutboxItem] = field(default_factory=list)
+    tokens: list[Token] = field(default_factory=list)  # opt-ins received
+    disarm: list[str] = field(default_factory=list)  # armed re-request topics this step consumed
+    otn_log: list[tuple[str, str]] = field(default_factory=list)  # (topic, what): optin, request_refused, ...
+
+
+@dataclass
+class Campaign:
+    id: str
+    topic: str
+    segment: str = ""
+    vars: dict[str, Any] = field(default_factory=dict)
+    created_ms: int = 0
+    status: str = "running"  # running, done
+
+
+@dataclass
+class Delivery:
+    """A campaign item being delivered: the user, the token claimed for them, and the outbox row that carries it."""
+
+    campaign_id: str
+    user_id: str
+    token: Token
+    outbox_key: str
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -104,15 +137,19 @@ class Store(Protocol):
     # users
     async def load_user(self, user_id: str) -> UserRecord | None: ...
 
-    async def commit_step(self, event_key: str, user: UserRecord, outbox: Sequence[OutboxItem], now_ms: int) -> bool:
-        """Atomically: save the user, append the outbox rows, mark the event handled. False (and nothing written)
-        when the event was already handled."""
+    async def commit_step(self, write: StepWrite, now_ms: int) -> bool:
+        """Atomically: save the user, append the outbox rows, store received tokens, consume armed re-requests,
+        log OTN events, mark the event handled. False (and nothing written) when the event was already handled."""
         ...
+
+    async def load_users(self, user_ids: Sequence[str]) -> dict[str, UserRecord]: ...
 
     async def mark_unreachable(self, user_id: str) -> None: ...
 
     # outbox
     async def pending_outbox(self, user_id: str) -> list[OutboxItem]: ...
+    async def outbox_message(self, key: str) -> dict[str, Any] | None: ...
+    async def add_outbox(self, item: OutboxItem, now_ms: int) -> None: ...
     async def set_outbox_status(self, key: str, status: str, detail: str, now_ms: int) -> None: ...
 
     async def recover_in_flight(self) -> int:
@@ -121,4 +158,84 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Row counts by table and status, for health checks, metrics and tests."""
+        ...
+
+    # OTN tokens and the loop
+    async def count_tokens(self, user_id: str, topic: str, now_ms: int) -> int:
+        """Valid, unexpired tokens the user holds for the topic."""
+        ...
+
+    async def tokens(self, user_id: str) -> list[Token]: ...
+
+    async def count_otn_log(self, user_id: str, topic: str, what: str, since_ms: int) -> int: ...
+
+    async def log_otn(self, user_id: str, topic: str, what: str, now_ms: int) -> None: ...
+
+    async def arm(self, user_id: str, topic: str, source_state: str, now_ms: int) -> None:
+        """Remember to ask for `topic` again the moment the user engages (the window being closed now)."""
+        ...
+
+    async def armed(self, user_id: str) -> list[tuple[str, str]]:
+        """(topic, source_state) of the user's armed re-requests, oldest first."""
+        ...
+
+    async def otn_stats(self, now_ms: int, soon_ms: int) -> dict[str, dict[str, int]]:
+        """Per topic: the OTN log's counts by kind, tokens held, tokens expiring before `soon_ms`."""
+        ...
+
+    # campaigns
+    async def open_campaign(self, campaign: Campaign) -> Campaign:
+        """Create the campaign, or return the stored one with that id."""
+        ...
+
+    async def token_holders(self, topic: str, now_ms: int, after_user: str, limit: int) -> list[str]:
+        """Users holding a valid token for the topic, by user id after `after_user` (keyset pages: an index range,
+        never a scan of all users)."""
+        ...
+
+    async def add_campaign_items(
+        self, campaign_id: str, user_ids: Sequence[str], skipped: dict[str, str], now_ms: int
+    ) -> None:
+        """Items for `user_ids` (pending) and `skipped` (user -> reason), insert-if-absent."""
+        ...
+
+    async def pending_items(self, campaign_id: str, limit: int) -> list[str]: ...
+    async def skip_item(self, campaign_id: str, user_id: str, reason: str, now_ms: int) -> None: ...
+
+    async def begin_delivery(
+        self, campaign_id: str, user_id: str, topic: str, message: dict[str, Any], now_ms: int
+    ) -> Delivery | None:
+        """Atomically: claim the user's oldest valid token for the topic, mark the item `sending`, record the outbox
+        row that will carry the message with that token. None (item skipped: no_valid_token) when none is left."""
+        ...
+
+    async def finish_delivery(
+        self,
+        delivery: Delivery,
+        item_status: str,
+        reason: str,
+        token_status: str,
+        outbox_status: str,
+        detail: str,
+        now_ms: int,
+    ) -> None:
+        """Atomically record how a delivery ended: the item, the token, the outbox row and the OTN log."""
+        ...
+
+    async def uncertain_deliveries(self, campaign_id: str) -> list[Delivery]:
+        """Items left `sending` by a crash, with their claimed token, to settle on resume."""
+        ...
+
+    async def campaign_counts(self, campaign_id: str) -> dict[str, int]:
+        """Item counts by `status` and by `status:reason`."""
+        ...
+
+    async def finish_campaign(self, campaign_id: str, now_ms: int) -> None: ...
+
+    async def campaigns(self, base_id: str) -> list[Campaign]:
+        """Campaigns named `base_id` or `base_id.N`, oldest first."""
+        ...
+
+    async def refused_messages(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        """Outbox rows the policy gate refused: user_id, kind, topic, reason, text, at."""
         ...

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import OutboxItem, StoredEvent, UserRecord
+from .base import Campaign, Delivery, OutboxItem, StepWrite, StoredEvent, Token, UserRecord
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -50,7 +50,82 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (user_id, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_sending ON outbox (status) WHERE status = 'sending';
+CREATE TABLE IF NOT EXISTS tokens (
+    token TEXT PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    source_state TEXT NOT NULL DEFAULT '',
+    received_ms INTEGER NOT NULL,
+    expires_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    claimed_by TEXT,
+    used_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user_id, topic, status, received_ms);
+CREATE INDEX IF NOT EXISTS tokens_by_topic ON tokens (topic, status, user_id, expires_ms);
+CREATE TABLE IF NOT EXISTS otn_log (
+    user_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    what TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS otn_log_by_user ON otn_log (user_id, topic, what, at_ms);
+CREATE INDEX IF NOT EXISTS otn_log_by_topic ON otn_log (topic, what);
+CREATE TABLE IF NOT EXISTS armed (
+    user_id TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    source_state TEXT NOT NULL,
+    armed_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, topic)
+);
+CREATE TABLE IF NOT EXISTS campaigns (
+    id TEXT PRIMARY KEY,
+    topic TEXT NOT NULL,
+    segment TEXT NOT NULL,
+    vars TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    finished_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS campaign_items (
+    campaign_id TEXT NOT NULL,
+    user_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    token TEXT,
+    outbox_key TEXT,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (campaign_id, user_id)
+);
+CREATE INDEX IF NOT EXISTS campaign_items_by_status ON campaign_items (campaign_id, status, user_id);
 """
+
+_TOKEN_COLUMNS = "token, user_id, topic, payload, received_ms, expires_ms, source_state, status"
+
+
+_INSERT_OUTBOX = (
+    "INSERT OR IGNORE INTO outbox (key, user_id, message, meta, status, detail, created_ms, updated_ms) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _outbox_row(o: OutboxItem, now_ms: int) -> tuple[Any, ...]:
+    return (
+        o.key,
+        o.user_id,
+        json.dumps(o.message, separators=(",", ":")),
+        json.dumps(o.meta),
+        o.status,
+        o.detail,
+        now_ms,
+        now_ms,
+    )
+
+
+def _token(row: Sequence[Any]) -> Token:
+    token, user_id, topic, payload, received, expires, source_state, status = row
+    return Token(token, user_id, topic, payload, received, expires, source_state, status)
 
 
 class SqliteStore:
@@ -198,25 +273,14 @@ class SqliteStore:
 
         return await self._read(work)
 
-    async def commit_step(self, event_key: str, user: UserRecord, outbox: Sequence[OutboxItem], now_ms: int) -> bool:
+    async def commit_step(self, write: StepWrite, now_ms: int) -> bool:
+        user = write.user
         data = json.dumps(user.to_data(), separators=(",", ":"))
-        rows = [
-            (
-                o.key,
-                o.user_id,
-                json.dumps(o.message, separators=(",", ":")),
-                json.dumps(o.meta),
-                o.status,
-                o.detail,
-                now_ms,
-                now_ms,
-            )
-            for o in outbox
-        ]
+        rows = [_outbox_row(o, now_ms) for o in write.outbox]
 
         def work(db: sqlite3.Connection) -> bool:
             marked = db.execute(
-                "UPDATE inbox SET handled_ms = ? WHERE key = ? AND handled_ms IS NULL", (now_ms, event_key)
+                "UPDATE inbox SET handled_ms = ? WHERE key = ? AND handled_ms IS NULL", (now_ms, write.event_key)
             ).rowcount
             if not marked:
                 return False
@@ -224,14 +288,32 @@ class SqliteStore:
                 "INSERT INTO users (user_id, data) VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET data = ?",
                 (user.user_id, data, data),
             )
+            db.executemany(_INSERT_OUTBOX, rows)
             db.executemany(
-                "INSERT OR IGNORE INTO outbox (key, user_id, message, meta, status, detail, created_ms, "
-                "updated_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
+                f"INSERT OR IGNORE INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (t.token, t.user_id, t.topic, t.payload, t.received_ms, t.expires_ms, t.source_state, t.status)
+                    for t in write.tokens
+                ],
+            )
+            db.executemany(
+                "DELETE FROM armed WHERE user_id = ? AND topic = ?", [(user.user_id, topic) for topic in write.disarm]
+            )
+            db.executemany(
+                "INSERT INTO otn_log VALUES (?, ?, ?, ?)",
+                [(user.user_id, topic, what, now_ms) for topic, what in write.otn_log],
             )
             return True
 
         return await self._write(work)
+
+    async def load_users(self, user_ids: Sequence[str]) -> dict[str, UserRecord]:
+        def work(db: sqlite3.Connection) -> dict[str, UserRecord]:
+            marks = ",".join("?" * len(user_ids))
+            rows = db.execute(f"SELECT user_id, data FROM users WHERE user_id IN ({marks})", list(user_ids))
+            return {uid: UserRecord.from_data(uid, json.loads(data)) for uid, data in rows}
+
+        return await self._read(work) if user_ids else {}
 
     async def mark_unreachable(self, user_id: str) -> None:
         def work(db: sqlite3.Connection) -> None:
@@ -255,6 +337,19 @@ class SqliteStore:
             ]
 
         return await self._read(work)
+
+    async def outbox_message(self, key: str) -> dict[str, Any] | None:
+        def work(db: sqlite3.Connection) -> dict[str, Any] | None:
+            row = db.execute("SELECT message FROM outbox WHERE key = ?", (key,)).fetchone()
+            return json.loads(row[0]) if row else None
+
+        return await self._read(work)
+
+    async def add_outbox(self, item: OutboxItem, now_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(_INSERT_OUTBOX, _outbox_row(item, now_ms))
+
+        await self._write(work)
 
     async def set_outbox_status(self, key: str, status: str, detail: str, now_ms: int) -> None:
         def work(db: sqlite3.Connection) -> None:
@@ -285,6 +380,275 @@ class SqliteStore:
             return out
 
         return await self._read(work)
+
+    # -- OTN tokens and the loop ---------------------------------------------------------------------------
+    async def count_tokens(self, user_id: str, topic: str, now_ms: int) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return int(
+                db.execute(
+                    "SELECT count(*) FROM tokens "
+                    "WHERE user_id = ? AND topic = ? AND status = 'valid' AND expires_ms > ?",
+                    (user_id, topic, now_ms),
+                ).fetchone()[0]
+            )
+
+        return await self._read(work)
+
+    async def tokens(self, user_id: str) -> list[Token]:
+        def work(db: sqlite3.Connection) -> list[Token]:
+            rows = db.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE user_id = ? ORDER BY received_ms, token", (user_id,)
+            ).fetchall()
+            return [_token(row) for row in rows]
+
+        return await self._read(work)
+
+    async def count_otn_log(self, user_id: str, topic: str, what: str, since_ms: int) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return int(
+                db.execute(
+                    "SELECT count(*) FROM otn_log WHERE user_id = ? AND topic = ? AND what = ? AND at_ms >= ?",
+                    (user_id, topic, what, since_ms),
+                ).fetchone()[0]
+            )
+
+        return await self._read(work)
+
+    async def log_otn(self, user_id: str, topic: str, what: str, now_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("INSERT INTO otn_log VALUES (?, ?, ?, ?)", (user_id, topic, what, now_ms))
+
+        await self._write(work)
+
+    async def arm(self, user_id: str, topic: str, source_state: str, now_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("INSERT OR IGNORE INTO armed VALUES (?, ?, ?, ?)", (user_id, topic, source_state, now_ms))
+
+        await self._write(work)
+
+    async def armed(self, user_id: str) -> list[tuple[str, str]]:
+        def work(db: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = db.execute(
+                "SELECT topic, source_state FROM armed WHERE user_id = ? ORDER BY armed_ms, topic", (user_id,)
+            ).fetchall()
+            return [(topic, state) for topic, state in rows]
+
+        return await self._read(work)
+
+    async def otn_stats(self, now_ms: int, soon_ms: int) -> dict[str, dict[str, int]]:
+        def work(db: sqlite3.Connection) -> dict[str, dict[str, int]]:
+            stats: dict[str, dict[str, int]] = {}
+            for topic, what, n in db.execute("SELECT topic, what, count(*) FROM otn_log GROUP BY topic, what"):
+                stats.setdefault(topic, {})[what] = n
+            for topic, held, expiring in db.execute(
+                "SELECT topic, count(*), sum(expires_ms < ?) FROM tokens WHERE status = 'valid' AND expires_ms > ? "
+                "GROUP BY topic",
+                (soon_ms, now_ms),
+            ):
+                stats.setdefault(topic, {}).update(tokens_held=held, tokens_expiring_soon=expiring or 0)
+            return stats
+
+        return await self._read(work)
+
+    # -- campaigns -----------------------------------------------------------------------------------------
+    async def open_campaign(self, campaign: Campaign) -> Campaign:
+        def work(db: sqlite3.Connection) -> Campaign:
+            db.execute(
+                "INSERT OR IGNORE INTO campaigns (id, topic, segment, vars, created_ms, status) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    campaign.id,
+                    campaign.topic,
+                    campaign.segment,
+                    json.dumps(campaign.vars),
+                    campaign.created_ms,
+                    campaign.status,
+                ),
+            )
+            row = db.execute(
+                "SELECT id, topic, segment, vars, created_ms, status FROM campaigns WHERE id = ?", (campaign.id,)
+            ).fetchone()
+            return Campaign(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
+
+        return await self._write(work)
+
+    async def token_holders(self, topic: str, now_ms: int, after_user: str, limit: int) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT DISTINCT user_id FROM tokens WHERE topic = ? AND status = 'valid' AND user_id > ? "
+                "AND expires_ms > ? ORDER BY user_id LIMIT ?",
+                (topic, after_user, now_ms, limit),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._read(work)
+
+    async def add_campaign_items(
+        self, campaign_id: str, user_ids: Sequence[str], skipped: dict[str, str], now_ms: int
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT OR IGNORE INTO campaign_items (campaign_id, user_id, status, reason, updated_ms) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(campaign_id, u, "pending", "", now_ms) for u in user_ids]
+                + [(campaign_id, u, "skipped", reason, now_ms) for u, reason in skipped.items()],
+            )
+
+        await self._write(work)
+
+    async def pending_items(self, campaign_id: str, limit: int) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT user_id FROM campaign_items WHERE campaign_id = ? AND status = 'pending' ORDER BY user_id "
+                "LIMIT ?",
+                (campaign_id, limit),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._read(work)
+
+    async def skip_item(self, campaign_id: str, user_id: str, reason: str, now_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE campaign_items SET status = 'skipped', reason = ?, updated_ms = ? "
+                "WHERE campaign_id = ? AND user_id = ? AND status = 'pending'",
+                (reason, now_ms, campaign_id, user_id),
+            )
+
+        await self._write(work)
+
+    async def begin_delivery(
+        self, campaign_id: str, user_id: str, topic: str, message: dict[str, Any], now_ms: int
+    ) -> Delivery | None:
+        def work(db: sqlite3.Connection) -> Delivery | None:
+            item = db.execute(
+                "SELECT status FROM campaign_items WHERE campaign_id = ? AND user_id = ?", (campaign_id, user_id)
+            ).fetchone()
+            if item is None or item[0] != "pending":
+                return None
+            row = db.execute(
+                f"UPDATE tokens SET status = 'claimed', claimed_by = ? WHERE token = ("
+                "SELECT token FROM tokens WHERE user_id = ? AND topic = ? AND status = 'valid' AND expires_ms > ? "
+                f"ORDER BY received_ms, token LIMIT 1) RETURNING {_TOKEN_COLUMNS}",
+                (campaign_id, user_id, topic, now_ms),
+            ).fetchone()
+            if row is None:
+                db.execute(
+                    "UPDATE campaign_items SET status = 'skipped', reason = 'no_valid_token', updated_ms = ? "
+                    "WHERE campaign_id = ? AND user_id = ?",
+                    (now_ms, campaign_id, user_id),
+                )
+                return None
+            token = _token(row)
+            key = f"campaign:{campaign_id}:{user_id}:{token.token}"
+            item_meta = {"kind": "notification", "topic": topic, "otn_token": token.token, "campaign": campaign_id}
+            db.execute(_INSERT_OUTBOX, _outbox_row(OutboxItem(key, user_id, message, item_meta, "sending"), now_ms))
+            db.execute(
+                "UPDATE campaign_items SET status = 'sending', token = ?, outbox_key = ?, updated_ms = ? "
+                "WHERE campaign_id = ? AND user_id = ?",
+                (token.token, key, now_ms, campaign_id, user_id),
+            )
+            return Delivery(campaign_id, user_id, token, key)
+
+        return await self._write(work)
+
+    async def finish_delivery(
+        self,
+        delivery: Delivery,
+        item_status: str,
+        reason: str,
+        token_status: str,
+        outbox_status: str,
+        detail: str,
+        now_ms: int,
+    ) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE campaign_items SET status = ?, reason = ?, updated_ms = ? "
+                "WHERE campaign_id = ? AND user_id = ?",
+                (item_status, reason, now_ms, delivery.campaign_id, delivery.user_id),
+            )
+            db.execute(
+                "UPDATE tokens SET status = ?, used_ms = ? WHERE token = ?",
+                (token_status, now_ms, delivery.token.token),
+            )
+            db.execute(
+                "UPDATE outbox SET status = ?, detail = ?, updated_ms = ? WHERE key = ?",
+                (outbox_status, detail, now_ms, delivery.outbox_key),
+            )
+            if item_status == "delivered":
+                db.execute(
+                    "INSERT INTO otn_log VALUES (?, ?, 'delivery', ?)", (delivery.user_id, delivery.token.topic, now_ms)
+                )
+
+        await self._write(work)
+
+    async def uncertain_deliveries(self, campaign_id: str) -> list[Delivery]:
+        def work(db: sqlite3.Connection) -> list[Delivery]:
+            rows = db.execute(
+                f"SELECT i.user_id, i.outbox_key, {', '.join('t.' + c.strip() for c in _TOKEN_COLUMNS.split(','))} "
+                "FROM campaign_items i JOIN tokens t ON t.token = i.token "
+                "WHERE i.campaign_id = ? AND i.status = 'sending' ORDER BY i.user_id",
+                (campaign_id,),
+            ).fetchall()
+            return [Delivery(campaign_id, row[0], _token(row[2:]), row[1]) for row in rows]
+
+        return await self._read(work)
+
+    async def campaign_counts(self, campaign_id: str) -> dict[str, int]:
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            counts: dict[str, int] = {}
+            for status, reason, n in db.execute(
+                "SELECT status, reason, count(*) FROM campaign_items WHERE campaign_id = ? GROUP BY status, reason",
+                (campaign_id,),
+            ):
+                counts[status] = counts.get(status, 0) + n
+                if reason:
+                    counts[f"{status}:{reason}"] = n
+            return counts
+
+        return await self._read(work)
+
+    async def campaigns(self, base_id: str) -> list[Campaign]:
+        def work(db: sqlite3.Connection) -> list[Campaign]:
+            rows = db.execute(
+                "SELECT id, topic, segment, vars, created_ms, status FROM campaigns WHERE id = ? OR id LIKE ? "
+                "ORDER BY created_ms, rowid",
+                (base_id, base_id.replace("%", "") + ".%"),
+            ).fetchall()
+            return [Campaign(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+
+        return await self._read(work)
+
+    async def refused_messages(self, user_id: str | None = None) -> list[dict[str, Any]]:
+        def work(db: sqlite3.Connection) -> list[dict[str, Any]]:
+            query = "SELECT user_id, message, meta, detail, updated_ms FROM outbox WHERE status = 'refused'"
+            args: tuple[Any, ...] = ()
+            if user_id is not None:
+                query, args = query + " AND user_id = ?", (user_id,)
+            out = []
+            for uid, message, meta, detail, at in db.execute(query + " ORDER BY seq", args):
+                m, info = json.loads(message), json.loads(meta)
+                payload = m.get("attachment", {}).get("payload", {})
+                out.append(
+                    {
+                        "user_id": uid,
+                        "kind": info.get("kind", "message"),
+                        "topic": info.get("topic"),
+                        "reason": detail,
+                        "text": m.get("text") or payload.get("text") or payload.get("title"),
+                        "at": at,
+                    }
+                )
+            return out
+
+        return await self._read(work)
+
+    async def finish_campaign(self, campaign_id: str, now_ms: int) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE campaigns SET status = 'done', finished_ms = ? WHERE id = ?", (now_ms, campaign_id))
+
+        await self._write(work)
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -36,10 +36,16 @@ class SentMessage:
     body: dict[str, Any]
     message_id: str
     at: float = field(default_factory=time.time)  # when the fake received it (wall clock, for latency figures)
+    token_user: str | None = None  # for a send with an OTN token: the user the token belongs to
 
     @property
     def user_id(self) -> str | None:
         value = self.recipient.get("id")
+        return str(value) if value is not None else self.token_user
+
+    @property
+    def otn_token(self) -> str | None:
+        value = self.recipient.get("one_time_notif_token")
         return str(value) if value is not None else None
 
     @property
@@ -59,7 +65,25 @@ class _Failure:
 
 
 @dataclass
+class IssuedToken:
+    user_id: str
+    payload: str
+    issued_ms: int
+    used: bool = False
+
+
+WINDOW_MS = 24 * 3_600_000
+TOKEN_MS = 365 * 24 * 3_600_000
+ALLOWED_TAGS = frozenset({"CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"})
+
+
+@dataclass
 class FakeGraph:
+    """Policy enforcement is on once `clock` is set (a callable giving now in ms): sends to a user outside the 24h
+    window without an allowed tag, and sends with an unknown, used or expired OTN token, are refused with Meta's
+    error 10/2018278. Tests tell it what Meta would know: `saw(user, ms)` when a user interacts, `issue_token`
+    when a user taps Notify Me."""
+
     page_token: str | None = None  # when set, any other token answers 190
     timeout_delay: float = 30.0  # how long a "timeout" failure hangs
     delay: float = 0.0  # added to every send, to model Meta's latency in load and crash tests
@@ -67,6 +91,11 @@ class FakeGraph:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
     profile_requests: int = 0
+    clock: Any = None  # Callable[[], int] | None: enforce the window and tokens when set
+    rate_limit_per_second: int | None = None  # answer 613 past this many sends within one clock second
+    interactions: dict[str, int] = field(default_factory=dict)
+    issued: dict[str, IssuedToken] = field(default_factory=dict)
+    _second: tuple[int, int] = (0, 0)
     _failures: deque[_Failure] = field(default_factory=deque)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -76,6 +105,19 @@ class FakeGraph:
         if kind not in FAILURES and kind != "timeout":
             raise ValueError(f"unknown failure kind {kind!r}; known: timeout, {', '.join(FAILURES)}")
         self._failures.extend(_Failure(kind, user_id) for _ in range(times))
+
+    def saw(self, user_id: str, at_ms: int) -> None:
+        """The user interacted at `at_ms` (a message, a tap): Meta opens their 24h window."""
+        self.interactions[user_id] = max(self.interactions.get(user_id, 0), at_ms)
+
+    def issue_token(self, user_id: str, payload: str, at_ms: int) -> str:
+        """The user tapped Notify Me on a request carrying `payload`: the token Meta would put in the opt-in."""
+        token = f"otn-{len(self.issued) + 1:06d}-{user_id}"
+        self.issued[token] = IssuedToken(user_id, payload, at_ms)
+        return token
+
+    def tokens_used(self) -> list[str]:
+        return [m.otn_token for m in self.sent if m.otn_token]
 
     def reset(self) -> None:
         self.sent.clear()
@@ -112,6 +154,13 @@ class FakeGraph:
         if self.delay:
             await asyncio.sleep(self.delay)
         failure = self._take_failure(recipient.get("id"))
+        if failure is None and self._over_rate_limit():
+            failure = _Failure("613")
+        if failure is None and self.clock is not None:
+            refusal = self._policy_refusal(body)
+            if refusal:
+                self.rejected.append({"body": body, "error": refusal})
+                return _error(400, 10, 2018278, f"(#10) {refusal}")
         if failure is not None:
             if failure.kind == "timeout":
                 await asyncio.sleep(self.timeout_delay)
@@ -119,9 +168,41 @@ class FakeGraph:
             self.rejected.append({"body": body, "error": failure.kind})
             return _error(*FAILURES[failure.kind])
         message_id = f"m_fake_{next(self._ids)}"
+        token_user = None
+        if recipient.get("one_time_notif_token") in self.issued:
+            issued = self.issued[recipient["one_time_notif_token"]]
+            issued.used = True
+            token_user = issued.user_id
         if "sender_action" not in body:
-            self.sent.append(SentMessage(recipient, body, message_id))
+            self.sent.append(SentMessage(recipient, body, message_id, token_user=token_user))
         return web.json_response({"recipient_id": str(recipient.get("id", "")), "message_id": message_id})
+
+    def _over_rate_limit(self) -> bool:
+        if self.rate_limit_per_second is None:
+            return False
+        second = int(time.monotonic())
+        start, count = self._second
+        self._second = (second, count + 1) if start == second else (second, 1)
+        return self._second[1] > self.rate_limit_per_second
+
+    def _policy_refusal(self, body: dict[str, Any]) -> str | None:
+        now = int(self.clock())
+        token = body["recipient"].get("one_time_notif_token")
+        if token is not None:
+            issued = self.issued.get(token)
+            if issued is None:
+                return "unknown one-time notification token"
+            if issued.used:
+                return "one-time notification token already used"
+            if now - issued.issued_ms > TOKEN_MS:
+                return "one-time notification token expired"
+            return None
+        user = str(body["recipient"]["id"])
+        if now - self.interactions.get(user, -WINDOW_MS) < WINDOW_MS:
+            return None
+        if body.get("messaging_type") == "MESSAGE_TAG" and body.get("tag") in ALLOWED_TAGS:
+            return None
+        return "This message is sent outside of allowed window."
 
     def _take_failure(self, user_id: Any) -> _Failure | None:
         for failure in self._failures:

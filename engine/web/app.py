@@ -4,29 +4,28 @@ order at start and closed in reverse at shutdown."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 from aiohttp import web
 
 from ..config import Settings
-from ..flow import CompiledFlow, FlowOptions, load_flows
-from ..messenger.client import GraphClient, GraphSettings
+from ..flow import CompiledFlow, load_flows
+from ..messenger.client import GraphClient
 from ..runtime.clock import Clock, SystemClock
-from ..runtime.conversation import ConversationHandler
-from ..runtime.dispatcher import Dispatcher
+from ..runtime.engine import assemble, default_flow_name, graph_settings
 from ..runtime.metrics import Metrics
-from ..runtime.sender import OutboxSender, SendingState
+from ..runtime.sender import SendingState
 from ..store import open_store
 from ..testing.fake_graph import FakeGraph
-from . import ops, webhook
-from .keys import CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, GRAPH, GRAPH_URL, METRICS, SENDING, SETTINGS, STORE
+from . import api, ops, webhook
+from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, GRAPH, GRAPH_URL, METRICS, SENDING, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.web")
 
 
 def load_configured_flows(settings: Settings) -> dict[str, CompiledFlow]:
-    return load_flows([settings.path("flows.dir")], FlowOptions(templates_dir=settings.path("flows.templates")))
+    return load_flows([settings.path("flows.dir")], settings.flow_options())
 
 
 def create_app(
@@ -43,16 +42,18 @@ def create_app(
     app[CLOCK] = clock or SystemClock()
     app[METRICS] = Metrics()
     app[SENDING] = SendingState()
+    app[api.RUNNING] = {}
     if fake_graph is not None or settings.local_mode:
         app[FAKE_GRAPH] = fake_graph or FakeGraph()
-    default = settings["flows.default"] or sorted(loaded)[0]
-    if default not in loaded:
-        raise ValueError(f"flows.default = {default!r} is not a loaded flow; loaded: {', '.join(sorted(loaded))}")
-    app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _dispatcher_ctx(default)])
+    default_flow_name(settings, loaded)  # fail now, with one clear line, rather than at the first event
+    app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine])
     app.router.add_get("/webhook", webhook.verify_subscription)
     app.router.add_post("/webhook", webhook.receive)
     app.router.add_get("/healthz", ops.healthz)
     app.router.add_get("/metrics", ops.metrics)
+    app.router.add_post("/api/notify", api.notify)
+    app.router.add_get("/api/campaigns/{id}", api.campaign)
+    app.router.add_get("/api/stats", api.stats)
     return app
 
 
@@ -77,37 +78,20 @@ async def _graph_ctx(app: web.Application) -> AsyncIterator[None]:
         base_url = f"http://127.0.0.1:{port}"
     app[GRAPH_URL] = base_url
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
-    app[GRAPH] = GraphClient(
-        session,
-        GraphSettings(
-            base_url=base_url,
-            version=str(settings["graph.version"]),
-            page_token=settings.page_token or "local-page-token",
-            app_secret=settings.app_secret,
-            timeout_seconds=float(settings["graph.timeout_seconds"]),
-            max_attempts=int(settings["graph.max_attempts"]),
-            backoff_base_seconds=float(settings["graph.backoff_base_seconds"]),
-            backoff_max_seconds=float(settings["graph.backoff_max_seconds"]),
-        ),
-    )
+    app[GRAPH] = GraphClient(session, graph_settings(settings, base_url))
     yield
     await session.close()
     if runner is not None:
         await runner.cleanup()
 
 
-def _dispatcher_ctx(default_flow: str) -> Callable[[web.Application], AsyncIterator[None]]:
-    async def ctx(app: web.Application) -> AsyncIterator[None]:
-        graph, store, clock, metrics = app[GRAPH], app[STORE], app[CLOCK], app[METRICS]
-        flows: dict[str, CompiledFlow] = app[FLOWS]
-        handler = ConversationHandler(flows, default_flow, store, graph.profile, clock)
-        sender = OutboxSender(store, graph, clock, metrics, app[SENDING])
-        dispatcher = Dispatcher(store, handler, sender, metrics, int(app[SETTINGS]["dispatcher.concurrency"]))
-        app[DISPATCHER] = dispatcher
-        resumed = await dispatcher.start()
-        if resumed:
-            log.info("resuming work left by the previous run for %d user(s)", resumed)
-        yield
-        await dispatcher.stop()
-
-    return ctx
+async def _engine(app: web.Application) -> AsyncIterator[None]:
+    flows: dict[str, CompiledFlow] = app[FLOWS]
+    engine = assemble(app[SETTINGS], flows, app[STORE], app[GRAPH], app[CLOCK], app[METRICS], app[SENDING])
+    app[DISPATCHER] = engine.dispatcher
+    app[CAMPAIGNS] = engine.campaigns
+    resumed = await engine.dispatcher.start()
+    if resumed:
+        log.info("resuming work left by the previous run for %d user(s)", resumed)
+    yield
+    await engine.dispatcher.stop()

@@ -10,6 +10,7 @@ from ..messenger.client import GraphClient
 from ..runtime.clock import Clock
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.metrics import Metrics
+from ..runtime.notify import CampaignRunner
 from ..runtime.sender import SendingState
 from ..store import Store
 from ..testing.fake_graph import FakeGraph
@@ -24,3 +25,4 @@ FAKE_GRAPH = web.AppKey("fake_graph", FakeGraph)
 GRAPH_URL = web.AppKey("graph_url", str)
 SENDING = web.AppKey("sending", SendingState)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+CAMPAIGNS = web.AppKey("campaigns", CampaignRunner)

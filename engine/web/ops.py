@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from .keys import DISPATCHER, METRICS, SENDING, STORE
+from ..runtime.stats import loop_stats
+from .keys import CLOCK, DISPATCHER, METRICS, SENDING, SETTINGS, STORE
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -27,6 +28,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    response = web.Response(body=request.app[METRICS].render())
+    app = request.app
+    figures = await loop_stats(app[STORE], app[CLOCK].now_ms(), float(app[SETTINGS]["notify.expiring_soon_days"]))
+    for topic, values in figures.items():
+        for name, value in values.items():
+            app[METRICS].otn.labels(topic, name).set(value)
+    response = web.Response(body=app[METRICS].render())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response

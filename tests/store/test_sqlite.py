@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.store import OutboxItem, StoredEvent, UserRecord
+from engine.store import OutboxItem, StepWrite, StoredEvent, UserRecord
 from engine.store.sqlite import SqliteStore
 
 
@@ -44,9 +44,9 @@ async def test_commit_step_is_atomic_and_once_only(store: SqliteStore) -> None:
     await store.add_events([event("a")])
     user = UserRecord("u1", state="welcome", tags={"t"})
     outbox = [OutboxItem("a#0", "u1", {"text": "one"}), OutboxItem("a#1", "u1", {"text": "two"})]
-    assert await store.commit_step("a", user, outbox, 100)
+    assert await store.commit_step(StepWrite("a", user, outbox), 100)
     user.state = "elsewhere"
-    assert not await store.commit_step("a", user, outbox, 200)  # already handled: nothing written
+    assert not await store.commit_step(StepWrite("a", user, outbox), 200)  # already handled: nothing written
     loaded = await store.load_user("u1")
     assert loaded is not None and (loaded.state, loaded.tags) == ("welcome", {"t"})
     assert [o.message["text"] for o in await store.pending_outbox("u1")] == ["one", "two"]
@@ -57,14 +57,14 @@ async def test_a_failing_commit_leaves_nothing_half_done(store: SqliteStore) -> 
     await store.add_events([event("a")])
     bad = [OutboxItem("a#0", "u1", {"text": "ok"}), OutboxItem("a#1", "u1", {"bad": object()})]
     with pytest.raises(TypeError):
-        await store.commit_step("a", UserRecord("u1", state="s"), bad, 1)
+        await store.commit_step(StepWrite("a", UserRecord("u1", state="s"), bad), 1)
     assert await store.load_user("u1") is None
     assert [e.key for e in await store.pending_events("u1")] == ["a"]
 
 
 async def test_in_flight_sends_become_uncertain_at_restart(store: SqliteStore, tmp_path: Path) -> None:
     await store.add_events([event("a")])
-    await store.commit_step("a", UserRecord("u1"), [OutboxItem("a#0", "u1", {"text": "x"})], 1)
+    await store.commit_step(StepWrite("a", UserRecord("u1"), [OutboxItem("a#0", "u1", {"text": "x"})]), 1)
     await store.set_outbox_status("a#0", "sending", "", 2)
     await store.close()
     reopened = SqliteStore(tmp_path / "s.sqlite3")
@@ -80,13 +80,13 @@ async def test_in_flight_sends_become_uncertain_at_restart(store: SqliteStore, t
 
 async def test_users_with_pending_work(store: SqliteStore) -> None:
     await store.add_events([event("a", "u1"), event("b", "u2")])
-    await store.commit_step("b", UserRecord("u2"), [OutboxItem("b#0", "u2", {"text": "x"})], 1)
+    await store.commit_step(StepWrite("b", UserRecord("u2"), [OutboxItem("b#0", "u2", {"text": "x"})]), 1)
     assert sorted(await store.users_with_pending_work()) == ["u1", "u2"]
 
 
 async def test_mark_unreachable(store: SqliteStore) -> None:
     await store.add_events([event("a")])
-    await store.commit_step("a", UserRecord("u1"), [], 1)
+    await store.commit_step(StepWrite("a", UserRecord("u1"), []), 1)
     await store.mark_unreachable("u1")
     user = await store.load_user("u1")
     assert user is not None and user.unreachable

@@ -10,13 +10,14 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import aiohttp
 
 from engine.messenger.signature import sign
-from tests.conftest import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, body_of, message_event, wait_until
+from tests.conftest import APP_SECRET, PAGE_TOKEN, T0, VERIFY_TOKEN, body_of, message_event, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = 20
@@ -73,7 +74,10 @@ async def test_sigkill_mid_flight_then_restart_handles_each_event_once(tmp_path:
             await wait_until(lambda: health(session, url), timeout=20, what="the server to start")
             # each request carries one event per user, requests in order: a user's events arrive oldest first
             for n in range(PER_USER):
-                events = [message_event(f"user{u}", f"m_{u}_{n}", 1_000 + n, text=f"u{u} n{n}") for u in range(USERS)]
+                now = int(time.time() * 1000)
+                events = [
+                    message_event(f"user{u}", f"m_{u}_{n}", now - T0 + n, text=f"u{u} n{n}") for u in range(USERS)
+                ]
                 raw = json.dumps(body_of(*events)).encode()
                 async with session.post(
                     f"{url}/webhook", data=raw, headers={"X-Hub-Signature-256": sign(raw, APP_SECRET)}

@@ -58,7 +58,8 @@ async def test_unreachable_user_is_marked_and_never_messaged_again(server: Serve
     assert server.fake.messages_to(USER) == []
     assert len(server.fake.messages_to("other-user")) == 1  # others are unaffected
     counts = await server.counts()
-    assert counts["outbox_skipped"] == 1 and counts["outbox_failed"] == 1
+    # the policy gate refuses anything for an unreachable user before it reaches the outbox queue
+    assert counts["outbox_refused"] == 1 and counts["outbox_failed"] == 1
 
 
 async def test_invalid_page_token_stops_sending_loudly_and_keeps_replies(server: Server, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -112,4 +113,4 @@ async def test_unreachable_mid_queue_skips_the_users_next_events_too(server: Ser
     assert server.fake.messages_to(USER) == []
     counts = await server.counts()
     assert counts["inbox_handled"] == 3
-    assert counts["outbox_failed"] == 1 and counts["outbox_skipped"] == 2
+    assert counts["outbox_failed"] == 1 and counts["outbox_refused"] == 2

@@ -1,0 +1,116 @@
+"""The policy gate: one pure function deciding how a message may be sent, or refusing it with a reason.
+
+Meta's rules (messenger-platform.md), all lengths and lists from configuration:
+- inside the standard window (24h after the user's last interaction) anything goes: RESPONSE when answering the
+  user's own action, UPDATE otherwise;
+- outside it, only a non-promotional message with an allowed message tag (HUMAN_AGENT: within 7 days of the user's
+  last message), or a One-Time Notification sent with a valid token;
+- an OTN request (the "Notify Me" template) is an ordinary message: inside the window only, and never where OTN is
+  unavailable (a page in the EU, EU users, or switched off);
+- nothing at all to a user who blocked the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+HOUR_MS = 3_600_000
+DAY_MS = 24 * HOUR_MS
+
+
+class Via(StrEnum):
+    RESPONSE = "RESPONSE"
+    UPDATE = "UPDATE"
+    MESSAGE_TAG = "MESSAGE_TAG"
+    OTN_TOKEN = "OTN_TOKEN"
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    window_hours: float = 24.0
+    allowed_tags: frozenset[str] = frozenset(
+        {"CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"}
+    )
+    human_agent_days: float = 7.0
+    otn_available: bool = True
+    page_in_eu: bool = False
+    otn_token_days: float = 365.0
+    otn_max_requests: int = 1  # OTN requests per topic per user per period (anti-nagging)
+    otn_request_period_hours: float = 24.0
+    otn_skip_if_token_held: bool = True
+
+    @property
+    def otn_enabled(self) -> bool:
+        return self.otn_available and not self.page_in_eu
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the gate knows of the user."""
+
+    last_interaction_ms: int = 0  # any window-opening action
+    last_message_ms: int = 0  # the user's last own message (HUMAN_AGENT counts from it)
+    unreachable: bool = False
+    in_eu: bool = False
+    tokens_held: int = 0  # valid, unused OTN tokens for the message's topic
+    recent_requests: int = 0  # OTN requests for the topic within the anti-nagging period
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """What is to be sent. `kind`: message (a flow reply or an update), otn_request, or notification."""
+
+    kind: str
+    responding: bool = False  # answers the user's own action (RESPONSE rather than UPDATE inside the window)
+    tag: str | None = None  # a message tag the flow declared for it
+    promotional: bool = True  # unless the flow says otherwise, assume it is
+    with_token: bool = False  # a notification sent with a claimed OTN token
+
+
+@dataclass(frozen=True)
+class Decision:
+    via: Via | None
+    tag: str | None = None
+    reason: str = ""  # why it was refused; empty when allowed
+
+    @property
+    def allowed(self) -> bool:
+        return self.via is not None
+
+
+def refuse(reason: str) -> Decision:
+    return Decision(None, None, reason)
+
+
+def window_open(facts: Facts, now_ms: int, settings: PolicySettings) -> bool:
+    return facts.last_interaction_ms > 0 and now_ms - facts.last_interaction_ms < settings.window_hours * HOUR_MS
+
+
+def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySettings) -> Decision:
+    if facts.unreachable:
+        return refuse("user_unreachable")
+    if message.kind in ("otn_request", "notification") and not (settings.otn_enabled and not facts.in_eu):
+        return refuse("otn_unavailable")
+    if message.kind == "notification":
+        return Decision(Via.OTN_TOKEN) if message.with_token else refuse("no_valid_token")
+    inside = window_open(facts, now_ms, settings)
+    if message.kind == "otn_request":
+        if not inside:
+            return refuse("outside_window")
+        if settings.otn_skip_if_token_held and facts.tokens_held > 0:
+            return refuse("token_already_held")
+        if facts.recent_requests >= settings.otn_max_requests:
+            return refuse("request_limit")
+        return Decision(Via.RESPONSE if message.responding else Via.UPDATE)
+    if inside:
+        return Decision(Via.RESPONSE if message.responding else Via.UPDATE)
+    if message.tag is None:
+        return refuse("outside_window")
+    if message.tag not in settings.allowed_tags:
+        return refuse("tag_not_allowed")
+    if message.promotional:
+        return refuse("promotional_on_tag")
+    if message.tag == "HUMAN_AGENT" and now_ms - facts.last_message_ms >= settings.human_agent_days * DAY_MS:
+        return refuse("human_agent_expired")
+    return Decision(Via.MESSAGE_TAG, message.tag)

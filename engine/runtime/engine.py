@@ -1,0 +1,77 @@
+"""Assemble the runtime parts once, the same way for the server and for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..config import Settings
+from ..flow import CompiledFlow
+from ..messenger.client import GraphClient, GraphSettings
+from ..store import Store
+from .clock import Clock
+from .conversation import ConversationHandler
+from .dispatcher import Dispatcher
+from .gate import Gate
+from .metrics import Metrics
+from .notify import CampaignRunner
+from .sender import OutboxSender, SendingState
+
+
+@dataclass
+class Engine:
+    gate: Gate
+    handler: ConversationHandler
+    sender: OutboxSender
+    dispatcher: Dispatcher
+    campaigns: CampaignRunner
+
+
+def graph_settings(settings: Settings, base_url: str | None = None) -> GraphSettings:
+    return GraphSettings(
+        base_url=base_url or str(settings["graph.url"]),
+        version=str(settings["graph.version"]),
+        page_token=settings.page_token or "local-page-token",
+        app_secret=settings.app_secret,
+        timeout_seconds=float(settings["graph.timeout_seconds"]),
+        max_attempts=int(settings["graph.max_attempts"]),
+        backoff_base_seconds=float(settings["graph.backoff_base_seconds"]),
+        backoff_max_seconds=float(settings["graph.backoff_max_seconds"]),
+    )
+
+
+def default_flow_name(settings: Settings, flows: Mapping[str, CompiledFlow]) -> str:
+    default = str(settings["flows.default"]) or sorted(flows)[0]
+    if default not in flows:
+        raise ValueError(f"flows.default = {default!r} is not a loaded flow; loaded: {', '.join(sorted(flows))}")
+    return default
+
+
+def assemble(
+    settings: Settings,
+    flows: Mapping[str, CompiledFlow],
+    store: Store,
+    graph: GraphClient,
+    clock: Clock,
+    metrics: Metrics,
+    sending: SendingState,
+    campaigns_through_dispatcher: bool = True,
+) -> Engine:
+    gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
+    handler = ConversationHandler(flows, default_flow_name(settings, flows), store, graph.profile, clock, gate)
+    sender = OutboxSender(store, graph, clock, metrics, sending, gate)
+    dispatcher = Dispatcher(store, handler, sender, metrics, int(settings["dispatcher.concurrency"]))
+    campaigns = CampaignRunner(
+        flows,
+        store,
+        graph,
+        sender,
+        gate,
+        clock,
+        metrics,
+        int(settings["notify.concurrency"]),
+        float(settings["notify.rate_per_second"]),
+    )
+    if campaigns_through_dispatcher:
+        campaigns.run_for_user = dispatcher.run_job
+    return Engine(gate, handler, sender, dispatcher, campaigns)

@@ -1,0 +1,62 @@
+"""The runtime side of the policy gate: gathers the facts about a user and counts refusals. Every outbound
+message passes `Gate.check` when it is queued and again right before the Send API call; the decision itself is
+the pure `policy.decide`."""
+
+from __future__ import annotations
+
+import logging
+
+from ..policy import Decision, Facts, Outgoing, PolicySettings, decide
+from ..policy.gate import HOUR_MS
+from ..store import Store, UserRecord
+from .metrics import Metrics
+
+log = logging.getLogger("otnflow.policy")
+
+
+class Gate:
+    def __init__(self, settings: PolicySettings, metrics: Metrics, eu_user_tag: str = "eu") -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.eu_user_tag = eu_user_tag
+
+    def facts(self, user: UserRecord | None, tokens_held: int = 0, recent_requests: int = 0) -> Facts:
+        if user is None:
+            return Facts(tokens_held=tokens_held, recent_requests=recent_requests)
+        return Facts(
+            user.last_interaction_ms,
+            user.last_message_ms,
+            user.unreachable,
+            self.eu_user_tag in user.tags,
+            tokens_held,
+            recent_requests,
+        )
+
+    async def request_facts(self, store: Store, user: UserRecord, topic: str, now_ms: int) -> Facts:
+        """Facts for an OTN request: also the tokens held and the requests made within the anti-nagging period."""
+        since = now_ms - int(self.settings.otn_request_period_hours * HOUR_MS)
+        held = await store.count_tokens(user.user_id, topic, now_ms)
+        recent = sum(
+            [await store.count_otn_log(user.user_id, topic, what, since) for what in ("request", "re_request")]
+        )
+        return self.facts(user, held, recent)
+
+    def check(self, facts: Facts, message: Outgoing, now_ms: int) -> Decision:
+        decision = decide(facts, message, now_ms, self.settings)
+        if not decision.allowed:
+            self.metrics.policy_refusals.labels(message.kind, decision.reason).inc()
+            log.info("policy refused a %s: %s", message.kind, decision.reason)
+        return decision
+
+
+def outgoing_from_meta(meta: dict[str, object]) -> Outgoing:
+    """An outbox row's meta as the gate's Outgoing."""
+    kind = str(meta.get("kind", "message"))
+    tag = meta.get("tag")
+    return Outgoing(
+        kind=kind if kind in ("otn_request", "notification") else "message",
+        responding=bool(meta.get("responding", False)),
+        tag=str(tag) if tag else None,
+        promotional=bool(meta.get("promotional", True)),
+        with_token=bool(meta.get("otn_token")),
+    )

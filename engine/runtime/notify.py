@@ -1,0 +1,307 @@
+"""Notification campaigns: deliver a topic to every user holding a valid OTN token, one message each, chosen by
+the user's segment, then arm the loop's next request.
+
+A campaign is a stored record with one item per eligible user, so a run killed at any point resumes when run
+again (the same topic, segment and vars name the same campaign; once it finished, running it again starts a new
+one) without sending anyone a second message:
+- an item is `pending`, then `sending` (its token claimed and its outbox row recorded, in one write), then
+  `delivered`, `failed` or `skipped`, each with a reason;
+- an item left `sending` by a crash is resent with the **same** token: Meta refuses a token's second use, so if
+  the first attempt had reached Meta the retry is refused and the item counts as delivered, and if it had not,
+  the retry delivers it. Either way the user gets exactly one message and no token serves twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from ..flow import CompiledFlow, Snapshot
+from ..flow.segments import ALWAYS, Segment, parse_segment
+from ..messenger.client import GraphClient
+from ..messenger.errors import Outcome
+from ..messenger.outbound import send_body
+from ..policy import Outgoing, window_open
+from ..store import Campaign, Delivery, Store, UserRecord
+from .clock import Clock
+from .conversation import reply_to_outbox
+from .gate import Gate
+from .metrics import Metrics
+from .sender import OutboxSender
+
+log = logging.getLogger("otnflow.notify")
+T = TypeVar("T")
+RunForUser = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
+Progress = Callable[[int, int], None]
+PAGE = 500
+
+
+class CampaignError(ValueError):
+    """The campaign cannot start: unknown topic, bad segment, missing variables. The message says which."""
+
+
+@dataclass
+class CampaignReport:
+    campaign: Campaign
+    eligible: int
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped: str = ""  # why the run stopped early (sending stopped), if it did
+
+    @property
+    def delivered(self) -> int:
+        return self.counts.get("delivered", 0)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "campaign": self.campaign.id,
+            "topic": self.campaign.topic,
+            "segment": self.campaign.segment,
+            "vars": self.campaign.vars,
+            "eligible": self.eligible,
+            "counts": self.counts,
+            "seconds": round(self.seconds, 3),
+            "stopped": self.stopped,
+        }
+
+
+class RateLimiter:
+    """At most `rate` acquisitions per second, smoothly (one slot every 1/rate seconds)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._next = 0.0
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        if not self.interval:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            wait = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+def campaign_id(topic: str, segment: str, variables: Mapping[str, Any]) -> str:
+    digest = hashlib.sha1(json.dumps([topic, segment, sorted(variables.items())]).encode()).hexdigest()[:10]
+    return f"{topic}-{digest}"
+
+
+async def _direct(user_id: str, job: Callable[[], Awaitable[T]]) -> T:
+    return await job()
+
+
+class CampaignRunner:
+    def __init__(
+        self,
+        flows: Mapping[str, CompiledFlow],
+        store: Store,
+        client: GraphClient,
+        sender: OutboxSender,
+        gate: Gate,
+        clock: Clock,
+        metrics: Metrics,
+        concurrency: int = 32,
+        rate_per_second: float = 250.0,
+        run_for_user: RunForUser = _direct,
+    ) -> None:
+        self.flows = flows
+        self.store = store
+        self.client = client
+        self.sender = sender
+        self.gate = gate
+        self.clock = clock
+        self.metrics = metrics
+        self.concurrency = concurrency
+        self.limiter = RateLimiter(rate_per_second)
+        self.run_for_user = run_for_user  # in the server: through the user's worker, so events and sends interleave
+
+    def flow_for_topic(self, topic: str) -> CompiledFlow:
+        for flow in self.flows.values():
+            if topic in flow.spec.topics:
+                return flow
+        known = sorted({t for f in self.flows.values() for t in f.spec.topics})
+        raise CampaignError(f"unknown topic '{topic}'; topics: {', '.join(known) or 'none'}")
+
+    def prepare(
+        self, topic: str, segment: str, variables: Mapping[str, Any], name: str | None
+    ) -> tuple[CompiledFlow, Segment, Campaign]:
+        flow = self.flow_for_topic(topic)
+        try:
+            chosen = parse_segment(segment) if segment else ALWAYS
+        except ValueError as err:
+            raise CampaignError(f"invalid segment expression {segment!r}: {err}") from None
+        missing = [p for p in flow.spec.topics[topic].params if p not in variables]
+        if missing:
+            raise CampaignError(f"topic '{topic}' needs {', '.join(missing)}: pass --var {missing[0]}=...")
+        campaign = Campaign(
+            name or campaign_id(topic, segment, variables), topic, segment, dict(variables), self.clock.now_ms()
+        )
+        return flow, chosen, campaign
+
+    async def run(
+        self,
+        topic: str,
+        segment: str = "",
+        variables: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        progress: Progress | None = None,
+    ) -> CampaignReport:
+        return await self.execute(await self.open(topic, segment, variables or {}, name), progress)
+
+    async def open(self, topic: str, segment: str, variables: Mapping[str, Any], name: str | None) -> Campaign:
+        """Check the request and store the campaign (or find the unfinished one to resume)."""
+        _, _, campaign = self.prepare(topic, segment, variables, name)
+        return await self.store.open_campaign(await self._resume_or_new(campaign))
+
+    async def execute(self, campaign: Campaign, progress: Progress | None = None) -> CampaignReport:
+        started = time.monotonic()
+        flow = self.flow_for_topic(campaign.topic)
+        chosen = parse_segment(campaign.segment) if campaign.segment else ALWAYS
+        for delivery in await self.store.uncertain_deliveries(campaign.id):
+            await self.run_for_user(delivery.user_id, partial(self._settle_uncertain, flow, campaign, delivery))
+        eligible = await self._select_audience(campaign, chosen)
+        stopped = await self._deliver_all(flow, campaign, progress)
+        counts = await self.store.campaign_counts(campaign.id)
+        if not stopped:
+            await self.store.finish_campaign(campaign.id, self.clock.now_ms())
+        report = CampaignReport(campaign, eligible, counts, time.monotonic() - started, stopped)
+        log.info("campaign %s: %s", campaign.id, json.dumps(report.as_dict()))
+        return report
+
+    async def _resume_or_new(self, campaign: Campaign) -> Campaign:
+        """The same notification run again resumes its unfinished campaign; once finished, a run starts anew."""
+        earlier = await self.store.campaigns(campaign.id)
+        if earlier and earlier[-1].status == "running":
+            return earlier[-1]
+        if earlier:
+            campaign.id = f"{campaign.id}.{len(earlier) + 1}"
+        return campaign
+
+    async def _select_audience(self, campaign: Campaign, segment: Segment) -> int:
+        """Items for every token holder in the segment, one index range page at a time (never a full scan)."""
+        after, eligible, now = "", 0, self.clock.now_ms()
+        while page := await self.store.token_holders(campaign.topic, now, after, PAGE):
+            after = page[-1]
+            users = await self.store.load_users(page)
+            chosen = [u for u in page if u in users and segment.matches(frozenset(users[u].tags), users[u].variables)]
+            eligible += len(chosen)
+            await self.store.add_campaign_items(campaign.id, chosen, {}, now)
+        return eligible
+
+    async def _deliver_all(self, flow: CompiledFlow, campaign: Campaign, progress: Progress | None) -> str:
+        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+        done = 0
+        total = (await self.store.campaign_counts(campaign.id)).get("pending", 0)
+
+        async def worker() -> None:
+            nonlocal done
+            while (user_id := await queue.get()) is not None:
+                if not self.sender.state.stopped_reason:
+                    await self.run_for_user(user_id, partial(self._deliver, flow, campaign, user_id))
+                done += 1
+                if progress:
+                    progress(done, total)
+
+        workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
+        seen: set[str] = set()
+        while not self.sender.state.stopped_reason and (page := await self.store.pending_items(campaign.id, PAGE)):
+            fresh = [u for u in page if u not in seen]
+            if not fresh:
+                await asyncio.sleep(0.01)  # the last page is still in flight
+                continue
+            for user_id in fresh:
+                seen.add(user_id)
+                await queue.put(user_id)
+        for _ in workers:
+            await queue.put(None)
+        await asyncio.gather(*workers)
+        await self.sender.flush()
+        return self.sender.state.stopped_reason
+
+    async def _deliver(self, flow: CompiledFlow, campaign: Campaign, user_id: str) -> None:
+        user = await self.store.load_user(user_id)
+        now = self.clock.now_ms()
+        decision = self.gate.check(self.gate.facts(user), Outgoing("notification", with_token=True), now)
+        if user is None or not decision.allowed:
+            await self.store.skip_item(campaign.id, user_id, decision.reason or "unknown_user", now)
+            return
+        snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
+        reply = flow.notification(campaign.topic, snapshot, campaign.vars, user.profile)
+        message = reply_to_outbox(reply, "", user_id, responding=False).message
+        while delivery := await self.store.begin_delivery(campaign.id, user_id, campaign.topic, message, now):
+            if await self._send(flow, campaign, user, delivery, message, retry=False):
+                return
+
+    async def _settle_uncertain(self, flow: CompiledFlow, campaign: Campaign, delivery: Delivery) -> None:
+        user = await self.store.load_user(delivery.user_id)
+        message = await self.store.outbox_message(delivery.outbox_key)
+        if user is not None and message is not None:
+            await self._send(flow, campaign, user, delivery, message, retry=True)
+
+    async def _send(
+        self,
+        flow: CompiledFlow,
+        campaign: Campaign,
+        user: UserRecord,
+        delivery: Delivery,
+        message: dict[str, Any],
+        retry: bool,
+    ) -> bool:
+        """Send one claimed token. True when the item is settled; False to try the user's next token."""
+        await self.limiter.acquire()
+        result = await self.client.send(send_body(None, message, otn_token=delivery.token.token))
+        self.metrics.sends.labels(result.outcome.value).inc()
+        now = self.clock.now_ms()
+        outcome = result.outcome
+        if outcome is Outcome.SENT or (retry and outcome is Outcome.POLICY_BLOCKED):
+            # On a retry, a refusal means Meta already took this token: the first attempt got through.
+            reason = "" if outcome is Outcome.SENT else "confirmed_by_token_reuse"
+            await self.store.finish_delivery(
+                delivery, "delivered", reason, "spent", "sent", result.message_id or reason, now
+            )
+            await self._rearm(flow, campaign, user, delivery, now)
+            return True
+        if outcome is Outcome.POLICY_BLOCKED:  # the token is invalid, used or expired at Meta: try the next one
+            await self.store.finish_delivery(delivery, "pending", "", "invalid", "failed", result.detail, now)
+            return False
+        if outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):  # nothing was spent: the item waits for a re-run
+            await self.store.finish_delivery(delivery, "pending", "", "valid", "pending", result.detail, now)
+            self.sender.state.stopped_reason = f"{outcome.value}: {result.detail}"
+            log.critical("SENDING STOPPED during campaign %s: %s", campaign.id, result.detail)
+            return True
+        token_status = "spent" if result.reached_meta else "valid"
+        await self.store.finish_delivery(delivery, "failed", outcome.value, token_status, "failed", result.detail, now)
+        if outcome is Outcome.UNREACHABLE:
+            await self.store.mark_unreachable(user.user_id)
+        return True
+
+    async def _rearm(
+        self, flow: CompiledFlow, campaign: Campaign, user: UserRecord, delivery: Delivery, now: int
+    ) -> None:
+        """The loop: ask for the next notification at once if the window is open, else when the user engages."""
+        topic = flow.next_topic(campaign.topic)
+        source_state = delivery.token.source_state
+        if not window_open(self.gate.facts(user), now, self.gate.settings):
+            await self.store.arm(user.user_id, topic, source_state, now)
+            return
+        snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
+        request = flow.otn_request(topic, source_state, snapshot, user.profile, campaign.vars)
+        item = reply_to_outbox(request, f"campaign:{campaign.id}:{user.user_id}:request", user.user_id, False)
+        item.meta["re_request"] = True
+        facts = await self.gate.request_facts(self.store, user, topic, now)
+        decision = self.gate.check(facts, Outgoing("otn_request"), now)
+        if not decision.allowed:
+            item.status, item.detail = "refused", decision.reason
+        await self.store.add_outbox(item, now)
+        if decision.allowed:
+            await self.sender.send(user, [item])

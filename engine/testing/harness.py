@@ -1,0 +1,282 @@
+"""A test harness for flows: a real otnflow server and the fake Graph API on loopback, a clock you move, and
+simulated users who type, tap and opt in. Everything goes through the real path: signed webhook JSON in, the
+dispatcher, the flow, the policy gate, the outbox, the Send API client, the fake Graph API out.
+
+    async with Bot.start(flows="flows", templates="templates") as bot:
+        alice = bot.user("alice", first_name="Alice")
+        await alice.says("hi")
+        await alice.taps("White")
+        assert "likes_white" in alice.tags
+        await alice.opts_in("restock")
+        bot.clock.advance(hours=25)
+        await bot.notify("restock", product="Sauvignon")
+        assert alice.last_reply.text.startswith("The Sauvignon")
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..config import Settings, load_settings
+from ..messenger.signature import sign
+from ..runtime.notify import CampaignReport
+from ..store import Token, UserRecord
+from ..web import create_app
+from ..web.keys import CAMPAIGNS, DISPATCHER, STORE
+from .clock import ManualClock
+from .fake_graph import FakeGraph, SentMessage
+
+PAGE_ID = "106000000000001"
+SECRET = "harness-app-secret"
+START_MS = 1_764_240_000_000  # 2025-11-27: any fixed instant; tests move the clock from here
+
+
+class HarnessError(AssertionError):
+    """A step the simulated user cannot take (tapping something not offered, ...): says what was offered."""
+
+
+@dataclass(frozen=True)
+class ReplyView:
+    """One message the bot sent, as the user sees it."""
+
+    text: str
+    quick_replies: tuple[str, ...]
+    buttons: tuple[str, ...]
+    otn_topic: str | None  # set when this is a Notify Me request
+    is_notification: bool  # sent with an OTN token
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def is_otn_request(self) -> bool:
+        return self.otn_topic is not None
+
+    @classmethod
+    def of(cls, sent: SentMessage) -> ReplyView:
+        message = sent.body.get("message", {})
+        quick = tuple(q.get("title", "") for q in message.get("quick_replies", []))
+        payload = message.get("attachment", {}).get("payload", {})
+        buttons = tuple(b.get("title", "") for b in payload.get("buttons", []))
+        topic = None
+        if payload.get("template_type") == "one_time_notif_req":
+            topic = str(payload.get("payload", "")).split(":")[1]
+        text = message.get("text") or payload.get("text") or payload.get("title") or ""
+        return cls(text, quick, buttons, topic, sent.otn_token is not None, sent.body)
+
+
+class BotUser:
+    """A simulated Messenger user. Its record (state, tags, variables, tokens) is refreshed after every step."""
+
+    def __init__(self, bot: Bot, user_id: str) -> None:
+        self.bot = bot
+        self.id = user_id
+        self.record: UserRecord | None = None
+        self._tokens: list[Token] = []
+
+    # -- what the user does ----------------------------------------------------------------------------------
+    async def says(self, text: str) -> list[ReplyView]:
+        return await self._act({"message": {"mid": self.bot.mid(), "text": text}})
+
+    async def taps(self, title: str) -> list[ReplyView]:
+        """Tap a quick reply or a postback button, by its title, on the latest message offering any."""
+        for reply in reversed(self.replies):
+            raw = reply.raw.get("message", {})
+            for quick in raw.get("quick_replies", []):
+                if quick.get("title") == title:
+                    return await self._act(
+                        {
+                            "message": {
+                                "mid": self.bot.mid(),
+                                "text": title,
+                                "quick_reply": {"payload": quick["payload"]},
+                            }
+                        }
+                    )
+            for button in raw.get("attachment", {}).get("payload", {}).get("buttons", []):
+                if button.get("title") == title:
+                    if button.get("type") != "postback":
+                        raise HarnessError(f"'{title}' opens {button.get('url')}; it sends nothing to the bot")
+                    return await self._act(
+                        {"postback": {"mid": self.bot.mid(), "title": title, "payload": button["payload"]}}
+                    )
+            if raw.get("quick_replies") or reply.buttons:
+                offered = [*reply.quick_replies, *reply.buttons]
+                raise HarnessError(
+                    f"{self.id} cannot tap '{title}': the last message offering choices "
+                    f"({reply.text!r}) offers {offered}"
+                )
+        raise HarnessError(f"{self.id} cannot tap '{title}': no message offered any quick reply or button")
+
+    async def opts_in(self, topic: str | None = None) -> list[ReplyView]:
+        """Tap Notify Me on the latest OTN request (for `topic`, if given)."""
+        for sent in reversed(self.bot.fake.messages_to(self.id)):
+            view = ReplyView.of(sent)
+            if view.otn_topic is not None and topic in (None, view.otn_topic):
+                payload = sent.body["message"]["attachment"]["payload"]["payload"]
+                token = self.bot.fake.issue_token(self.id, payload, self.bot.clock.now_ms())
+                return await self._act(
+                    {"optin": {"type": "one_time_notif_req", "payload": payload, "one_time_notif_token": token}},
+                    interaction=False,
+                )
+        asked = sorted({v.otn_topic for v in self.replies if v.otn_topic})
+        raise HarnessError(f"{self.id} cannot opt in to {topic or 'a topic'}: the bot asked for {asked or 'none'}")
+
+    async def _act(self, payload: dict[str, Any], interaction: bool = True) -> list[ReplyView]:
+        before = len(self.bot.fake.messages_to(self.id))
+        now = self.bot.clock.advance(seconds=1)
+        event = {"sender": {"id": self.id}, "recipient": {"id": PAGE_ID}, "timestamp": now, **payload}
+        if interaction:
+            self.bot.fake.saw(self.id, now)  # what Meta knows: the user's window opens
+        await self.bot.post({"object": "page", "entry": [{"id": PAGE_ID, "time": now, "messaging": [event]}]})
+        await self.refresh()
+        return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)[before:]]
+
+    # -- what the test asserts on ----------------------------------------------------------------------------
+    async def refresh(self) -> None:
+        store = self.bot.app[STORE]
+        self.record = await store.load_user(self.id)
+        self._tokens = await store.tokens(self.id)
+
+    @property
+    def replies(self) -> list[ReplyView]:
+        return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)]
+
+    @property
+    def last_reply(self) -> ReplyView:
+        replies = self.replies
+        if not replies:
+            raise HarnessError(f"the bot has sent nothing to {self.id}")
+        return replies[-1]
+
+    @property
+    def state(self) -> str | None:
+        return self.record.state if self.record else None
+
+    @property
+    def tags(self) -> set[str]:
+        return set(self.record.tags) if self.record else set()
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        return dict(self.record.variables) if self.record else {}
+
+    def tokens(self, topic: str | None = None) -> list[Token]:
+        """The user's valid, unexpired OTN tokens (for `topic`), oldest first."""
+        now = self.bot.clock.now_ms()
+        return [
+            t
+            for t in self._tokens
+            if t.status == "valid" and t.expires_ms > now and (topic is None or t.topic == topic)
+        ]
+
+    @property
+    def refusals(self) -> list[dict[str, Any]]:
+        """Messages the policy gate refused for this user: {'kind', 'reason', 'text'}."""
+        return [r for r in self.bot.refused if r["user_id"] == self.id]
+
+
+class Bot:
+    def __init__(self, settings: Settings, clock: ManualClock, fake: FakeGraph) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.fake = fake
+        self.users: dict[str, BotUser] = {}
+        self.refused: list[dict[str, Any]] = []
+        self._mids = itertools.count(1)
+        self.app: web.Application
+        self.url = ""
+        self.session: aiohttp.ClientSession
+
+    @classmethod
+    @asynccontextmanager
+    async def start(
+        cls,
+        flows: str | Path = "flows",
+        templates: str | Path = "templates",
+        config: str | Path | None = None,
+        store_dir: str | Path | None = None,
+        **settings: Any,
+    ) -> AsyncIterator[Bot]:
+        """A bot over the flows in `flows`, with a fresh SQLite store in `store_dir` (a temporary folder by
+        default). `settings` override config.toml's, by dotted name with '_' for '.': policy_page_in_eu=True."""
+        with tempfile.TemporaryDirectory(prefix="otnflow-harness-") as tmp:
+            folder = Path(store_dir) if store_dir else Path(tmp)
+            env = {
+                "OTNFLOW_APP_SECRET": SECRET,
+                "OTNFLOW_PAGE_TOKEN": "harness-page-token",
+                "OTNFLOW_VERIFY_TOKEN": "harness",
+                "OTNFLOW_FLOWS_DIR": str(Path(flows).resolve()),
+                "OTNFLOW_FLOWS_TEMPLATES": str(Path(templates).resolve()),
+                "OTNFLOW_STORE_URL": f"sqlite:///{folder / 'harness.sqlite3'}",
+                "OTNFLOW_LOG_LEVEL": "WARNING",
+                "OTNFLOW_GRAPH_BACKOFF_BASE_SECONDS": "0.001",
+                "OTNFLOW_GRAPH_BACKOFF_MAX_SECONDS": "0.005",
+            }
+            env.update(
+                {
+                    f"OTNFLOW_{key.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+                    for key, value in settings.items()
+                }
+            )
+            config_path = Path(config) if config else None
+            if config_path is None and Path("config.toml").exists():
+                config_path = Path("config.toml")
+            clock = ManualClock(START_MS)
+            fake = FakeGraph(page_token="harness-page-token", clock=clock.now_ms)
+            fake_runner = web.AppRunner(fake.app(), access_log=None)
+            await fake_runner.setup()
+            await web.TCPSite(fake_runner, "127.0.0.1", 0).start()
+            env["OTNFLOW_GRAPH_URL"] = f"http://127.0.0.1:{fake_runner.addresses[0][1]}"
+            bot = cls(load_settings(config_path, env), clock, fake)
+            bot.app = create_app(bot.settings, clock=clock)
+            runner = web.AppRunner(bot.app, access_log=None)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            bot.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            bot.session = aiohttp.ClientSession()
+            try:
+                yield bot
+            finally:
+                await bot.session.close()
+                await runner.cleanup()
+                await fake_runner.cleanup()
+
+    def user(self, user_id: str, first_name: str | None = None, last_name: str | None = None) -> BotUser:
+        if first_name is not None or last_name is not None:
+            self.fake.profiles[user_id] = {"first_name": first_name or "", "last_name": last_name or ""}
+        return self.users.setdefault(user_id, BotUser(self, user_id))
+
+    def mid(self) -> str:
+        return f"m_harness_{next(self._mids)}"
+
+    async def post(self, body: dict[str, Any]) -> None:
+        raw = json.dumps(body).encode()
+        async with self.session.post(
+            f"{self.url}/webhook", data=raw, headers={"X-Hub-Signature-256": sign(raw, SECRET)}
+        ) as response:
+            if response.status != 200:
+                raise HarnessError(f"the webhook answered {response.status}: {await response.text()}")
+        await self.settle()
+
+    async def settle(self) -> None:
+        """Wait until every event is handled and every reply sent; collect new refusals."""
+        await self.app[DISPATCHER].idle()
+        self.refused = await self.app[STORE].refused_messages()
+
+    async def notify(
+        self, topic: str, segment: str = "", campaign: str | None = None, **variables: Any
+    ) -> CampaignReport:
+        report = await self.app[CAMPAIGNS].run(topic, segment, variables, campaign)
+        await self.settle()
+        for user in self.users.values():
+            await user.refresh()
+        return report
