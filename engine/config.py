@@ -58,7 +58,7 @@ OPTIONS: dict[str, Option] = {
     "policy.page_in_eu": Option(False, "A page located in the EU/EEA (or with admins there): OTN is unavailable."),
     "policy.eu_user_tag": Option("eu", "Users with this tag are treated as in the EU: no OTN for them."),
     "policy.otn_token_days": Option(365.0, "How long an OTN token stays valid after the opt-in."),
-    "policy.otn_max_requests": Option(1, "OTN requests per topic per user per period (against nagging)."),
+    "policy.otn_max_requests": Option(1, "Unanswered OTN requests per topic per user per period (against nagging)."),
     "policy.otn_request_period_hours": Option(24.0, "The period of policy.otn_max_requests."),
     "policy.otn_skip_if_token_held": Option(True, "Do not ask for a topic the user already holds a token for."),
     "notify.concurrency": Option(32, "Notifications in flight at once during a campaign."),

@@ -54,4 +54,4 @@ def test_graph_prints_mermaid_with_otn_steps_marked() -> None:
     assert "    welcome --> red: Red" in out
     assert "    white --> sold_out: then" in out
     assert "    note right of sold_out: OTN request (restock)" in out
-    assert "    class sold_out otn" in out
+    assert "    class red_sold_out,sold_out otn" in out

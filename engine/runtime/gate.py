@@ -33,8 +33,10 @@ class Gate:
         )
 
     async def request_facts(self, store: Store, user: UserRecord, topic: str, now_ms: int) -> Facts:
-        """Facts for an OTN request: also the tokens held and the requests made within the anti-nagging period."""
-        since = now_ms - int(self.settings.otn_request_period_hours * HOUR_MS)
+        """Facts for an OTN request: also the tokens held, and the requests still unanswered (made within the
+        anti-nagging period and after the user's last opt-in to the topic: an accepted request is not nagging)."""
+        period_start = now_ms - int(self.settings.otn_request_period_hours * HOUR_MS)
+        since = max(period_start, await store.last_otn(user.user_id, topic, "optin") + 1)
         held = await store.count_tokens(user.user_id, topic, now_ms)
         recent = sum(
             [await store.count_otn_log(user.user_id, topic, what, since) for what in ("request", "re_request")]

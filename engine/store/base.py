@@ -171,6 +171,10 @@ class Store(Protocol):
 
     async def log_otn(self, user_id: str, topic: str, what: str, now_ms: int) -> None: ...
 
+    async def last_otn(self, user_id: str, topic: str, what: str) -> int:
+        """When the log last recorded `what` for the user and topic (0: never)."""
+        ...
+
     async def arm(self, user_id: str, topic: str, source_state: str, now_ms: int) -> None:
         """Remember to ask for `topic` again the moment the user engages (the window being closed now)."""
         ...

@@ -414,6 +414,15 @@ class SqliteStore:
 
         return await self._read(work)
 
+    async def last_otn(self, user_id: str, topic: str, what: str) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            row = db.execute(
+                "SELECT max(at_ms) FROM otn_log WHERE user_id = ? AND topic = ? AND what = ?", (user_id, topic, what)
+            ).fetchone()
+            return int(row[0] or 0)
+
+        return await self._read(work)
+
     async def log_otn(self, user_id: str, topic: str, what: str, now_ms: int) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute("INSERT INTO otn_log VALUES (?, ?, ?, ?)", (user_id, topic, what, now_ms))

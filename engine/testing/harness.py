@@ -38,6 +38,7 @@ from .fake_graph import FakeGraph, SentMessage
 
 PAGE_ID = "106000000000001"
 SECRET = "harness-app-secret"
+API_TOKEN = "harness-api-token"
 START_MS = 1_764_240_000_000  # 2025-11-27: any fixed instant; tests move the clock from here
 
 
@@ -214,6 +215,7 @@ class Bot:
                 "OTNFLOW_APP_SECRET": SECRET,
                 "OTNFLOW_PAGE_TOKEN": "harness-page-token",
                 "OTNFLOW_VERIFY_TOKEN": "harness",
+                "OTNFLOW_API_TOKEN": API_TOKEN,
                 "OTNFLOW_FLOWS_DIR": str(Path(flows).resolve()),
                 "OTNFLOW_FLOWS_TEMPLATES": str(Path(templates).resolve()),
                 "OTNFLOW_STORE_URL": f"sqlite:///{folder / 'harness.sqlite3'}",
