@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -29,7 +29,7 @@ from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
 from ..policy import Outgoing, window_open
-from ..store import Campaign, Delivery, Store, UserRecord
+from ..store import Campaign, Delivery, Finished, Store, UserRecord
 from .clock import Clock
 from .conversation import reply_to_outbox
 from .gate import Gate
@@ -41,6 +41,8 @@ T = TypeVar("T")
 RunForUser = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 Progress = Callable[[int, int], None]
 PAGE = 500
+CHUNK = 64  # tokens claimed per write
+FINISH_BATCH = 64  # deliveries recorded per write
 
 
 class CampaignError(ValueError):
@@ -124,6 +126,8 @@ class CampaignRunner:
         self.concurrency = concurrency
         self.limiter = RateLimiter(rate_per_second)
         self.run_for_user = run_for_user  # in the server: through the user's worker, so events and sends interleave
+        self._pending_writes: set[asyncio.Task[None]] = set()
+        self._finished: list[Finished] = []
 
     def flow_for_topic(self, topic: str) -> CompiledFlow:
         for flow in self.flows.values():
@@ -199,54 +203,85 @@ class CampaignRunner:
         return eligible
 
     async def _deliver_all(self, flow: CompiledFlow, campaign: Campaign, progress: Progress | None) -> str:
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=self.concurrency * 4)
+        """Pending items page by page (keyset on user id: memory stays flat whatever the audience), each page's
+        users read in one go, tokens claimed a chunk at a time in one write each, `concurrency` sends in flight,
+        outcomes recorded in batches."""
+        queue: asyncio.Queue[tuple[UserRecord, Delivery] | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         done = 0
         total = (await self.store.campaign_counts(campaign.id)).get("pending", 0)
 
-        async def worker() -> None:
+        def advance(count: int) -> None:
             nonlocal done
-            while (user_id := await queue.get()) is not None:
+            done += count
+            if progress:
+                progress(done, total)
+
+        async def worker() -> None:
+            while (item := await queue.get()) is not None:
+                user, delivery = item
                 if not self.sender.state.stopped_reason:
-                    await self.run_for_user(user_id, partial(self._deliver, flow, campaign, user_id))
-                done += 1
-                if progress:
-                    progress(done, total)
+                    await self.run_for_user(user.user_id, partial(self._deliver, flow, campaign, user, delivery))
+                advance(1)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
-        seen: set[str] = set()
-        while not self.sender.state.stopped_reason and (page := await self.store.pending_items(campaign.id, PAGE)):
-            fresh = [u for u in page if u not in seen]
-            if not fresh:
-                await asyncio.sleep(0.01)  # the last page is still in flight
-                continue
-            for user_id in fresh:
-                seen.add(user_id)
-                await queue.put(user_id)
+        after = ""
+        while not self.sender.state.stopped_reason and (
+            page := await self.store.pending_items(campaign.id, after, PAGE)
+        ):
+            after = page[-1]
+            users = await self.store.load_users(page)
+            for start in range(0, len(page), CHUNK):
+                chunk = page[start : start + CHUNK]
+                claimed = await self._claim(flow, campaign, chunk, users)
+                advance(len(chunk) - len(claimed))
+                for delivery in claimed:
+                    await queue.put((users[delivery.user_id], delivery))
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)
+        await self._record_finished(force=True)
+        await asyncio.gather(*list(self._pending_writes))
         await self.sender.flush()
         return self.sender.state.stopped_reason
 
-    async def _deliver(self, flow: CompiledFlow, campaign: Campaign, user_id: str) -> None:
-        user = await self.store.load_user(user_id)
+    async def _claim(
+        self, flow: CompiledFlow, campaign: Campaign, user_ids: list[str], users: Mapping[str, UserRecord]
+    ) -> list[Delivery]:
+        """Gate and render each user's notification, then claim their tokens in one write."""
         now = self.clock.now_ms()
-        decision = self.gate.check(self.gate.facts(user), Outgoing("notification", with_token=True), now)
-        if user is None or not decision.allowed:
-            await self.store.skip_item(campaign.id, user_id, decision.reason or "unknown_user", now)
-            return
-        snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
-        reply = flow.notification(campaign.topic, snapshot, campaign.vars, user.profile)
-        message = reply_to_outbox(reply, "", user_id, responding=False).message
-        while delivery := await self.store.begin_delivery(campaign.id, user_id, campaign.topic, message, now):
-            if await self._send(flow, campaign, user, delivery, message, retry=False):
+        requests = []
+        for user_id in user_ids:
+            user = users.get(user_id)
+            decision = self.gate.check(self.gate.facts(user), Outgoing("notification", with_token=True), now)
+            if user is None or not decision.allowed:
+                await self.store.skip_item(campaign.id, user_id, decision.reason or "unknown_user", now)
+                continue
+            snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
+            reply = flow.notification(campaign.topic, snapshot, campaign.vars, user.profile)
+            requests.append((user_id, reply_to_outbox(reply, "", user_id, responding=False).message))
+        return await self.store.begin_deliveries(campaign.id, campaign.topic, requests, now)
+
+    async def _deliver(self, flow: CompiledFlow, campaign: Campaign, user: UserRecord, delivery: Delivery) -> None:
+        """Send a claimed token; when Meta says it is invalid, claim the user's next one and try again."""
+        while not await self._send(flow, campaign, user, delivery, retry=False):
+            now = self.clock.now_ms()
+            claimed = await self.store.begin_deliveries(
+                campaign.id, campaign.topic, [(user.user_id, delivery.message)], now
+            )
+            if not claimed:
                 return
+            delivery = claimed[0]
+
+    async def _record_finished(self, force: bool = False) -> None:
+        """Write the finished deliveries in one batch once enough have piled up (or at the end)."""
+        if self._finished and (force or len(self._finished) >= FINISH_BATCH):
+            batch, self._finished = self._finished, []
+            await self.store.finish_deliveries(batch, self.clock.now_ms())
 
     async def _settle_uncertain(self, flow: CompiledFlow, campaign: Campaign, delivery: Delivery) -> None:
         user = await self.store.load_user(delivery.user_id)
-        message = await self.store.outbox_message(delivery.outbox_key)
-        if user is not None and message is not None:
-            await self._send(flow, campaign, user, delivery, message, retry=True)
+        if user is not None:
+            await self._send(flow, campaign, user, delivery, retry=True)
 
     async def _send(
         self,
@@ -254,46 +289,47 @@ class CampaignRunner:
         campaign: Campaign,
         user: UserRecord,
         delivery: Delivery,
-        message: dict[str, Any],
         retry: bool,
     ) -> bool:
         """Send one claimed token. True when the item is settled; False to try the user's next token."""
         await self.limiter.acquire()
-        result = await self.client.send(send_body(None, message, otn_token=delivery.token.token))
+        result = await self.client.send(send_body(None, delivery.message, otn_token=delivery.token.token))
         self.metrics.sends.labels(result.outcome.value).inc()
         now = self.clock.now_ms()
         outcome = result.outcome
         if outcome is Outcome.SENT or (retry and outcome is Outcome.POLICY_BLOCKED):
             # On a retry, a refusal means Meta already took this token: the first attempt got through.
             reason = "" if outcome is Outcome.SENT else "confirmed_by_token_reuse"
-            await self.store.finish_delivery(
-                delivery, "delivered", reason, "spent", "sent", result.message_id or reason, now
-            )
-            await self._rearm(flow, campaign, user, delivery, now)
+            topic = flow.next_topic(campaign.topic)
+            window = window_open(self.gate.facts(user), now, self.gate.settings)
+            arm = None if window else (topic, delivery.token.source_state)
+            # Recorded in a batch, later: until then the item stays `sending`, and a resumed campaign resends it
+            # with the same token, which Meta refuses if it was used: the item then counts delivered, never twice.
+            self._finished.append(Finished(delivery, "delivered", reason, "spent", result.message_id or "", arm))
+            if len(self._finished) >= FINISH_BATCH:
+                self._background(self._record_finished())
+            if window:  # the loop: the window is open, so the next request goes at once
+                await self._request_again(flow, campaign, user, topic, delivery.token.source_state, now)
             return True
         if outcome is Outcome.POLICY_BLOCKED:  # the token is invalid, used or expired at Meta: try the next one
-            await self.store.finish_delivery(delivery, "pending", "", "invalid", "failed", result.detail, now)
+            await self.store.finish_deliveries([Finished(delivery, "pending", "", "invalid", result.detail)], now)
             return False
         if outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):  # nothing was spent: the item waits for a re-run
-            await self.store.finish_delivery(delivery, "pending", "", "valid", "pending", result.detail, now)
+            await self.store.finish_deliveries([Finished(delivery, "pending", "", "valid", result.detail)], now)
             self.sender.state.stopped_reason = f"{outcome.value}: {result.detail}"
             log.critical("SENDING STOPPED during campaign %s: %s", campaign.id, result.detail)
             return True
         token_status = "spent" if result.reached_meta else "valid"
-        await self.store.finish_delivery(delivery, "failed", outcome.value, token_status, "failed", result.detail, now)
+        await self.store.finish_deliveries(
+            [Finished(delivery, "failed", outcome.value, token_status, result.detail)], now
+        )
         if outcome is Outcome.UNREACHABLE:
             await self.store.mark_unreachable(user.user_id)
         return True
 
-    async def _rearm(
-        self, flow: CompiledFlow, campaign: Campaign, user: UserRecord, delivery: Delivery, now: int
+    async def _request_again(
+        self, flow: CompiledFlow, campaign: Campaign, user: UserRecord, topic: str, source_state: str, now: int
     ) -> None:
-        """The loop: ask for the next notification at once if the window is open, else when the user engages."""
-        topic = flow.next_topic(campaign.topic)
-        source_state = delivery.token.source_state
-        if not window_open(self.gate.facts(user), now, self.gate.settings):
-            await self.store.arm(user.user_id, topic, source_state, now)
-            return
         snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
         request = flow.otn_request(topic, source_state, snapshot, user.profile, campaign.vars)
         item = reply_to_outbox(request, f"campaign:{campaign.id}:{user.user_id}:request", user.user_id, False)
@@ -305,3 +341,8 @@ class CampaignRunner:
         await self.store.add_outbox(item, now)
         if decision.allowed:
             await self.sender.send(user, [item])
+
+    def _background(self, write: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(write)
+        self._pending_writes.add(task)
+        task.add_done_callback(self._pending_writes.discard)

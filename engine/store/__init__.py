@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Campaign, Delivery, OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord
+from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord
 
 
 def open_store(url: str) -> Store:
@@ -17,6 +17,7 @@ def open_store(url: str) -> Store:
 __all__ = [
     "Campaign",
     "Delivery",
+    "Finished",
     "OutboxItem",
     "StepWrite",
     "Store",

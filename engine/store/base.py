@@ -35,10 +35,12 @@ class UserRecord:
     @classmethod
     def from_data(cls, user_id: str, data: dict[str, Any]) -> UserRecord:
         """Unknown keys (written by a newer version) are ignored; missing ones take their defaults."""
-        known = {f.name for f in fields(cls)} - {"user_id"}
-        values = {key: value for key, value in data.items() if key in known}
+        values = {key: value for key, value in data.items() if key in _USER_FIELDS}
         values["tags"] = set(values.get("tags", ()))
         return cls(user_id, **values)
+
+
+_USER_FIELDS = frozenset(f.name for f in fields(UserRecord)) - {"user_id"}
 
 
 @dataclass(frozen=True)
@@ -105,12 +107,26 @@ class Campaign:
 
 @dataclass
 class Delivery:
-    """A campaign item being delivered: the user, the token claimed for them, and the outbox row that carries it."""
+    """A campaign item being delivered: the user, the token claimed for them, and the message (recorded in the
+    item before the send: a campaign's items are its outbox)."""
 
     campaign_id: str
     user_id: str
     token: Token
-    outbox_key: str
+    message: dict[str, Any]
+
+
+@dataclass
+class Finished:
+    """How a delivery ended: the item's status and reason, the token's status, and the loop's next request to arm
+    (topic, source state) when the user's window was closed."""
+
+    delivery: Delivery
+    item_status: str
+    reason: str
+    token_status: str
+    detail: str = ""
+    arm: tuple[str, str] | None = None
 
 
 class Store(Protocol):
@@ -203,27 +219,22 @@ class Store(Protocol):
         """Items for `user_ids` (pending) and `skipped` (user -> reason), insert-if-absent."""
         ...
 
-    async def pending_items(self, campaign_id: str, limit: int) -> list[str]: ...
-    async def skip_item(self, campaign_id: str, user_id: str, reason: str, now_ms: int) -> None: ...
-
-    async def begin_delivery(
-        self, campaign_id: str, user_id: str, topic: str, message: dict[str, Any], now_ms: int
-    ) -> Delivery | None:
-        """Atomically: claim the user's oldest valid token for the topic, mark the item `sending`, record the outbox
-        row that will carry the message with that token. None (item skipped: no_valid_token) when none is left."""
+    async def pending_items(self, campaign_id: str, after_user: str, limit: int) -> list[str]:
+        """Pending items' users after `after_user`, in user id order (keyset pages)."""
         ...
 
-    async def finish_delivery(
-        self,
-        delivery: Delivery,
-        item_status: str,
-        reason: str,
-        token_status: str,
-        outbox_status: str,
-        detail: str,
-        now_ms: int,
-    ) -> None:
-        """Atomically record how a delivery ended: the item, the token, the outbox row and the OTN log."""
+    async def skip_item(self, campaign_id: str, user_id: str, reason: str, now_ms: int) -> None: ...
+
+    async def begin_deliveries(
+        self, campaign_id: str, topic: str, requests: Sequence[tuple[str, dict[str, Any]]], now_ms: int
+    ) -> list[Delivery]:
+        """In one atomic write, for each (user, message): claim the user's oldest valid token for the topic, mark
+        the item `sending` and record the message in it (a campaign's items are its outbox). Users with no valid
+        token left get their item skipped (no_valid_token) and no Delivery."""
+        ...
+
+    async def finish_deliveries(self, finished: Sequence[Finished], now_ms: int) -> None:
+        """In one atomic write: each item's and token's final status, the OTN log, the armed re-requests."""
         ...
 
     async def uncertain_deliveries(self, campaign_id: str) -> list[Delivery]:

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Campaign, Delivery, OutboxItem, StepWrite, StoredEvent, Token, UserRecord
+from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, StoredEvent, Token, UserRecord
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -94,7 +94,7 @@ CREATE TABLE IF NOT EXISTS campaign_items (
     status TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     token TEXT,
-    outbox_key TEXT,
+    message TEXT,
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (campaign_id, user_id)
 );
@@ -130,8 +130,8 @@ def _token(row: Sequence[Any]) -> Token:
 
 class SqliteStore:
     """Writes go through group commit: every write queued while the writer thread is busy joins the next
-    transaction (each in its own SAVEPOINT, so one failing write does not undo the others), and each caller's
-    await returns only after that transaction's COMMIT. Under load this turns many small commits into few large
+    transaction (a failing write is retried alone, so it does not undo the others), and each caller's await
+    returns only after that transaction's COMMIT. Under load this turns many small commits into few large
     ones. Reads use a second connection on a second thread (WAL lets readers run beside the writer) and see every
     write whose await has returned."""
 
@@ -163,30 +163,40 @@ class SqliteStore:
         return await future
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the writer thread: run every queued write in one transaction, then settle their futures."""
+        """On the writer thread: run every queued write in one transaction, then settle their futures. Should one
+        write fail, the transaction is rolled back and each write is run again in a transaction of its own, so a
+        failing write fails alone (the common case pays for no savepoints)."""
         with self._queue_lock:
             batch, self._queue = self._queue, []
             self._flush_scheduled = False
         db = self._write_db
         assert db is not None
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            db.execute("BEGIN IMMEDIATE")
-            for fn, future in batch:
-                db.execute("SAVEPOINT one_write")
+            outcomes = self._transaction(db, batch)
+        except Exception:
+            outcomes = []
+            for write in batch:
                 try:
-                    outcomes.append((future, fn(db), None))
-                    db.execute("RELEASE one_write")
+                    outcomes += self._transaction(db, [write])
                 except Exception as err:
-                    db.execute("ROLLBACK TO one_write")
-                    db.execute("RELEASE one_write")
-                    outcomes.append((future, None, err))
+                    outcomes.append((write[1], None, err))
+        loop.call_soon_threadsafe(_settle, outcomes)
+
+    @staticmethod
+    def _transaction(
+        db: sqlite3.Connection, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]]
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = [
+                (future, fn(db), None) for fn, future in batch
+            ]
             db.execute("COMMIT")
-        except Exception as err:  # the transaction itself failed: nothing of it is durable
+        except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            outcomes = [(future, None, err) for _, future in batch]
-        loop.call_soon_threadsafe(_settle, outcomes)
+            raise
+        return outcomes
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -505,12 +515,12 @@ class SqliteStore:
 
         await self._write(work)
 
-    async def pending_items(self, campaign_id: str, limit: int) -> list[str]:
+    async def pending_items(self, campaign_id: str, after_user: str, limit: int) -> list[str]:
         def work(db: sqlite3.Connection) -> list[str]:
             rows = db.execute(
-                "SELECT user_id FROM campaign_items WHERE campaign_id = ? AND status = 'pending' ORDER BY user_id "
-                "LIMIT ?",
-                (campaign_id, limit),
+                "SELECT user_id FROM campaign_items WHERE campaign_id = ? AND status = 'pending' AND user_id > ? "
+                "ORDER BY user_id LIMIT ?",
+                (campaign_id, after_user, limit),
             ).fetchall()
             return [row[0] for row in rows]
 
@@ -526,81 +536,79 @@ class SqliteStore:
 
         await self._write(work)
 
-    async def begin_delivery(
-        self, campaign_id: str, user_id: str, topic: str, message: dict[str, Any], now_ms: int
-    ) -> Delivery | None:
-        def work(db: sqlite3.Connection) -> Delivery | None:
-            item = db.execute(
-                "SELECT status FROM campaign_items WHERE campaign_id = ? AND user_id = ?", (campaign_id, user_id)
-            ).fetchone()
-            if item is None or item[0] != "pending":
-                return None
-            row = db.execute(
-                f"UPDATE tokens SET status = 'claimed', claimed_by = ? WHERE token = ("
-                "SELECT token FROM tokens WHERE user_id = ? AND topic = ? AND status = 'valid' AND expires_ms > ? "
-                f"ORDER BY received_ms, token LIMIT 1) RETURNING {_TOKEN_COLUMNS}",
-                (campaign_id, user_id, topic, now_ms),
-            ).fetchone()
-            if row is None:
-                db.execute(
-                    "UPDATE campaign_items SET status = 'skipped', reason = 'no_valid_token', updated_ms = ? "
+    async def begin_deliveries(
+        self, campaign_id: str, topic: str, requests: Sequence[tuple[str, dict[str, Any]]], now_ms: int
+    ) -> list[Delivery]:
+        texts = [(user_id, message, json.dumps(message, separators=(",", ":"))) for user_id, message in requests]
+
+        def work(db: sqlite3.Connection) -> list[Delivery]:
+            claimed = []
+            for user_id, message, text in texts:
+                item = db.execute(
+                    "SELECT status FROM campaign_items WHERE campaign_id = ? AND user_id = ?", (campaign_id, user_id)
+                ).fetchone()
+                if item is None or item[0] != "pending":
+                    continue
+                row = db.execute(
+                    "UPDATE tokens SET status = 'claimed', claimed_by = ? WHERE token = (SELECT token FROM tokens "
+                    "WHERE user_id = ? AND topic = ? AND status = 'valid' AND expires_ms > ? "
+                    f"ORDER BY received_ms, token LIMIT 1) RETURNING {_TOKEN_COLUMNS}",
+                    (campaign_id, user_id, topic, now_ms),
+                ).fetchone()
+                if row is None:
+                    db.execute(
+                        "UPDATE campaign_items SET status = 'skipped', reason = 'no_valid_token', updated_ms = ? "
+                        "WHERE campaign_id = ? AND user_id = ?",
+                        (now_ms, campaign_id, user_id),
+                    )
+                    continue
+                token = _token(row)
+                db.execute(  # the item is this message's outbox row: recorded before the send
+                    "UPDATE campaign_items SET status = 'sending', token = ?, message = ?, updated_ms = ? "
                     "WHERE campaign_id = ? AND user_id = ?",
-                    (now_ms, campaign_id, user_id),
+                    (token.token, text, now_ms, campaign_id, user_id),
                 )
-                return None
-            token = _token(row)
-            key = f"campaign:{campaign_id}:{user_id}:{token.token}"
-            item_meta = {"kind": "notification", "topic": topic, "otn_token": token.token, "campaign": campaign_id}
-            db.execute(_INSERT_OUTBOX, _outbox_row(OutboxItem(key, user_id, message, item_meta, "sending"), now_ms))
-            db.execute(
-                "UPDATE campaign_items SET status = 'sending', token = ?, outbox_key = ?, updated_ms = ? "
-                "WHERE campaign_id = ? AND user_id = ?",
-                (token.token, key, now_ms, campaign_id, user_id),
-            )
-            return Delivery(campaign_id, user_id, token, key)
+                claimed.append(Delivery(campaign_id, user_id, token, message))
+            return claimed
 
-        return await self._write(work)
+        return await self._write(work) if texts else []
 
-    async def finish_delivery(
-        self,
-        delivery: Delivery,
-        item_status: str,
-        reason: str,
-        token_status: str,
-        outbox_status: str,
-        detail: str,
-        now_ms: int,
-    ) -> None:
+    async def finish_deliveries(self, finished: Sequence[Finished], now_ms: int) -> None:
         def work(db: sqlite3.Connection) -> None:
-            db.execute(
+            db.executemany(
                 "UPDATE campaign_items SET status = ?, reason = ?, updated_ms = ? "
                 "WHERE campaign_id = ? AND user_id = ?",
-                (item_status, reason, now_ms, delivery.campaign_id, delivery.user_id),
+                [(f.item_status, f.reason, now_ms, f.delivery.campaign_id, f.delivery.user_id) for f in finished],
             )
-            db.execute(
+            db.executemany(
                 "UPDATE tokens SET status = ?, used_ms = ? WHERE token = ?",
-                (token_status, now_ms, delivery.token.token),
+                [(f.token_status, now_ms, f.delivery.token.token) for f in finished],
             )
-            db.execute(
-                "UPDATE outbox SET status = ?, detail = ?, updated_ms = ? WHERE key = ?",
-                (outbox_status, detail, now_ms, delivery.outbox_key),
+            db.executemany(
+                "INSERT INTO otn_log VALUES (?, ?, 'delivery', ?)",
+                [
+                    (f.delivery.user_id, f.delivery.token.topic, now_ms)
+                    for f in finished
+                    if f.item_status == "delivered"
+                ],
             )
-            if item_status == "delivered":
-                db.execute(
-                    "INSERT INTO otn_log VALUES (?, ?, 'delivery', ?)", (delivery.user_id, delivery.token.topic, now_ms)
-                )
+            db.executemany(
+                "INSERT OR IGNORE INTO armed VALUES (?, ?, ?, ?)",
+                [(f.delivery.user_id, *f.arm, now_ms) for f in finished if f.arm is not None],
+            )
 
-        await self._write(work)
+        if finished:
+            await self._write(work)
 
     async def uncertain_deliveries(self, campaign_id: str) -> list[Delivery]:
         def work(db: sqlite3.Connection) -> list[Delivery]:
+            columns = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
             rows = db.execute(
-                f"SELECT i.user_id, i.outbox_key, {', '.join('t.' + c.strip() for c in _TOKEN_COLUMNS.split(','))} "
-                "FROM campaign_items i JOIN tokens t ON t.token = i.token "
+                f"SELECT i.user_id, i.message, {columns} FROM campaign_items i JOIN tokens t ON t.token = i.token "
                 "WHERE i.campaign_id = ? AND i.status = 'sending' ORDER BY i.user_id",
                 (campaign_id,),
             ).fetchall()
-            return [Delivery(campaign_id, row[0], _token(row[2:]), row[1]) for row in rows]
+            return [Delivery(campaign_id, row[0], _token(row[2:]), json.loads(row[1])) for row in rows]
 
         return await self._read(work)
 
