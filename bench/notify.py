@@ -4,7 +4,9 @@ for both, the ratio, and each side's peak memory, for two audience sizes (memory
 
     python bench/notify.py [--users 100000] [--small 10000] [--concurrency 32]
 
-Each side runs in its own process (peak RSS is that process's own); the fake Graph API runs in a third.
+Each side runs in its own process (peak RSS is that process's own); the fake Graph API runs in a third. Both
+sides run `--rounds` times, interleaved, and the best rate of each is reported (loopback figures on a shared
+2-core machine are noisy).
 """
 
 from __future__ import annotations
@@ -32,9 +34,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def seed(path: Path, users: int) -> None:
+def seed(path: Path, users: int, fresh: bool = False) -> None:
     """Users and tokens written straight into a fresh store (the store's own schema), in bulk."""
     from engine.store.sqlite import SqliteStore
+
+    if fresh:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
 
     async def create() -> None:
         store = SqliteStore(path)
@@ -149,6 +155,10 @@ def child_bare(graph: str, users: int, concurrency: int) -> None:
     print(json.dumps(figures))
 
 
+def _rate(figures: dict[str, float]) -> float:
+    return figures["delivered"] / figures["seconds"]
+
+
 def measure(cmd: list[str]) -> dict[str, float]:
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1800, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -159,6 +169,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=100_000)
     parser.add_argument("--small", type=int, default=10_000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--child", choices=["engine", "bare"])
     parser.add_argument("--store")
     parser.add_argument("--graph")

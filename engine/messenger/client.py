@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from .errors import GraphError, Outcome, classify
 from .signature import appsecret_proof
 
 log = logging.getLogger("otnflow.graph")
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class GraphClient:
         self.settings = settings
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
+        self._urls: dict[str, URL] = {}
         self._auth = {"access_token": settings.page_token}
         if settings.app_secret:
             self._auth["appsecret_proof"] = appsecret_proof(settings.page_token, settings.app_secret)
@@ -126,10 +130,15 @@ class GraphClient:
         params: dict[str, str] | None = None,
         timeout: float | None = None,
     ) -> tuple[int, Any]:
-        client_timeout = aiohttp.ClientTimeout(total=timeout or self.settings.timeout_seconds)
-        async with self._session.request(
-            method, self.url(path), params={**self._auth, **(params or {})}, json=json_body, timeout=client_timeout
-        ) as response:
+        client_timeout = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
+        url = self._urls.get(path) if params is None else None
+        if url is None:  # the Send API URL is built once; others (profiles) each time
+            url = URL(self.url(path)).with_query({**self._auth, **(params or {})})
+            if params is None and len(self._urls) < 8:
+                self._urls[path] = url
+        body = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
+        headers = _JSON_HEADERS if body is not None else None
+        async with self._session.request(method, url, data=body, headers=headers, timeout=client_timeout) as response:
             text = await response.text()
             try:
                 return response.status, json.loads(text) if text else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 
@@ -54,7 +55,8 @@ async def test_success_returns_the_message_id_and_sends_token_and_proof(client: 
     assert (result.outcome, result.message_id, result.attempts) == (Outcome.SENT, "m_1", 1)
     assert url.query["access_token"] == "PAGE-TOKEN"
     assert url.query["appsecret_proof"] == appsecret_proof("PAGE-TOKEN", "APP-SECRET")
-    assert calls[0].kwargs["json"] == BODY
+    assert json.loads(calls[0].kwargs["data"]) == BODY
+    assert calls[0].kwargs["headers"]["Content-Type"] == "application/json"
 
 
 @pytest.mark.parametrize(
