@@ -275,6 +275,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .flow import FlowError
+    from .testing.conversations import ConversationRunner, conversation_files, load_conversations
+
+    paths = [Path(p) for p in args.paths] or [Path("flows")]
+    files = conversation_files(paths)
+    if not files:
+        print(f"otnflow test: no test_*.toml under {', '.join(map(str, paths))}", file=sys.stderr)
+        return 2
+    runner = ConversationRunner()
+    passed = failed = 0
+
+    async def run_all() -> None:
+        nonlocal passed, failed
+        for path in files:
+            print(path)
+            try:
+                conversations = load_conversations(path)
+            except FlowError as err:
+                print("\n".join(f"  {d}" for d in err.diagnostics))
+                failed += 1
+                continue
+            for test in conversations.tests:
+                result = await runner.run(conversations, test)
+                mark = "ok  " if result.passed else "FAIL"
+                print(f"  {mark} {test.name} ({len(test.steps)} steps, {result.seconds * 1000:.0f} ms)")
+                if not result.passed:
+                    print("\n".join(f"       {line}" for line in result.failure.splitlines()))
+                passed += result.passed
+                failed += not result.passed
+
+    asyncio.run(run_all())
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(schema_text())
     return 0
@@ -313,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
     stats.set_defaults(run=cmd_stats)
+
+    test = commands.add_parser("test", help="run conversation tests (test_*.toml) against the flows")
+    test.add_argument("paths", nargs="*", help="test files or folders (default: flows/)")
+    test.set_defaults(run=cmd_test)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of flow files (for editors)")
     schema.set_defaults(run=cmd_schema)

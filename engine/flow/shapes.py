@@ -129,6 +129,10 @@ def _type_ok(kind: str, value: Any) -> bool:
         return isinstance(value, str)
     if kind == "bool":
         return isinstance(value, bool)
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "ints":
+        return isinstance(value, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
     if kind == "str_list":
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind == "words":
@@ -145,6 +149,8 @@ def _type_ok(kind: str, value: Any) -> bool:
 _TYPE_NAMES = {
     "str": "a string",
     "bool": "true or false",
+    "int": "an integer",
+    "ints": "a table of integers",
     "str_list": "a list of strings",
     "words": "a string or a list of strings",
     "scalars": "a table of strings, numbers or booleans",
@@ -157,12 +163,14 @@ def _type_name(kind: str) -> str:
     return _TYPE_NAMES.get(kind, "a table")
 
 
-def check_shape(value: Any, shape: str, path: KeyPath, report: Report) -> bool:
+def check_shape(
+    value: Any, shape: str, path: KeyPath, report: Report, shapes: dict[str, dict[str, Field]] = SHAPES
+) -> bool:
     """Report unknown keys, missing keys and wrong types below `path`. True when the shape is usable."""
     if not isinstance(value, dict):
         report(path, f"expected a table, got {type(value).__name__}")
         return False
-    fields = SHAPES[shape]
+    fields = shapes[shape]
     ok = True
     for key, item in value.items():
         field = fields.get(key)
@@ -176,13 +184,13 @@ def check_shape(value: Any, shape: str, path: KeyPath, report: Report) -> bool:
             continue
         sub = field.kind.partition(":")[2]
         if field.kind.startswith("table:"):
-            ok &= check_shape(item, sub, (*path, key), report)
+            ok &= check_shape(item, sub, (*path, key), report, shapes)
         elif field.kind.startswith("tables:"):
             for index, element in enumerate(item):
-                ok &= check_shape(element, sub, (*path, key, index), report)
+                ok &= check_shape(element, sub, (*path, key, index), report, shapes)
         elif field.kind.startswith("map:"):
             for name, element in item.items():
-                ok &= check_shape(element, sub, (*path, key, name), report)
+                ok &= check_shape(element, sub, (*path, key, name), report, shapes)
     for key, field in fields.items():
         if field.required and key not in value:
             report(path, f"missing required key '{key}' ({field.doc})")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord
+from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord, UserView
 
 
 def open_store(url: str) -> Store:
@@ -24,5 +24,6 @@ __all__ = [
     "StoredEvent",
     "Token",
     "UserRecord",
+    "UserView",
     "open_store",
 ]

@@ -129,6 +129,13 @@ class Finished:
     arm: tuple[str, str] | None = None
 
 
+@dataclass
+class UserView:
+    record: UserRecord | None
+    tokens: list[Token]
+    refused: list[dict[str, Any]]
+
+
 class Store(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
@@ -253,4 +260,8 @@ class Store(Protocol):
 
     async def refused_messages(self, user_id: str | None = None) -> list[dict[str, Any]]:
         """Outbox rows the policy gate refused: user_id, kind, topic, reason, text, at."""
+        ...
+
+    async def inspect_user(self, user_id: str) -> UserView:
+        """Everything about one user in one read: record, tokens, refused messages (tests, playground)."""
         ...

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, StoredEvent, Token, UserRecord
+from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, StoredEvent, Token, UserRecord, UserView
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -121,6 +121,29 @@ def _outbox_row(o: OutboxItem, now_ms: int) -> tuple[Any, ...]:
         now_ms,
         now_ms,
     )
+
+
+def _refused(db: sqlite3.Connection, user_id: str | None) -> list[dict[str, Any]]:
+    query = "SELECT user_id, message, meta, detail, updated_ms FROM outbox WHERE status = 'refused'"
+    args: tuple[Any, ...] = ()
+    if user_id is not None:
+        query, args = query + " AND user_id = ?", (user_id,)
+    out = []
+    for uid, message, meta, detail, at in db.execute(query + " ORDER BY seq", args):
+        m, info = json.loads(message), json.loads(meta)
+        payload = m.get("attachment", {}).get("payload", {})
+        text = m.get("text") or payload.get("text") or payload.get("title")
+        out.append(
+            {
+                "user_id": uid,
+                "kind": info.get("kind", "message"),
+                "topic": info.get("topic"),
+                "reason": detail,
+                "text": text,
+                "at": at,
+            }
+        )
+    return out
 
 
 def _token(row: Sequence[Any]) -> Token:
@@ -638,26 +661,16 @@ class SqliteStore:
         return await self._read(work)
 
     async def refused_messages(self, user_id: str | None = None) -> list[dict[str, Any]]:
-        def work(db: sqlite3.Connection) -> list[dict[str, Any]]:
-            query = "SELECT user_id, message, meta, detail, updated_ms FROM outbox WHERE status = 'refused'"
-            args: tuple[Any, ...] = ()
-            if user_id is not None:
-                query, args = query + " AND user_id = ?", (user_id,)
-            out = []
-            for uid, message, meta, detail, at in db.execute(query + " ORDER BY seq", args):
-                m, info = json.loads(message), json.loads(meta)
-                payload = m.get("attachment", {}).get("payload", {})
-                out.append(
-                    {
-                        "user_id": uid,
-                        "kind": info.get("kind", "message"),
-                        "topic": info.get("topic"),
-                        "reason": detail,
-                        "text": m.get("text") or payload.get("text") or payload.get("title"),
-                        "at": at,
-                    }
-                )
-            return out
+        return await self._read(lambda db: _refused(db, user_id))
+
+    async def inspect_user(self, user_id: str) -> UserView:
+        def work(db: sqlite3.Connection) -> UserView:
+            row = db.execute("SELECT data FROM users WHERE user_id = ?", (user_id,)).fetchone()
+            tokens = db.execute(
+                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE user_id = ? ORDER BY received_ms, token", (user_id,)
+            ).fetchall()
+            record = UserRecord.from_data(user_id, json.loads(row[0])) if row else None
+            return UserView(record, [_token(t) for t in tokens], _refused(db, user_id))
 
         return await self._read(work)
 

@@ -28,6 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from ..config import Settings, load_settings
+from ..flow import CompiledFlow
 from ..messenger.signature import sign
 from ..runtime.notify import CampaignReport
 from ..store import Token, UserRecord
@@ -82,6 +83,7 @@ class BotUser:
         self.id = user_id
         self.record: UserRecord | None = None
         self._tokens: list[Token] = []
+        self._refused: list[dict[str, Any]] = []
 
     # -- what the user does ----------------------------------------------------------------------------------
     async def says(self, text: str) -> list[ReplyView]:
@@ -143,9 +145,8 @@ class BotUser:
 
     # -- what the test asserts on ----------------------------------------------------------------------------
     async def refresh(self) -> None:
-        store = self.bot.app[STORE]
-        self.record = await store.load_user(self.id)
-        self._tokens = await store.tokens(self.id)
+        view = await self.bot.app[STORE].inspect_user(self.id)
+        self.record, self._tokens, self._refused = view.record, view.tokens, view.refused
 
     @property
     def replies(self) -> list[ReplyView]:
@@ -181,8 +182,8 @@ class BotUser:
 
     @property
     def refusals(self) -> list[dict[str, Any]]:
-        """Messages the policy gate refused for this user: {'kind', 'reason', 'text'}."""
-        return [r for r in self.bot.refused if r["user_id"] == self.id]
+        """Messages the policy gate refused for this user: {'kind', 'topic', 'reason', 'text', 'at'}."""
+        return list(self._refused)
 
 
 class Bot:
@@ -191,7 +192,6 @@ class Bot:
         self.clock = clock
         self.fake = fake
         self.users: dict[str, BotUser] = {}
-        self.refused: list[dict[str, Any]] = []
         self._mids = itertools.count(1)
         self.app: web.Application
         self.url = ""
@@ -201,16 +201,24 @@ class Bot:
     @asynccontextmanager
     async def start(
         cls,
-        flows: str | Path = "flows",
-        templates: str | Path = "templates",
+        flows: str | Path | None = None,
+        templates: str | Path | None = None,
         config: str | Path | None = None,
         store_dir: str | Path | None = None,
+        compiled: dict[str, CompiledFlow] | None = None,
         **settings: Any,
     ) -> AsyncIterator[Bot]:
-        """A bot over the flows in `flows`, with a fresh SQLite store in `store_dir` (a temporary folder by
-        default). `settings` override config.toml's, by dotted name with '_' for '.': policy_page_in_eu=True."""
+        """A bot over the flows in `flows` (default: config.toml's flows.dir, else ./flows), with a fresh SQLite
+        store in `store_dir` (a temporary folder by default). `settings` override config.toml's, by dotted name
+        with '_' for '.': policy_page_in_eu=True. `compiled` reuses flows already loaded (fast test suites)."""
         with tempfile.TemporaryDirectory(prefix="otnflow-harness-") as tmp:
             folder = Path(store_dir) if store_dir else Path(tmp)
+            config_path = Path(config) if config else None
+            if config_path is None and Path("config.toml").exists():
+                config_path = Path("config.toml")
+            configured = load_settings(config_path, {}) if config_path else None
+            flows = flows or (configured.path("flows.dir") if configured else Path("flows"))
+            templates = templates or (configured.path("flows.templates") if configured else Path("templates"))
             env = {
                 "OTNFLOW_APP_SECRET": SECRET,
                 "OTNFLOW_PAGE_TOKEN": "harness-page-token",
@@ -229,9 +237,6 @@ class Bot:
                     for key, value in settings.items()
                 }
             )
-            config_path = Path(config) if config else None
-            if config_path is None and Path("config.toml").exists():
-                config_path = Path("config.toml")
             clock = ManualClock(START_MS)
             fake = FakeGraph(page_token="harness-page-token", clock=clock.now_ms)
             fake_runner = web.AppRunner(fake.app(), access_log=None)
@@ -239,7 +244,7 @@ class Bot:
             await web.TCPSite(fake_runner, "127.0.0.1", 0).start()
             env["OTNFLOW_GRAPH_URL"] = f"http://127.0.0.1:{fake_runner.addresses[0][1]}"
             bot = cls(load_settings(config_path, env), clock, fake)
-            bot.app = create_app(bot.settings, clock=clock)
+            bot.app = create_app(bot.settings, flows=compiled, clock=clock)
             runner = web.AppRunner(bot.app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, "127.0.0.1", 0).start()
@@ -270,9 +275,8 @@ class Bot:
         await self.settle()
 
     async def settle(self) -> None:
-        """Wait until every event is handled and every reply sent; collect new refusals."""
+        """Wait until every event is handled and every reply sent."""
         await self.app[DISPATCHER].idle()
-        self.refused = await self.app[STORE].refused_messages()
 
     async def notify(
         self, topic: str, segment: str = "", campaign: str | None = None, **variables: Any
