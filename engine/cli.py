@@ -313,6 +313,19 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .doctor import Doctor
+
+    verdicts = asyncio.run(Doctor(Path(args.config) if args.config else None, args.url).run())
+    for verdict in verdicts:
+        print(verdict)
+    failed = sum(v.status == "FAIL" for v in verdicts)
+    print(f"doctor: {len(verdicts) - failed} fine, {failed} to fix")
+    return 1 if failed else 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(schema_text())
     return 0
@@ -355,6 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="run conversation tests (test_*.toml) against the flows")
     test.add_argument("paths", nargs="*", help="test files or folders (default: flows/)")
     test.set_defaults(run=cmd_test)
+
+    doctor = commands.add_parser("doctor", help="check the Facebook-side setup: token, webhook fields, OTN, store")
+    doctor.add_argument("--url", help="the public webhook URL, to check the verification handshake")
+    doctor.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
+    doctor.set_defaults(run=cmd_doctor)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of flow files (for editors)")
     schema.set_defaults(run=cmd_schema)

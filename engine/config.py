@@ -43,6 +43,7 @@ OPTIONS: dict[str, Option] = {
     "store.url": Option("sqlite:///data/otnflow.sqlite3", "sqlite:///relative/or//absolute/path, or mongodb://..."),
     "graph.url": Option("https://graph.facebook.com", "Graph API base URL (tests point it at a local fake)."),
     "graph.version": Option("v21.0", "Graph API version."),
+    "graph.app_id": Option("", "Your Meta app's id: lets `otnflow doctor` check this app's webhook subscription."),
     "graph.timeout_seconds": Option(10.0, "Timeout of one Graph API call."),
     "graph.max_attempts": Option(5, "Attempts per send for transient errors and rate limits."),
     "graph.backoff_base_seconds": Option(0.5, "First retry waits up to this (full jitter), doubling each time."),

@@ -94,6 +94,23 @@ class FakeGraph:
     clock: Any = None  # Callable[[], int] | None: enforce the window and tokens when set
     rate_limit_per_second: int | None = None  # answer 613 past this many sends within one clock second
     interactions: dict[str, int] = field(default_factory=dict)
+    # what `otnflow doctor` asks about: the Page behind the token, the app's webhook fields, the Page's features
+    page: dict[str, str] = field(
+        default_factory=lambda: {"id": "106000000000001", "name": "Test Page", "category": "Shopping & retail"}
+    )
+    user_tokens: set[str] = field(default_factory=set)  # tokens that belong to a person, not a Page
+    subscribed_apps: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {
+                "id": "1517776481860111",
+                "name": "otnflow",
+                "subscribed_fields": ["messages", "messaging_postbacks", "messaging_optins", "message_deliveries"],
+            }
+        ]
+    )
+    features: list[dict[str, str]] = field(
+        default_factory=lambda: [{"feature": "one_time_notification", "status": "approved"}]
+    )
     issued: dict[str, IssuedToken] = field(default_factory=dict)
     _second: tuple[int, int] = (0, 0)
     _failures: deque[_Failure] = field(default_factory=deque)
@@ -132,6 +149,10 @@ class FakeGraph:
         app = web.Application()
         app.router.add_post("/{version}/me/messages", self._messages)
         app.router.add_post("/{version}/{page_id}/messages", self._messages)
+        app.router.add_get("/{version}/me", self._me)
+        app.router.add_get("/{version}/me/messaging_feature_review", self._features)
+        app.router.add_get("/{version}/{page_id}/messaging_feature_review", self._features)
+        app.router.add_get("/{version}/{page_id}/subscribed_apps", self._subscribed_apps)
         app.router.add_get("/{version}/{user_id}", self._profile)
         app.router.add_post("/_fake/fail", self._control_fail)
         app.router.add_post("/_fake/reset", self._control_reset)
@@ -220,6 +241,34 @@ class FakeGraph:
         if profile.get("fail"):
             return _error(*FAILURES["5xx"])
         return web.json_response({"id": user_id, **profile})
+
+    def _token_error(self, request: web.Request) -> web.Response | None:
+        token = request.query.get("access_token")
+        if not token or (self.page_token is not None and token != self.page_token and token not in self.user_tokens):
+            return _error(*FAILURES["190"])
+        return None
+
+    async def _me(self, request: web.Request) -> web.Response:
+        if (problem := self._token_error(request)) is not None:
+            return problem
+        if request.query["access_token"] in self.user_tokens:
+            if "category" in request.query.get("fields", ""):
+                return _error(400, 100, None, "(#100) Tried accessing nonexisting field (category) on node type (User)")
+            return web.json_response({"id": "10000000001", "name": "A Person"})
+        fields = request.query.get("fields", "id,name").split(",")
+        return web.json_response({k: v for k, v in self.page.items() if k in fields})
+
+    async def _subscribed_apps(self, request: web.Request) -> web.Response:
+        if (problem := self._token_error(request)) is not None:
+            return problem
+        if request.match_info["page_id"] not in ("me", self.page["id"]):
+            return _error(400, 100, None, "(#100) Unsupported get request")
+        return web.json_response({"data": self.subscribed_apps})
+
+    async def _features(self, request: web.Request) -> web.Response:
+        if (problem := self._token_error(request)) is not None:
+            return problem
+        return web.json_response({"data": self.features})
 
     async def _control_fail(self, request: web.Request) -> web.Response:
         data = await request.json()

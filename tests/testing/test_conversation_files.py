@@ -23,8 +23,11 @@ def broken_copy(tmp_path: Path) -> tuple[Path, int]:
     """The example file, with paths made absolute and one expectation made wrong; returns it and that line."""
     text = EXAMPLE.read_text()
     assert RIGHT in text
-    text = text.replace('[conversation]\n', f'[conversation]\nflows = "{ROOT / "flows"}"\n'
-                                              f'templates = "{ROOT / "templates"}"\nconfig = "{ROOT / "config.toml"}"\n')
+    text = text.replace(
+        "[conversation]\n",
+        f'[conversation]\nflows = "{ROOT / "flows"}"\n'
+        f'templates = "{ROOT / "templates"}"\nconfig = "{ROOT / "config.toml"}"\n',
+    )
     text = text.replace(RIGHT, WRONG)
     path = tmp_path / "test_sneaker_copy.toml"
     path.write_text(text)
@@ -34,20 +37,26 @@ def broken_copy(tmp_path: Path) -> tuple[Path, int]:
 
 def test_otnflow_test_reports_file_line_step_expected_and_got(tmp_path: Path) -> None:
     path, line = broken_copy(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "test", str(path)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "test", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 1
     out = done.stdout
     assert "ok   collectors and runners get their own message" in out  # the other tests still pass
     assert f"{path}:{line}: step 16 (expect) of 'a runner is tagged, asked, opted in" in out
-    assert "reply: expected \"Here's the SL13, size 43.\", got \"Here's the SL13, size 42.\"" in out
+    assert 'reply: expected "Here\'s the SL13, size 43.", got "Here\'s the SL13, size 42."' in out
     assert out.strip().endswith("2 passed, 1 failed")
 
 
 def test_pytest_collects_the_file_and_fails_with_the_same_message(tmp_path: Path) -> None:
     path, line = broken_copy(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "pytest", str(path), "-p", "no:cacheprovider", "-q",
-                           "--rootdir", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", str(path), "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"{path}:{line}: step 16 (expect)" in done.stdout
     assert "size 43" in done.stdout and "size 42" in done.stdout
@@ -55,13 +64,14 @@ def test_pytest_collects_the_file_and_fails_with_the_same_message(tmp_path: Path
 
 
 def test_the_examples_pass_through_otnflow_test() -> None:
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "test", "flows/"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "test", "flows/"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout
     assert done.stdout.strip().endswith("3 passed, 0 failed")
 
 
-BAD = '''[[test]]
+BAD = """[[test]]
 name = "bad"
 steps = [
   { says = "hi", taps = "Red" },
@@ -70,7 +80,7 @@ steps = [
   { user = "bob", says = "hi" },
   { segment = "vip", says = "hi" },
 ]
-'''
+"""
 
 
 def test_malformed_conversation_files_list_every_problem_with_its_line(tmp_path: Path) -> None:
