@@ -239,7 +239,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         [settings.app_secret, settings.page_token, settings.verify_token, settings.api_token],
     )
     try:
-        app = create_app(settings)
+        app = create_app(settings, playground=True if args.playground else None)
     except FlowError as err:
         for diagnostic in err.diagnostics:
             print(diagnostic, file=sys.stderr)
@@ -248,7 +248,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"otnflow: {err}", file=sys.stderr)
         return 2
-    host = args.host or str(settings["server.host"])
+    live_playground = args.playground and not settings.local_mode
+    host = args.host or ("127.0.0.1" if live_playground else str(settings["server.host"]))
     port = args.port if args.port is not None else int(settings["server.port"])
 
     async def banner(app: web.Application) -> None:
@@ -259,6 +260,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"  flows: {', '.join(sorted(flows))}",
             f"  store: {s.store_url}",
         ]
+        if s.local_mode or args.playground:
+            lines.append(f"  playground: http://{host}:{port}/playground")
         if s.local_mode:
             lines += [
                 f"  LOCAL MODE: no OTNFLOW_PAGE_TOKEN set; replies go to the in-process fake Graph API at "
@@ -313,6 +316,27 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_chat(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .flow import FlowError
+    from .testing.chat import PROMPT, run
+
+    interactive = sys.stdin.isatty()
+
+    def read() -> str | None:
+        try:
+            return input(PROMPT) if interactive else sys.stdin.readline() or None
+        except EOFError:
+            return None
+
+    try:
+        return asyncio.run(run(args.flow, Path(args.config) if args.config else None, args.user, read))
+    except FlowError as err:
+        print(err, file=sys.stderr)
+        return 1
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -350,6 +374,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument(
+        "--playground",
+        action="store_true",
+        help="serve the playground even with a page token (replies then go to the in-process fake "
+        "Graph API; binds to 127.0.0.1 unless --host says otherwise)",
+    )
     serve.set_defaults(run=cmd_serve)
 
     notify = commands.add_parser("notify", help="deliver a topic to every user holding a valid OTN token")
@@ -368,6 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
     test = commands.add_parser("test", help="run conversation tests (test_*.toml) against the flows")
     test.add_argument("paths", nargs="*", help="test files or folders (default: flows/)")
     test.set_defaults(run=cmd_test)
+
+    chat = commands.add_parser("chat", help="talk to a flow in the terminal (the real engine, a fake Graph API)")
+    chat.add_argument("flow", nargs="?", help="the flow's name (default: config.toml's flows.default)")
+    chat.add_argument("--user", default="you", help="your user id (default: you)")
+    chat.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
+    chat.set_defaults(run=cmd_chat)
 
     doctor = commands.add_parser("doctor", help="check the Facebook-side setup: token, webhook fields, OTN, store")
     doctor.add_argument("--url", help="the public webhook URL, to check the verification handshake")

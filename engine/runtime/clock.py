@@ -13,3 +13,18 @@ class Clock(Protocol):
 class SystemClock:
     def now_ms(self) -> int:
         return int(time.time() * 1000)
+
+
+class OffsetClock:
+    """Wall-clock time plus an offset that only grows: the playground's clock, which an author moves forward to
+    see the 24h window close and tokens age, while everything else keeps running in real time."""
+
+    def __init__(self) -> None:
+        self.offset_ms = 0
+
+    def now_ms(self) -> int:
+        return int(time.time() * 1000) + self.offset_ms
+
+    def advance(self, *, days: float = 0, hours: float = 0, minutes: float = 0) -> int:
+        self.offset_ms += int(((days * 24 + hours) * 60 + minutes) * 60_000)
+        return self.now_ms()

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -159,21 +159,25 @@ class CampaignRunner:
         variables: Mapping[str, Any] | None = None,
         name: str | None = None,
         progress: Progress | None = None,
+        only_users: Sequence[str] | None = None,
     ) -> CampaignReport:
-        return await self.execute(await self.open(topic, segment, variables or {}, name), progress)
+        """Deliver `topic` to every token holder in the segment (or only to `only_users`, e.g. the playground's)."""
+        return await self.execute(await self.open(topic, segment, variables or {}, name), progress, only_users)
 
     async def open(self, topic: str, segment: str, variables: Mapping[str, Any], name: str | None) -> Campaign:
         """Check the request and store the campaign (or find the unfinished one to resume)."""
         _, _, campaign = self.prepare(topic, segment, variables, name)
         return await self.store.open_campaign(await self._resume_or_new(campaign))
 
-    async def execute(self, campaign: Campaign, progress: Progress | None = None) -> CampaignReport:
+    async def execute(
+        self, campaign: Campaign, progress: Progress | None = None, only_users: Sequence[str] | None = None
+    ) -> CampaignReport:
         started = time.monotonic()
         flow = self.flow_for_topic(campaign.topic)
         chosen = parse_segment(campaign.segment) if campaign.segment else ALWAYS
         for delivery in await self.store.uncertain_deliveries(campaign.id):
             await self.run_for_user(delivery.user_id, partial(self._settle_uncertain, flow, campaign, delivery))
-        eligible = await self._select_audience(campaign, chosen)
+        eligible = await self._select_audience(campaign, chosen, only_users)
         stopped = await self._deliver_all(flow, campaign, progress)
         counts = await self.store.campaign_counts(campaign.id)
         if not stopped:
@@ -191,11 +195,13 @@ class CampaignRunner:
             campaign.id = f"{campaign.id}.{len(earlier) + 1}"
         return campaign
 
-    async def _select_audience(self, campaign: Campaign, segment: Segment) -> int:
+    async def _select_audience(self, campaign: Campaign, segment: Segment, only: Sequence[str] | None) -> int:
         """Items for every token holder in the segment, one index range page at a time (never a full scan)."""
         after, eligible, now = "", 0, self.clock.now_ms()
         while page := await self.store.token_holders(campaign.topic, now, after, PAGE):
             after = page[-1]
+            if only is not None:
+                page = [u for u in page if u in only]
             users = await self.store.load_users(page)
             chosen = [u for u in page if u in users and segment.matches(frozenset(users[u].tags), users[u].variables)]
             eligible += len(chosen)

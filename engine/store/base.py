@@ -167,6 +167,14 @@ class Store(Protocol):
 
     async def load_users(self, user_ids: Sequence[str]) -> dict[str, UserRecord]: ...
 
+    async def put_user(self, user: UserRecord) -> None:
+        """Save a user record outside any event (admin tools, the playground)."""
+        ...
+
+    async def forget_user(self, user_id: str) -> None:
+        """Delete everything stored about a user: record, inbox, outbox, tokens, armed requests, OTN log."""
+        ...
+
     async def mark_unreachable(self, user_id: str) -> None: ...
 
     # outbox

@@ -348,6 +348,24 @@ class SqliteStore:
 
         return await self._read(work) if user_ids else {}
 
+    async def put_user(self, user: UserRecord) -> None:
+        data = json.dumps(user.to_data(), separators=(",", ":"))
+
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO users (user_id, data) VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET data = ?",
+                (user.user_id, data, data),
+            )
+
+        await self._write(work)
+
+    async def forget_user(self, user_id: str) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            for table in ("users", "inbox", "outbox", "tokens", "armed", "otn_log", "campaign_items"):
+                db.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
+
+        await self._write(work)
+
     async def mark_unreachable(self, user_id: str) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(

@@ -12,13 +12,14 @@ from aiohttp import web
 from ..config import Settings
 from ..flow import CompiledFlow, load_flows
 from ..messenger.client import GraphClient
-from ..runtime.clock import Clock, SystemClock
+from ..runtime.clock import Clock, OffsetClock, SystemClock
 from ..runtime.engine import assemble, default_flow_name, graph_settings
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingState
 from ..store import open_store
 from ..testing.fake_graph import FakeGraph
-from . import api, ops, webhook
+from . import api, ops, reload, webhook
+from . import playground as playground_routes
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, GRAPH, GRAPH_URL, METRICS, SENDING, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.web")
@@ -33,17 +34,21 @@ def create_app(
     flows: Mapping[str, CompiledFlow] | None = None,
     clock: Clock | None = None,
     fake_graph: FakeGraph | None = None,
+    playground: bool | None = None,
 ) -> web.Application:
-    """Build the server. In local mode (no page token) a fake Graph API runs in-process on loopback."""
+    """Build the server. In local mode (no page token), or with `playground=True`, replies go to a fake Graph API
+    running in-process on loopback, the playground page is served, the clock can be moved forward, and flow files
+    are reloaded when they change (after they pass the checker)."""
     app = web.Application(client_max_size=int(settings["server.max_body_bytes"]))
     app[SETTINGS] = settings
     loaded = dict(flows) if flows is not None else load_configured_flows(settings)
     app[FLOWS] = loaded
-    app[CLOCK] = clock or SystemClock()
+    local = settings.local_mode if playground is None else playground
+    app[CLOCK] = clock or (OffsetClock() if local else SystemClock())
     app[METRICS] = Metrics()
     app[SENDING] = SendingState()
     app[api.RUNNING] = {}
-    if fake_graph is not None or settings.local_mode:
+    if fake_graph is not None or local:
         app[FAKE_GRAPH] = fake_graph or FakeGraph()
     default_flow_name(settings, loaded)  # fail now, with one clear line, rather than at the first event
     app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine])
@@ -54,6 +59,9 @@ def create_app(
     app.router.add_post("/api/notify", api.notify)
     app.router.add_get("/api/campaigns/{id}", api.campaign)
     app.router.add_get("/api/stats", api.stats)
+    if local:
+        playground_routes.setup(app)
+        app.cleanup_ctx.append(reload.watch_ctx)
     return app
 
 
@@ -69,7 +77,7 @@ async def _graph_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     base_url = str(settings["graph.url"])
     runner = None
-    if settings.local_mode and FAKE_GRAPH in app:
+    if FAKE_GRAPH in app:
         runner = web.AppRunner(app[FAKE_GRAPH].app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -1,0 +1,100 @@
+"""`otnflow chat FLOW`: the playground in a terminal. Type to talk; a number taps that quick reply or button.
+
+    /tap TITLE      tap by title            /optin [TOPIC]   tap Notify Me on the latest request
+    /advance 25h    move the clock          /notify TOPIC [key=value ...]   send a topic's notification to you
+    /tags /state /vars /tokens              what the engine knows of you
+    /quit
+
+It runs the real engine on the harness (engine/testing/harness.py): a fresh store, the fake Graph API, a clock you
+move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from .conversations import parse_duration
+from .harness import Bot, BotUser, HarnessError, ReplyView
+
+PROMPT = "you> "
+
+
+def show(replies: list[ReplyView], out: TextIO) -> list[str]:
+    """Print the bot's messages; return the titles a number can tap."""
+    choices: list[str] = []
+    for reply in replies:
+        if reply.is_otn_request:
+            print(f"bot: [Notify Me] {reply.text}   (/optin {reply.otn_topic})", file=out)
+            continue
+        marker = " (notification)" if reply.is_notification else ""
+        print(f"bot{marker}: {reply.text}", file=out)
+        offered = [*reply.quick_replies, *reply.buttons]
+        if offered:
+            choices = offered
+            print("     " + "  ".join(f"[{i}] {title}" for i, title in enumerate(offered, 1)), file=out)
+    return choices
+
+
+async def run(
+    flow: str | None, config: Path | None, user_id: str, read: Callable[[], str | None], out: TextIO = sys.stdout
+) -> int:
+    settings: dict[str, Any] = {"flows_default": flow} if flow else {}
+    async with Bot.start(config=config, **settings) as bot:
+        user = bot.user(user_id, first_name=user_id.title())
+        print(f"chatting with {flow or 'the default flow'} as {user_id}; /quit to leave", file=out)
+        choices: list[str] = []
+        while (line := await asyncio.get_running_loop().run_in_executor(None, read)) is not None:
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/quit", "/exit"):
+                break
+            try:
+                replies, choices = await step(bot, user, line, choices, out)
+            except (HarnessError, ValueError) as err:
+                print(f"!! {err}", file=out)
+                continue
+            if replies is not None:
+                choices = show(replies, out) or choices
+    return 0
+
+
+async def step(
+    bot: Bot, user: BotUser, line: str, choices: list[str], out: TextIO
+) -> tuple[list[ReplyView] | None, list[str]]:
+    if line.isdigit() and 0 < int(line) <= len(choices):
+        return await user.taps(choices[int(line) - 1]), choices
+    if not line.startswith("/"):
+        return await user.says(line), choices
+    command, *args = shlex.split(line)
+    if command == "/tap":
+        return await user.taps(" ".join(args)), choices
+    if command == "/optin":
+        return await user.opts_in(args[0] if args else None), choices
+    if command == "/advance":
+        bot.clock.advance(**parse_duration(args[0] if args else "1h"))
+        print(f"-- {args[0] if args else '1h'} later", file=out)
+        return None, choices
+    if command == "/notify":
+        if not args:
+            raise ValueError("/notify TOPIC [key=value ...]")
+        variables = dict(arg.split("=", 1) for arg in args[1:] if "=" in arg)
+        before = len(user.replies)
+        report = await bot.notify(args[0], **variables)
+        print(f"-- notification {args[0]}: {report.counts or 'you hold no token'}", file=out)
+        return user.replies[before:], choices
+    views: dict[str, Callable[[], object]] = {
+        "/tags": lambda: sorted(user.tags),
+        "/state": lambda: user.state,
+        "/vars": lambda: user.variables,
+        "/tokens": lambda: [(t.topic, t.status) for t in user.tokens()],
+    }
+    if command in views:
+        print(f"-- {command[1:]}: {views[command]()}", file=out)
+        return None, choices
+    raise ValueError(f"unknown command {command}; try /tap /optin /advance /notify /tags /state /vars /tokens /quit")

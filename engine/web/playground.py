@@ -1,0 +1,265 @@
+"""The playground: chat with the flows in a browser as a test user you name, and watch the policy and the OTN loop.
+
+Everything goes through the real path: each action becomes signed webhook JSON posted to this server's own
+/webhook, and the replies are what the in-process fake Graph API received. The transcript is kept in memory per
+playground user (a development tool, local mode only); the engine itself still keeps nothing per user between
+events.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from importlib import resources
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from ..flow.diagram import to_svg
+from ..messenger.signature import sign
+from ..policy import Facts, window_open
+from ..policy.gate import HOUR_MS
+from ..runtime.clock import OffsetClock
+from ..store import UserRecord
+from ..testing.fake_graph import SentMessage
+from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, SETTINGS, STORE
+
+log = logging.getLogger("otnflow.playground")
+PAGE_ID = "106000000000001"
+MAX_TRANSCRIPT = 500
+
+
+class Playground:
+    def __init__(self) -> None:
+        self.transcripts: dict[str, list[dict[str, Any]]] = {}
+        self.seen_sent: dict[str, int] = {}
+        self.seen_refused: dict[str, int] = {}
+        self.reload_status = ""
+        self._mids = itertools.count(1)
+        self.session: aiohttp.ClientSession | None = None
+
+    def note(self, user_id: str, entry: dict[str, Any]) -> None:
+        transcript = self.transcripts.setdefault(user_id, [])
+        transcript.append(entry)
+        del transcript[:-MAX_TRANSCRIPT]
+
+
+PLAYGROUND: web.AppKey[Playground] = web.AppKey("playground", Playground)
+
+
+def setup(app: web.Application) -> None:
+    app[PLAYGROUND] = Playground()
+    app.router.add_get("/playground", page)
+    app.router.add_get("/playground/api/state", state)
+    app.router.add_get("/playground/api/diagram", diagram)
+    app.router.add_post("/playground/api/{action}", act)
+    app.cleanup_ctx.append(_session_ctx)
+
+
+async def _session_ctx(app: web.Application) -> Any:
+    app[PLAYGROUND].session = aiohttp.ClientSession()
+    yield
+    await app[PLAYGROUND].session.close()  # type: ignore[union-attr]
+
+
+async def page(request: web.Request) -> web.Response:
+    html = resources.files("engine.web").joinpath("static/playground.html").read_text(encoding="utf-8")
+    return web.Response(text=html, content_type="text/html")
+
+
+def _user(request: web.Request, body: dict[str, Any] | None = None) -> str:
+    user = (body or {}).get("user") or request.query.get("user") or "tester"
+    return str(user)[:64]
+
+
+# -- actions: each one is webhook JSON through the real path -------------------------------------------------
+async def act(request: web.Request) -> web.Response:
+    app = request.app
+    try:
+        body = await request.json()
+    except ValueError:
+        return web.json_response({"error": "body must be JSON"}, status=400)
+    user_id = _user(request, body)
+    action = request.match_info["action"]
+    playground, fake, clock = app[PLAYGROUND], app[FAKE_GRAPH], app[CLOCK]
+    mid = f"m_play_{next(playground._mids)}"
+    try:
+        if action == "say":
+            text = str(body.get("text", ""))[:2000]
+            playground.note(user_id, {"from": "user", "text": text})
+            await _post(request, user_id, {"message": {"mid": mid, "text": text}})
+        elif action == "tap":
+            title, payload = str(body.get("title", "")), str(body.get("payload", ""))
+            playground.note(user_id, {"from": "user", "text": title, "tap": True})
+            event = (
+                {"postback": {"mid": mid, "title": title, "payload": payload}}
+                if body.get("postback")
+                else {"message": {"mid": mid, "text": title, "quick_reply": {"payload": payload}}}
+            )
+            await _post(request, user_id, event)
+        elif action == "optin":
+            payload = str(body.get("payload", ""))
+            token = fake.issue_token(user_id, payload, clock.now_ms())
+            playground.note(user_id, {"from": "user", "text": "Notify Me", "tap": True})
+            await _post(
+                request,
+                user_id,
+                {"optin": {"type": "one_time_notif_req", "payload": payload, "one_time_notif_token": token}},
+                interaction=False,
+            )
+        elif action == "advance":
+            if not isinstance(clock, OffsetClock):
+                return web.json_response({"error": "this server's clock cannot be moved"}, status=400)
+            clock.advance(days=float(body.get("days", 0)), hours=float(body.get("hours", 0)))
+            playground.note(user_id, {"from": "clock", "text": f"clock moved {_span(body)} forward"})
+        elif action == "notify":
+            only = None if body.get("to") == "segment" else [user_id]
+            report = await app[CAMPAIGNS].run(
+                str(body.get("topic", "")),
+                str(body.get("segment", "")),
+                dict(body.get("vars", {})),
+                f"playground-{mid}",
+                only_users=only,
+            )
+            await app[DISPATCHER].idle()
+            playground.note(
+                user_id, {"from": "clock", "text": f"notification '{report.campaign.topic}': {_counts(report.counts)}"}
+            )
+        elif action == "reset":
+            await app[STORE].forget_user(user_id)
+            for table in (playground.transcripts, playground.seen_sent, playground.seen_refused):
+                table.pop(user_id, None)
+            fake.sent[:] = [m for m in fake.sent if m.user_id != user_id]
+        elif action == "flow":
+            flow = str(body.get("flow", ""))
+            if flow not in app[FLOWS]:
+                return web.json_response({"error": f"unknown flow {flow!r}"}, status=400)
+            await app[STORE].forget_user(user_id)
+            await app[STORE].put_user(UserRecord(user_id, PAGE_ID, flow, created_ms=clock.now_ms()))
+            playground.transcripts.pop(user_id, None)
+            fake.sent[:] = [m for m in fake.sent if m.user_id != user_id]
+            playground.seen_sent.pop(user_id, None)
+            playground.note(user_id, {"from": "clock", "text": f"now talking to the flow {flow}"})
+        else:
+            return web.json_response({"error": f"unknown action {action!r}"}, status=404)
+    except ValueError as err:  # a campaign that cannot start, a bad number
+        return web.json_response({"error": str(err)}, status=400)
+    await _collect(app, user_id)
+    return web.json_response(await _state(app, user_id))
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {value}" for key, value in counts.items()) or "nobody holds a token"
+
+
+def _span(body: dict[str, Any]) -> str:
+    days, hours = float(body.get("days", 0)), float(body.get("hours", 0))
+    return " ".join(part for part in (f"{days:g} d" if days else "", f"{hours:g} h" if hours else "") if part) or "0 h"
+
+
+async def _post(request: web.Request, user_id: str, payload: dict[str, Any], interaction: bool = True) -> None:
+    app = request.app
+    now = app[CLOCK].now_ms()
+    app[FAKE_GRAPH].profiles.setdefault(user_id, {"first_name": user_id.title(), "last_name": "Tester"})
+    if interaction:
+        app[FAKE_GRAPH].saw(user_id, now)
+    event = {"sender": {"id": user_id}, "recipient": {"id": PAGE_ID}, "timestamp": now, **payload}
+    raw = json.dumps({"object": "page", "entry": [{"id": PAGE_ID, "time": now, "messaging": [event]}]}).encode()
+    url = f"http://127.0.0.1:{request.url.port}/webhook"
+    session = app[PLAYGROUND].session
+    assert session is not None
+    async with session.post(url, data=raw, headers={"X-Hub-Signature-256": sign(raw, app[SETTINGS].app_secret)}) as r:
+        if r.status != 200:
+            raise ValueError(f"the webhook answered {r.status}: {await r.text()}")
+    await app[DISPATCHER].idle()
+
+
+async def _collect(app: web.Application, user_id: str) -> None:
+    """Add to the transcript what the fake Graph API received and what the policy gate refused since last time."""
+    playground = app[PLAYGROUND]
+    sent = app[FAKE_GRAPH].messages_to(user_id)
+    for message in sent[playground.seen_sent.get(user_id, 0) :]:
+        playground.note(user_id, _bot_entry(message))
+    playground.seen_sent[user_id] = len(sent)
+    refused = await app[STORE].refused_messages(user_id)
+    for item in refused[playground.seen_refused.get(user_id, 0) :]:
+        playground.note(
+            user_id, {"from": "policy", "text": item["text"], "reason": item["reason"], "kind": item["kind"]}
+        )
+    playground.seen_refused[user_id] = len(refused)
+
+
+def _bot_entry(message: SentMessage) -> dict[str, Any]:
+    body = message.body
+    content = body.get("message", {})
+    payload = content.get("attachment", {}).get("payload", {})
+    kind = payload.get("template_type", "text")
+    via = "OTN token" if message.otn_token else " ".join(filter(None, [body.get("messaging_type"), body.get("tag")]))
+    return {
+        "from": "bot",
+        "kind": "otn_request" if kind == "one_time_notif_req" else ("notification" if message.otn_token else kind),
+        "text": content.get("text") or payload.get("text") or payload.get("title") or "",
+        "quick_replies": [{"title": q["title"], "payload": q["payload"]} for q in content.get("quick_replies", [])],
+        "buttons": payload.get("buttons", []),
+        "otn_payload": payload.get("payload") if kind == "one_time_notif_req" else None,
+        "via": via,
+    }
+
+
+# -- what the page shows --------------------------------------------------------------------------------------
+async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
+    view = await app[STORE].inspect_user(user_id)
+    now = app[CLOCK].now_ms()
+    settings = app[SETTINGS]
+    record = view.record
+    flows = app[FLOWS]
+    flow_name = record.flow if record and record.flow in flows else str(settings["flows.default"] or sorted(flows)[0])
+    flow = flows[flow_name]
+    gate_settings = settings.policy
+    last = record.last_interaction_ms if record else 0
+    facts = Facts(record.last_interaction_ms, record.last_message_ms, record.unreachable) if record else Facts()
+    facts_open = window_open(facts, now, gate_settings)
+    closes_in = max(0, last + int(gate_settings.window_hours * HOUR_MS) - now) if facts_open else 0
+    return {
+        "user": user_id,
+        "now": now,
+        "flow": flow_name,
+        "flows": sorted(flows),
+        "topics": [{"name": t.name, "params": list(t.params)} for t in flow.spec.topics.values()],
+        "state": record.state if record else None,
+        "tags": sorted(record.tags) if record else [],
+        "variables": record.variables if record else {},
+        "window": {"open": facts_open, "closes_in_ms": closes_in, "hours": gate_settings.window_hours},
+        "otn_available": gate_settings.otn_enabled,
+        "tokens": [
+            {
+                "topic": t.topic,
+                "status": t.status,
+                "expires_ms": t.expires_ms,
+                "valid": t.status == "valid" and t.expires_ms > now,
+            }
+            for t in view.tokens
+        ],
+        "transcript": app[PLAYGROUND].transcripts.get(user_id, []),
+        "reload": app[PLAYGROUND].reload_status,
+    }
+
+
+async def state(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    await _collect(request.app, user_id)
+    return web.json_response(await _state(request.app, user_id))
+
+
+async def diagram(request: web.Request) -> web.Response:
+    app = request.app
+    view = await app[STORE].inspect_user(_user(request))
+    flows = app[FLOWS]
+    record = view.record
+    name = request.query.get("flow") or (record.flow if record and record.flow in flows else None)
+    name = name or str(app[SETTINGS]["flows.default"] or sorted(flows)[0])
+    if name not in flows:
+        return web.Response(status=404, text=f"no flow {name}")
+    return web.Response(text=to_svg(flows[name].spec, record.state if record else None), content_type="image/svg+xml")

@@ -1,0 +1,97 @@
+"""The playground in real headless Chromium (Debian's `chromium`, driven by Playwright): chat through the wine shop,
+tap a quick reply, opt in through Notify Me, move the clock past 24 hours, send the notification, and check the
+thread, the tags panel and the window indicator. A screenshot is saved under the test's temporary folder."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine.config import load_settings
+from engine.web import create_app
+from tests.conftest import Loopback, serve_on_loopback
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+pytestmark = pytest.mark.skipif(
+    not Path(CHROMIUM).exists() and not __import__("os").environ.get("CI"),
+    reason="Debian's chromium is not installed (the README's test command installs it; CI requires it)",
+)
+
+
+@pytest.fixture
+async def playground(tmp_path: Path) -> AsyncIterator[Loopback]:
+    settings = load_settings(
+        ROOT / "config.toml",
+        {"OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}", "OTNFLOW_LOG_LEVEL": "WARNING"},
+    )
+    assert settings.local_mode
+    served = await serve_on_loopback(create_app(settings))
+    yield served
+    await served.runner.cleanup()
+
+
+async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: Loopback, tmp_path: Path) -> None:
+    from playwright.async_api import async_playwright, expect
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-gpu",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 900})
+            await page.goto(f"{playground.url}/playground")
+            await page.fill("#user", "alice")
+            await page.dispatch_event("#user", "change")
+
+            await page.fill("#text", "hi")
+            await page.click("#composer button")
+            await expect(page.locator("#thread .bot").last).to_have_text(
+                "Hi Alice! Welcome to the cellar. Red or white tonight?RESPONSE"
+            )
+            await expect(page.locator("#window")).to_have_text("open, closes in 23 h 59 min")
+
+            await page.click("#quick button:text-is('White')")  # a quick reply, rendered as such
+            await expect(page.locator("#tags .tag")).to_have_text(["likes_white"])
+            await expect(page.locator("#state")).to_have_text("sold_out")
+            request = page.locator("#thread .otn-request").last
+            await expect(request.locator(".title")).to_have_text("Tell me when the Sauvignon 2024 is back")
+
+            await request.locator("button.notify-me").click()  # opts in: the token arrives through the webhook
+            await expect(page.locator("#tokens td").first).to_have_text("restock")
+            await expect(page.locator("#thread .bot").last).to_contain_text("Done: you will get one message")
+
+            await page.click("[data-advance-hours='25']")  # past the 24h window
+            await expect(page.locator("#window")).to_have_text("closed")
+
+            await page.select_option("#topic", "restock")
+            await page.fill("#vars", "product=Sauvignon 2024")
+            await page.click("#notify")
+            notification = page.locator("#thread .bot.notification").last
+            await expect(notification).to_contain_text("The Sauvignon 2024 is back, Alice!")
+            await expect(notification.locator(".via")).to_have_text("OTN token")
+            await expect(page.locator("#decisions")).to_contain_text("sent as OTN token")
+
+            await page.click("#quick button:text-is('Show me')")  # engaging reopens the window: the loop asks again
+            await expect(page.locator("#window")).to_contain_text("open")
+            await expect(page.locator("#thread .otn-request")).to_have_count(2)
+            await expect(page.locator("#diagram svg")).to_be_visible()
+            await expect(page.locator("#diagram g.state[data-state='back_in_stock'] rect")).to_have_attribute(
+                "fill", "#2563eb"
+            )  # the user's current state is highlighted
+            await page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+        finally:
+            await browser.close()
+    assert (tmp_path / "playground.png").stat().st_size > 10_000
