@@ -29,8 +29,14 @@ SCRIPT = """hi
 
 
 def test_chat_runs_a_scripted_session_through_the_otn_loop() -> None:
-    done = subprocess.run([sys.executable, "-m", "engine.cli", "chat", "wine_shop", "--user", "alice"], cwd=ROOT,
-                          input=SCRIPT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "chat", "wine_shop", "--user", "alice"],
+        cwd=ROOT,
+        input=SCRIPT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "chatting with wine_shop as alice; /quit to leave"
@@ -40,7 +46,7 @@ def test_chat_runs_a_scripted_session_through_the_otn_loop() -> None:
     assert "-- tags: ['likes_white']" in lines
     assert "-- notification restock: {'delivered': 1}" in lines
     assert any(line.startswith("bot (notification): The Sauvignon is back, Alice!") for line in lines)
-    after_tap = lines[lines.index("     [1] Show me  [2] Menu") + 1:]
+    after_tap = lines[lines.index("     [1] Show me  [2] Menu") + 1 :]
     assert after_tap[0] == "bot: [Notify Me] Tell me when the Sauvignon 2024 is back   (/optin restock)"  # the loop
     assert "!! alice cannot tap 'Rosé': the last message offering choices" in done.stdout
     assert "-- state: back_in_stock" in lines
@@ -50,21 +56,33 @@ async def test_local_mode_reloads_changed_flows_that_pass_the_checker_and_keeps_
     flows, templates = tmp_path / "flows", tmp_path / "templates"
     shutil.copytree(ROOT / "flows", flows, ignore=shutil.ignore_patterns("tests"))
     shutil.copytree(ROOT / "templates", templates)
-    settings = load_settings(ROOT / "config.toml", {
-        "OTNFLOW_FLOWS_DIR": str(flows), "OTNFLOW_FLOWS_TEMPLATES": str(templates),
-        "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 's.sqlite3'}", "OTNFLOW_LOG_LEVEL": "WARNING"})
+    settings = load_settings(
+        ROOT / "config.toml",
+        {
+            "OTNFLOW_FLOWS_DIR": str(flows),
+            "OTNFLOW_FLOWS_TEMPLATES": str(templates),
+            "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 's.sqlite3'}",
+            "OTNFLOW_LOG_LEVEL": "WARNING",
+        },
+    )
     app = create_app(settings)
     served = await serve_on_loopback(app)
     try:
         wine = flows / "wine_shop.toml"
         wine.write_text(wine.read_text().replace("Welcome to the cellar.", "Welcome to the new cellar."))
-        await wait_until(lambda: app[PLAYGROUND].reload_status.startswith("flows reloaded"), timeout=10,
-                         what="the edited flow to be reloaded")
+        await wait_until(
+            lambda: app[PLAYGROUND].reload_status.startswith("flows reloaded"),
+            timeout=10,
+            what="the edited flow to be reloaded",
+        )
         assert "Welcome to the new cellar." in (app[FLOWS]["wine_shop"].spec.states["welcome"].say.text or "")
 
         wine.write_text(wine.read_text().replace('goto = "red"', 'goto = "rde"', 1))
-        await wait_until(lambda: app[PLAYGROUND].reload_status.startswith("flow change NOT loaded"), timeout=10,
-                         what="the broken flow to be refused")
+        await wait_until(
+            lambda: app[PLAYGROUND].reload_status.startswith("flow change NOT loaded"),
+            timeout=10,
+            what="the broken flow to be refused",
+        )
         assert "unknown state 'rde'; did you mean 'red'?" in app[PLAYGROUND].reload_status
         assert "Welcome to the new cellar." in (app[FLOWS]["wine_shop"].spec.states["welcome"].say.text or "")
     finally:
