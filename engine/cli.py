@@ -99,7 +99,7 @@ async def _notify(
             file=sys.stderr,
         )
         return 2
-    store = open_store(settings.store_url)
+    store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
     await store.open()
     try:
         async with aiohttp.ClientSession() as session:
@@ -181,7 +181,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def run() -> dict[str, dict[str, float]]:
-        store = open_store(settings.store_url)
+        store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
         await store.open()
         try:
             return await loop_stats(store, SystemClock().now_ms(), float(settings["notify.expiring_soon_days"]))

@@ -49,6 +49,13 @@ OPTIONS: dict[str, Option] = {
     "graph.backoff_base_seconds": Option(0.5, "First retry waits up to this (full jitter), doubling each time."),
     "graph.backoff_max_seconds": Option(30.0, "Longest wait between two attempts."),
     "dispatcher.concurrency": Option(64, "Users handled at the same time (one event at a time per user)."),
+    "dispatcher.leases": Option(
+        "auto",
+        "Per-user leases for processes sharing a store: on, off, or auto (on for "
+        "MongoDB, off for SQLite; set on when several processes share one SQLite file).",
+    ),
+    "dispatcher.lease_seconds": Option(10.0, "How long a user's lease lasts; a dead process's users wait this long."),
+    "store.inbox_retention_days": Option(7.0, "Handled inbox events are kept this long (MongoDB: a TTL index)."),
     "policy.window_hours": Option(24.0, "The standard messaging window after the user's last interaction."),
     "policy.allowed_tags": Option(
         "CONFIRMED_EVENT_UPDATE,POST_PURCHASE_UPDATE,ACCOUNT_UPDATE,HUMAN_AGENT",
@@ -64,6 +71,11 @@ OPTIONS: dict[str, Option] = {
     "policy.otn_skip_if_token_held": Option(True, "Do not ask for a topic the user already holds a token for."),
     "notify.concurrency": Option(32, "Notifications in flight at once during a campaign."),
     "notify.rate_per_second": Option(250.0, "Send API calls per second a campaign may make (Meta allows ~300)."),
+    "notify.claim_seconds": Option(
+        120.0,
+        "A claimed delivery is its run's for this long; a run that died leaves "
+        "it to the next run after that (longer than graph timeout x attempts).",
+    ),
     "notify.expiring_soon_days": Option(30.0, "`otnflow stats` counts tokens expiring within this many days."),
     "log.level": Option("INFO", "DEBUG, INFO, WARNING or ERROR."),
     "log.format": Option("json", "json (one object per line) or text."),
@@ -119,6 +131,11 @@ class Settings:
             limits=Limits(allowed_tags=policy.allowed_tags),
             otn_available=policy.otn_enabled,
         )
+
+    @property
+    def leases(self) -> bool:
+        mode = str(self.values["dispatcher.leases"])
+        return mode == "on" or (mode == "auto" and self.store_url.startswith("mongodb"))
 
     @property
     def store_url(self) -> str:
@@ -178,6 +195,8 @@ def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | 
         name = env_name(key)
         if name in env:
             values[key] = _coerce(key, env[name], f"from {name}", from_env=True)
+    if values["dispatcher.leases"] not in ("auto", "on", "off"):
+        raise ConfigError(f"config: dispatcher.leases = {values['dispatcher.leases']!r} must be auto, on or off")
     if values["log.format"] not in ("json", "text"):
         raise ConfigError(f"config: log.format = {values['log.format']!r} must be json or text")
     if not str(values["store.url"]).startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):

@@ -6,7 +6,8 @@ import asyncio
 import inspect
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -81,6 +82,64 @@ async def serve_on_loopback(app: web.Application) -> Loopback:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return Loopback(f"http://127.0.0.1:{runner.addresses[0][1]}", runner)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def mongo_server() -> Iterator[str]:
+    """A MongoDB to test against: $OTNFLOW_TEST_MONGODB_URL, else SecantusDB started on a loopback port (a
+    MongoDB-wire-compatible server, a test-only dependency). Yields a base URL without a database."""
+    import os
+    import shutil
+    import subprocess
+
+    given = os.environ.get("OTNFLOW_TEST_MONGODB_URL")
+    if given:
+        yield given.rstrip("/")
+        return
+    server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+    if not Path(server).exists():
+        pytest.skip("no MongoDB: set OTNFLOW_TEST_MONGODB_URL or install the dev extra (secantusdb)")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"mongodb://127.0.0.1:{port}"
+    try:
+        from pymongo import MongoClient
+
+        client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=500, directConnection=True)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client.admin.command("ping")
+                break
+            except Exception:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"SecantusDB did not start on {url}") from None
+                time.sleep(0.1)
+        client.close()
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def mongo_database_url(base: str, name: str) -> str:
+    """A fresh database per test on the shared server."""
+    return f"{base}/{name}?directConnection=true"
 
 
 @pytest.fixture

@@ -4,18 +4,29 @@ replies before the next event, and loops while new work arrived meanwhile.
 
 The webhook hands freshly stored events to the worker directly, so the steady state reads nothing back from the
 inbox; the store stays the source of truth (a restart, or a user whose hand-off was lost, is read from it) and
-`commit_step` refuses an event already handled, so a hand-off can never cause double handling."""
+`commit_step` refuses an event already handled, so a hand-off can never cause double handling.
+
+With leases (several processes sharing one store), a worker first takes the user's lease in the store (owner and
+expiry, taken atomically), renews it while it works and releases it at the end; it reads the user's work from the
+store, since other processes may have stored events for the user too. When another process holds the lease the
+worker retries shortly. A sweeper wakes users with pending work and no live lease: those of a process that died,
+once its leases expire."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from ..store import Store, StoredEvent, UserRecord
+from .clock import Clock
 from .conversation import ConversationHandler
 from .metrics import Metrics
 from .sender import OutboxSender
@@ -25,14 +36,44 @@ Job = Callable[[], Awaitable[Any]]
 RETRY_AFTER_FAILURE = 5.0
 
 
+class LeaseLost(Exception):
+    """Another process took the user's lease (ours ran out): it carries on from the store; we step back."""
+
+
+@dataclass(frozen=True)
+class Leases:
+    ttl_ms: int
+    owner: str = ""
+
+    @classmethod
+    def for_this_process(cls, seconds: float) -> Leases:
+        return cls(int(seconds * 1000), f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}")
+
+    @property
+    def retry_seconds(self) -> float:
+        return min(0.25, self.ttl_ms / 4000)
+
+
 class Dispatcher:
     def __init__(
-        self, store: Store, handler: ConversationHandler, sender: OutboxSender, metrics: Metrics, concurrency: int
+        self,
+        store: Store,
+        handler: ConversationHandler,
+        sender: OutboxSender,
+        metrics: Metrics,
+        concurrency: int,
+        leases: Leases | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.handler = handler
         self.sender = sender
         self.metrics = metrics
+        self.leases = leases
+        self.clock = clock or handler.clock
+        self._retrying: set[str] = set()
+        self._lease_until: dict[str, int] = {}
+        self._sweeper: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -44,8 +85,10 @@ class Dispatcher:
     def wake(self, user_id: str, events: list[StoredEvent] | None = None) -> None:
         """New work for a user: `events` just stored, or (None) whatever the store holds for them."""
         now = time.monotonic()
-        if events is None:
+        if events is None or self.leases:  # with leases, the store is read: other processes store events too
             self._resume.add(user_id)
+            for event in events or ():
+                self._received_at[event.key] = now
         else:
             self._handed.setdefault(user_id, []).extend(events)
             for event in events:
@@ -66,7 +109,11 @@ class Dispatcher:
         return await future
 
     async def start(self) -> int:
-        """Resume what a previous process left: uncertain sends are settled, pending users woken."""
+        """Resume what a previous process left: uncertain sends are settled, pending users woken. With leases, sends
+        are settled user by user when a worker takes over an expired lease, and a sweeper looks for orphans."""
+        if self.leases:
+            self._sweeper = asyncio.create_task(self._sweep(), name="lease sweeper")
+            return 0
         uncertain = await self.store.recover_in_flight()
         if uncertain:
             log.warning(
@@ -84,7 +131,29 @@ class Dispatcher:
             await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
         await self.sender.flush()
 
+    async def _sweep(self) -> None:
+        assert self.leases is not None
+        while True:
+            for user_id in await self.store.users_needing_work(self.clock.now_ms(), 1000):
+                if user_id not in self._workers:
+                    self.wake(user_id)
+            await asyncio.sleep(self.leases.ttl_ms / 2000)
+
+    def _retry_later(self, user_id: str) -> None:
+        assert self.leases is not None
+        if user_id in self._retrying:
+            return
+        self._retrying.add(user_id)
+
+        def retry() -> None:
+            self._retrying.discard(user_id)
+            self.wake(user_id)
+
+        asyncio.get_running_loop().call_later(self.leases.retry_seconds, retry)
+
     async def stop(self, timeout: float = 10.0) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.idle(timeout), timeout)
         for task in list(self._workers.values()):
@@ -97,22 +166,56 @@ class Dispatcher:
         return len(self._workers)
 
     async def _work(self, user_id: str) -> None:
+        leased = False
         try:
             async with self._slots:
+                if self.leases:
+                    leased = await self.store.acquire_lease(
+                        user_id, self.leases.owner, self.clock.now_ms(), self.leases.ttl_ms
+                    )
+                    if not leased:  # another process works on this user: try again shortly
+                        self._retry_later(user_id)
+                        return
+                    self._lease_until[user_id] = self.clock.now_ms() + self.leases.ttl_ms
+                    await self.store.recover_user_in_flight(user_id)  # rows a dead holder left `sending`
+                    self._resume.add(user_id)
                 while True:
                     self._again.discard(user_id)
                     await self._drain(user_id)
                     if user_id not in self._again:
                         break
+        except LeaseLost:
+            log.info(
+                "a user's lease ran out and another process took over (dispatcher.lease_seconds too short for "
+                "this store's latency?)"
+            )
+            leased = False
+            self._retry_later(user_id)
         except Exception:  # a worker must never die silently; its events are stored: read them again shortly
             log.exception("worker for a user failed; retrying from the store in %.0fs", RETRY_AFTER_FAILURE)
             asyncio.get_running_loop().call_later(RETRY_AFTER_FAILURE, self.wake, user_id)
+            for _, future in self._jobs.pop(user_id, []):
+                if not future.done():
+                    future.set_exception(RuntimeError("the user's worker failed"))
         finally:
             del self._workers[user_id]  # no await between the last check of _again and here: no lost wake-up
-            self._handed.pop(user_id, None)
-            for _, future in self._jobs.pop(user_id, []):  # only on a crash of the worker itself
-                if not future.done():
-                    future.set_exception(RuntimeError("the user's worker stopped"))
+            if leased and self.leases:
+                self._lease_until.pop(user_id, None)
+                release = self.store.release_lease(user_id, self.leases.owner)
+                asyncio.get_running_loop().create_task(release)
+            elif not self.leases:
+                self._handed.pop(user_id, None)
+
+    async def _renew(self, user_id: str) -> None:
+        """Renew the user's lease once half of it has run out (a write per half-lease, not per event)."""
+        if not self.leases:
+            return
+        now = self.clock.now_ms()
+        if now < self._lease_until.get(user_id, 0) - self.leases.ttl_ms // 2:
+            return
+        if not await self.store.acquire_lease(user_id, self.leases.owner, now, self.leases.ttl_ms):
+            raise LeaseLost(user_id)
+        self._lease_until[user_id] = now + self.leases.ttl_ms
 
     async def _drain(self, user_id: str) -> None:
         user: UserRecord | None = None  # what this run last committed for the user: its next event starts there
@@ -124,6 +227,7 @@ class Dispatcher:
         while handed := self._handed.pop(user_id, None):
             user = await self._handle_all(sorted(handed, key=lambda e: e.timestamp), user)
         for job, future in self._jobs.pop(user_id, []):
+            await self._renew(user_id)
             try:
                 future.set_result(await job())
             except Exception as err:  # the job's owner gets the error; the worker goes on
@@ -131,6 +235,7 @@ class Dispatcher:
 
     async def _handle_all(self, events: list[StoredEvent], user: UserRecord | None) -> UserRecord | None:
         for event in events:
+            await self._renew(event.user_id)
             try:
                 handled = await self.handler.handle(event, not self.sender.state.stopped_reason, user)
                 user = handled.user

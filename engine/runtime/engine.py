@@ -11,7 +11,7 @@ from ..messenger.client import GraphClient, GraphSettings
 from ..store import Store
 from .clock import Clock
 from .conversation import ConversationHandler
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, Leases
 from .gate import Gate
 from .metrics import Metrics
 from .notify import CampaignRunner
@@ -60,7 +60,8 @@ def assemble(
     gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
     handler = ConversationHandler(flows, default_flow_name(settings, flows), store, graph.profile, clock, gate)
     sender = OutboxSender(store, graph, clock, metrics, sending, gate)
-    dispatcher = Dispatcher(store, handler, sender, metrics, int(settings["dispatcher.concurrency"]))
+    leases = Leases.for_this_process(float(settings["dispatcher.lease_seconds"])) if settings.leases else None
+    dispatcher = Dispatcher(store, handler, sender, metrics, int(settings["dispatcher.concurrency"]), leases, clock)
     campaigns = CampaignRunner(
         flows,
         store,
@@ -71,6 +72,7 @@ def assemble(
         metrics,
         int(settings["notify.concurrency"]),
         float(settings["notify.rate_per_second"]),
+        claim_seconds=float(settings["notify.claim_seconds"]),
     )
     if campaigns_through_dispatcher:
         campaigns.run_for_user = dispatcher.run_job

@@ -115,6 +115,7 @@ class CampaignRunner:
         concurrency: int = 32,
         rate_per_second: float = 250.0,
         run_for_user: RunForUser = _direct,
+        claim_seconds: float = 120.0,
     ) -> None:
         self.flows = flows
         self.store = store
@@ -126,6 +127,7 @@ class CampaignRunner:
         self.concurrency = concurrency
         self.limiter = RateLimiter(rate_per_second)
         self.run_for_user = run_for_user  # in the server: through the user's worker, so events and sends interleave
+        self.claim_ms = int(claim_seconds * 1000)  # how long a claimed item is this run's before others settle it
         self._pending_writes: set[asyncio.Task[None]] = set()
         self._finished: list[Finished] = []
 
@@ -175,16 +177,30 @@ class CampaignRunner:
         started = time.monotonic()
         flow = self.flow_for_topic(campaign.topic)
         chosen = parse_segment(campaign.segment) if campaign.segment else ALWAYS
-        for delivery in await self.store.uncertain_deliveries(campaign.id):
-            await self.run_for_user(delivery.user_id, partial(self._settle_uncertain, flow, campaign, delivery))
+        await self._settle_expired_claims(flow, campaign, wait=False)
         eligible = await self._select_audience(campaign, chosen, only_users)
         stopped = await self._deliver_all(flow, campaign, progress)
+        if not stopped:
+            await self._settle_expired_claims(flow, campaign, wait=True)
         counts = await self.store.campaign_counts(campaign.id)
         if not stopped:
             await self.store.finish_campaign(campaign.id, self.clock.now_ms())
         report = CampaignReport(campaign, eligible, counts, time.monotonic() - started, stopped)
         log.info("campaign %s: %s", campaign.id, json.dumps(report.as_dict()))
         return report
+
+    async def _settle_expired_claims(self, flow: CompiledFlow, campaign: Campaign, wait: bool) -> None:
+        """Items another run left `sending`: once its claim expires (the run died), resend with the same token.
+        With `wait`, wait for the claims still running (bounded by claim_seconds) so the run ends settled."""
+        while True:
+            expired, later = await self.store.uncertain_deliveries(campaign.id, self.clock.now_ms())
+            for delivery in expired:
+                await self.run_for_user(delivery.user_id, partial(self._settle_uncertain, flow, campaign, delivery))
+            await self._record_finished(force=True)
+            if not wait or later is None:
+                return
+            # another live run's claims: look again shortly (it may finish them well before they expire)
+            await asyncio.sleep(min(max(later - self.clock.now_ms(), 0) / 1000 + 0.05, 0.5))
 
     async def _resume_or_new(self, campaign: Campaign) -> Campaign:
         """The same notification run again resumes its unfinished campaign; once finished, a run starts anew."""
@@ -265,14 +281,14 @@ class CampaignRunner:
             snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
             reply = flow.notification(campaign.topic, snapshot, campaign.vars, user.profile)
             requests.append((user_id, reply_to_outbox(reply, "", user_id, responding=False).message))
-        return await self.store.begin_deliveries(campaign.id, campaign.topic, requests, now)
+        return await self.store.begin_deliveries(campaign.id, campaign.topic, requests, now, self.claim_ms)
 
     async def _deliver(self, flow: CompiledFlow, campaign: Campaign, user: UserRecord, delivery: Delivery) -> None:
         """Send a claimed token; when Meta says it is invalid, claim the user's next one and try again."""
         while not await self._send(flow, campaign, user, delivery, retry=False):
             now = self.clock.now_ms()
             claimed = await self.store.begin_deliveries(
-                campaign.id, campaign.topic, [(user.user_id, delivery.message)], now
+                campaign.id, campaign.topic, [(user.user_id, delivery.message)], now, self.claim_ms
             )
             if not claimed:
                 return

@@ -5,12 +5,20 @@ from __future__ import annotations
 from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord, UserView
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, inbox_retention_days: float = 7.0) -> Store:
     """`sqlite:///path/file.sqlite3` (the embedded default) or `mongodb://...` (needs `otnflow[mongo]`)."""
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
         return SqliteStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("mongodb://", "mongodb+srv://")):
+        try:
+            from .mongo import MongoStore
+        except ImportError as err:
+            raise ValueError(
+                f"store.url is a MongoDB URL but the driver is missing ({err}): pip install 'otnflow[mongo]'"
+            ) from None
+        return MongoStore(url, inbox_retention_days)
     raise ValueError(f"unsupported store URL {url.split('://')[0]}://...: use sqlite:///path/to/file.sqlite3")
 
 

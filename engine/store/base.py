@@ -191,6 +191,21 @@ class Store(Protocol):
         """Row counts by table and status, for health checks, metrics and tests."""
         ...
 
+    # leases: one process at a time per user, across processes sharing the store
+    async def acquire_lease(self, user_id: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+        """Take or renew the user's lease; False while another owner's lease has not expired."""
+        ...
+
+    async def release_lease(self, user_id: str, owner: str) -> None: ...
+
+    async def recover_user_in_flight(self, user_id: str) -> int:
+        """Rows of this user left `sending` by a process whose lease expired: `uncertain`, never resent."""
+        ...
+
+    async def users_needing_work(self, now_ms: int, limit: int) -> list[str]:
+        """Users with pending events or rows and no live lease: what a process that died left behind."""
+        ...
+
     # OTN tokens and the loop
     async def count_tokens(self, user_id: str, topic: str, now_ms: int) -> int:
         """Valid, unexpired tokens the user holds for the topic."""
@@ -241,19 +256,25 @@ class Store(Protocol):
     async def skip_item(self, campaign_id: str, user_id: str, reason: str, now_ms: int) -> None: ...
 
     async def begin_deliveries(
-        self, campaign_id: str, topic: str, requests: Sequence[tuple[str, dict[str, Any]]], now_ms: int
+        self,
+        campaign_id: str,
+        topic: str,
+        requests: Sequence[tuple[str, dict[str, Any]]],
+        now_ms: int,
+        claim_ms: int = 120_000,
     ) -> list[Delivery]:
         """In one atomic write, for each (user, message): claim the user's oldest valid token for the topic, mark
-        the item `sending` and record the message in it (a campaign's items are its outbox). Users with no valid
-        token left get their item skipped (no_valid_token) and no Delivery."""
+        the item `sending` until `now_ms + claim_ms` and record the message in it (a campaign's items are its
+        outbox). Users with no valid token left get their item skipped (no_valid_token) and no Delivery."""
         ...
 
     async def finish_deliveries(self, finished: Sequence[Finished], now_ms: int) -> None:
         """In one atomic write: each item's and token's final status, the OTN log, the armed re-requests."""
         ...
 
-    async def uncertain_deliveries(self, campaign_id: str) -> list[Delivery]:
-        """Items left `sending` by a crash, with their claimed token, to settle on resume."""
+    async def uncertain_deliveries(self, campaign_id: str, now_ms: int) -> tuple[list[Delivery], int | None]:
+        """Items left `sending` whose claim expired (their run died), with their token, to settle; and when the
+        earliest claim still running expires (None if none), so a resumed run knows how long to wait."""
         ...
 
     async def campaign_counts(self, campaign_id: str) -> dict[str, int]:

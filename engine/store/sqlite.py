@@ -12,6 +12,7 @@ import asyncio
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,10 +96,12 @@ CREATE TABLE IF NOT EXISTS campaign_items (
     reason TEXT NOT NULL DEFAULT '',
     token TEXT,
     message TEXT,
+    claimed_until INTEGER,
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (campaign_id, user_id)
 );
 CREATE INDEX IF NOT EXISTS campaign_items_by_status ON campaign_items (campaign_id, status, user_id);
+CREATE TABLE IF NOT EXISTS leases (user_id TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms INTEGER NOT NULL);
 """
 
 _TOKEN_COLUMNS = "token, user_id, topic, payload, received_ms, expires_ms, source_state, status"
@@ -224,7 +227,14 @@ class SqliteStore:
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
+        for attempt in range(100):  # processes starting together race to switch a new file to WAL: a few ms
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError:
+                if attempt == 99:
+                    raise
+                time.sleep(0.05)
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=30000")
         return db
@@ -578,7 +588,12 @@ class SqliteStore:
         await self._write(work)
 
     async def begin_deliveries(
-        self, campaign_id: str, topic: str, requests: Sequence[tuple[str, dict[str, Any]]], now_ms: int
+        self,
+        campaign_id: str,
+        topic: str,
+        requests: Sequence[tuple[str, dict[str, Any]]],
+        now_ms: int,
+        claim_ms: int = 120_000,
     ) -> list[Delivery]:
         texts = [(user_id, message, json.dumps(message, separators=(",", ":"))) for user_id, message in requests]
 
@@ -605,9 +620,9 @@ class SqliteStore:
                     continue
                 token = _token(row)
                 db.execute(  # the item is this message's outbox row: recorded before the send
-                    "UPDATE campaign_items SET status = 'sending', token = ?, message = ?, updated_ms = ? "
-                    "WHERE campaign_id = ? AND user_id = ?",
-                    (token.token, text, now_ms, campaign_id, user_id),
+                    "UPDATE campaign_items SET status = 'sending', token = ?, message = ?, claimed_until = ?, "
+                    "updated_ms = ? WHERE campaign_id = ? AND user_id = ?",
+                    (token.token, text, now_ms + claim_ms, now_ms, campaign_id, user_id),
                 )
                 claimed.append(Delivery(campaign_id, user_id, token, message))
             return claimed
@@ -641,15 +656,20 @@ class SqliteStore:
         if finished:
             await self._write(work)
 
-    async def uncertain_deliveries(self, campaign_id: str) -> list[Delivery]:
-        def work(db: sqlite3.Connection) -> list[Delivery]:
+    async def uncertain_deliveries(self, campaign_id: str, now_ms: int) -> tuple[list[Delivery], int | None]:
+        def work(db: sqlite3.Connection) -> tuple[list[Delivery], int | None]:
             columns = ", ".join("t." + c.strip() for c in _TOKEN_COLUMNS.split(","))
             rows = db.execute(
                 f"SELECT i.user_id, i.message, {columns} FROM campaign_items i JOIN tokens t ON t.token = i.token "
-                "WHERE i.campaign_id = ? AND i.status = 'sending' ORDER BY i.user_id",
-                (campaign_id,),
+                "WHERE i.campaign_id = ? AND i.status = 'sending' AND i.claimed_until <= ? ORDER BY i.user_id",
+                (campaign_id, now_ms),
             ).fetchall()
-            return [Delivery(campaign_id, row[0], _token(row[2:]), json.loads(row[1])) for row in rows]
+            later = db.execute(
+                "SELECT min(claimed_until) FROM campaign_items WHERE campaign_id = ? AND status = 'sending' "
+                "AND claimed_until > ?",
+                (campaign_id, now_ms),
+            ).fetchone()[0]
+            return [Delivery(campaign_id, row[0], _token(row[2:]), json.loads(row[1])) for row in rows], later
 
         return await self._read(work)
 
@@ -697,6 +717,48 @@ class SqliteStore:
             db.execute("UPDATE campaigns SET status = 'done', finished_ms = ? WHERE id = ?", (now_ms, campaign_id))
 
         await self._write(work)
+
+    # -- leases --------------------------------------------------------------------------------------------
+    async def acquire_lease(self, user_id: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            return (
+                db.execute(
+                    "INSERT INTO leases VALUES (?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET owner = excluded.owner, "
+                    "until_ms = excluded.until_ms WHERE leases.until_ms <= ? OR leases.owner = excluded.owner",
+                    (user_id, owner, now_ms + ttl_ms, now_ms),
+                ).rowcount
+                == 1
+            )
+
+        return await self._write(work)
+
+    async def release_lease(self, user_id: str, owner: str) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM leases WHERE user_id = ? AND owner = ?", (user_id, owner))
+
+        await self._write(work)
+
+    async def recover_user_in_flight(self, user_id: str) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "UPDATE outbox SET status = 'uncertain', detail = 'process stopped while sending' "
+                "WHERE user_id = ? AND status = 'sending'",
+                (user_id,),
+            ).rowcount
+
+        return await self._write(work)
+
+    async def users_needing_work(self, now_ms: int, limit: int) -> list[str]:
+        def work(db: sqlite3.Connection) -> list[str]:
+            rows = db.execute(
+                "SELECT user_id FROM (SELECT user_id FROM inbox WHERE handled_ms IS NULL "
+                "UNION SELECT user_id FROM outbox WHERE status IN ('pending', 'sending')) "
+                "WHERE user_id NOT IN (SELECT user_id FROM leases WHERE until_ms > ?) LIMIT ?",
+                (now_ms, limit),
+            ).fetchall()
+            return [row[0] for row in rows]
+
+        return await self._read(work)
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

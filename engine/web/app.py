@@ -66,7 +66,8 @@ def create_app(
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = open_store(app[SETTINGS].store_url)
+    settings = app[SETTINGS]
+    store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
     await store.open()
     app[STORE] = store
     yield

@@ -89,7 +89,7 @@ async def test_campaign_killed_halfway_then_rerun_sends_each_user_exactly_one(tm
     config.write_text(
         f'[flows]\ndir = "{ROOT / "flows"}"\ntemplates = "{ROOT / "templates"}"\n'
         f'[store]\nurl = "sqlite:///{tmp_path / "store.sqlite3"}"\n'
-        '[notify]\nconcurrency = 16\nrate_per_second = 300.0\n[log]\nlevel = "WARNING"\n'
+        '[notify]\nconcurrency = 16\nrate_per_second = 300.0\nclaim_seconds = 1.5\n[log]\nlevel = "WARNING"\n'
     )
     first = otnflow(config, graph_url, "notify", "restock", "--var", "product=Sauvignon 2024")
     try:

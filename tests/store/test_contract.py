@@ -1,0 +1,210 @@
+"""One contract for every Store backend, run over each: SQLite on a real file, and MongoDB on a real server process
+(SecantusDB on loopback, or the MongoDB named by OTNFLOW_TEST_MONGODB_URL). No mock of any driver."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine.store import (
+    Campaign,
+    Finished,
+    OutboxItem,
+    StepWrite,
+    Store,
+    StoredEvent,
+    Token,
+    UserRecord,
+    open_store,
+)
+from engine.store.mongo import MongoStore
+from engine.store.sqlite import SqliteStore
+from tests.conftest import mongo_database_url
+
+
+def event(key: str, user: str = "u1", ts: int = 1) -> StoredEvent:
+    return StoredEvent(key, user, "page", ts, "message", json.dumps({"message": {"mid": key}}), 0)
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 's.sqlite3'}"
+    else:
+        url = mongo_database_url(request.getfixturevalue("mongo_server"), f"otnflow_test_{uuid.uuid4().hex[:12]}")
+    s = open_store(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def reopen(store: Store) -> Store:
+    """The same store, as a new process would open it."""
+    await store.close()
+    again = open_store(store.url if isinstance(store, MongoStore) else f"sqlite:///{store.path}")  # type: ignore[union-attr]
+    await again.open()
+    return again
+
+
+async def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "wal.sqlite3")
+    await store.open()
+    await store.close()
+    with sqlite3.connect(store.path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_add_events_is_insert_if_absent(store: Store) -> None:
+    assert [e.key for e in await store.add_events([event("a"), event("b")])] == ["a", "b"]
+    assert [e.key for e in await store.add_events([event("b"), event("c"), event("c")])] == ["c"]
+
+
+async def test_pending_events_come_oldest_first(store: Store) -> None:
+    await store.add_events([event("late", ts=30), event("early", ts=10), event("mid", ts=20), event("x", "u2", 5)])
+    assert [e.key for e in await store.pending_events("u1")] == ["early", "mid", "late"]
+
+
+async def test_commit_step_is_atomic_and_once_only(store: Store) -> None:
+    await store.add_events([event("a")])
+    user = UserRecord("u1", state="welcome", tags={"t"})
+    outbox = [OutboxItem("a#0", "u1", {"text": "one"}), OutboxItem("a#1", "u1", {"text": "two"})]
+    assert await store.commit_step(StepWrite("a", user, outbox), 100)
+    user.state = "elsewhere"
+    assert not await store.commit_step(StepWrite("a", user, outbox), 200)  # already handled: nothing written
+    loaded = await store.load_user("u1")
+    assert loaded is not None and (loaded.state, loaded.tags) == ("welcome", {"t"})
+    assert [o.message["text"] for o in await store.pending_outbox("u1")] == ["one", "two"]
+    assert await store.pending_events("u1") == []
+
+
+async def test_a_failing_commit_leaves_nothing_half_done(store: Store) -> None:
+    await store.add_events([event("a")])
+    bad = [OutboxItem("a#0", "u1", {"text": "ok"}), OutboxItem("a#1", "u1", {"bad": object()})]
+    with pytest.raises(Exception):  # noqa: B017 - each driver raises its own: json TypeError, bson InvalidDocument
+        await store.commit_step(StepWrite("a", UserRecord("u1", state="s"), bad), 1)
+    assert await store.load_user("u1") is None
+    assert [e.key for e in await store.pending_events("u1")] == ["a"]
+
+
+async def test_in_flight_sends_become_uncertain_at_restart(store: Store) -> None:
+    await store.add_events([event("a")])
+    await store.commit_step(StepWrite("a", UserRecord("u1"), [OutboxItem("a#0", "u1", {"text": "x"})]), 1)
+    await store.set_outbox_status("a#0", "sending", "", 2)
+    reopened = await reopen(store)
+    try:
+        assert await reopened.recover_in_flight() == 1
+        assert await reopened.pending_outbox("u1") == []
+        assert (await reopened.counts())["outbox_uncertain"] == 1
+    finally:
+        await reopened.close()
+    await store.open()
+
+
+async def test_users_with_pending_work(store: Store) -> None:
+    await store.add_events([event("a", "u1"), event("b", "u2")])
+    await store.commit_step(StepWrite("b", UserRecord("u2"), [OutboxItem("b#0", "u2", {"text": "x"})]), 1)
+    assert sorted(await store.users_with_pending_work()) == ["u1", "u2"]
+
+
+async def test_mark_unreachable(store: Store) -> None:
+    await store.add_events([event("a")])
+    await store.commit_step(StepWrite("a", UserRecord("u1"), []), 1)
+    await store.mark_unreachable("u1")
+    user = await store.load_user("u1")
+    assert user is not None and user.unreachable
+
+
+def token(name: str, user: str = "u1", topic: str = "restock", received: int = 100, expires: int = 10_000) -> Token:
+    return Token(name, user, topic, f"otn:{topic}:s:x", received, expires, "sold_out")
+
+
+async def test_tokens_arrive_with_the_step_and_are_counted_until_they_expire(store: Store) -> None:
+    await store.add_events([event("a")])
+    await store.commit_step(
+        StepWrite(
+            "a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)], otn_log=[("restock", "optin")]
+        ),
+        300,
+    )
+    assert await store.count_tokens("u1", "restock", 5_000) == 2
+    assert await store.count_tokens("u1", "restock", 10_000) == 0  # expired
+    assert [t.token for t in await store.tokens("u1")] == ["t1", "t2"]
+    assert await store.count_otn_log("u1", "restock", "optin", 0) == 1
+    assert await store.last_otn("u1", "restock", "optin") == 300
+
+
+async def test_leases_are_exclusive_until_they_expire(store: Store) -> None:
+    assert await store.acquire_lease("u1", "A", 1_000, 500)
+    assert not await store.acquire_lease("u1", "B", 1_200, 500)  # A holds it
+    assert await store.acquire_lease("u1", "A", 1_300, 500)  # A renews
+    assert not await store.acquire_lease("u1", "B", 1_700, 500)
+    assert await store.acquire_lease("u1", "B", 1_801, 500)  # A's lease ran out: B takes over
+    await store.release_lease("u1", "A")  # a stale release does not free B's lease
+    assert not await store.acquire_lease("u1", "C", 1_900, 500)
+    await store.release_lease("u1", "B")
+    assert await store.acquire_lease("u1", "C", 1_900, 500)
+
+
+async def test_users_needing_work_skips_users_with_a_live_lease(store: Store) -> None:
+    await store.add_events([event("a", "u1"), event("b", "u2")])
+    assert await store.acquire_lease("u1", "A", 1_000, 500)
+    assert await store.users_needing_work(1_200, 10) == ["u2"]
+    assert sorted(await store.users_needing_work(2_000, 10)) == ["u1", "u2"]
+
+
+async def test_armed_requests_and_disarm(store: Store) -> None:
+    await store.arm("u1", "restock", "sold_out", 10)
+    await store.arm("u1", "restock", "other", 20)  # already armed: kept as first armed
+    assert await store.armed("u1") == [("restock", "sold_out")]
+    await store.add_events([event("a")])
+    await store.commit_step(StepWrite("a", UserRecord("u1"), disarm=["restock"]), 30)
+    assert await store.armed("u1") == []
+
+
+async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Store) -> None:
+    await store.add_events([event("a")])
+    await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)]), 1)
+    campaign = await store.open_campaign(Campaign("c1", "restock", "", {"product": "x"}, 1))
+    assert (await store.open_campaign(Campaign("c1", "other", "", {}, 2))).topic == "restock"  # insert-if-absent
+    assert await store.token_holders("restock", 50, "", 10) == ["u1"]
+    await store.add_campaign_items(campaign.id, ["u1"], {"u9": "segment"}, 50)
+    assert await store.pending_items(campaign.id, "", 10) == ["u1"]
+    (delivery,) = await store.begin_deliveries(campaign.id, "restock", [("u1", {"text": "hi"})], 60, 1_000)
+    assert delivery.token.token == "t1"  # the oldest
+    assert await store.begin_deliveries(campaign.id, "restock", [("u1", {"text": "hi"})], 61, 1_000) == []
+    expired, later = await store.uncertain_deliveries(campaign.id, 500)
+    assert (expired, later) == ([], 1_060)
+    expired, later = await store.uncertain_deliveries(campaign.id, 2_000)
+    assert [d.token.token for d in expired] == ["t1"] and expired[0].message == {"text": "hi"}
+    await store.finish_deliveries([Finished(delivery, "delivered", "", "spent", arm=("restock", "sold_out"))], 70)
+    assert await store.count_tokens("u1", "restock", 80) == 1
+    assert await store.armed("u1") == [("restock", "sold_out")]
+    assert await store.campaign_counts(campaign.id) == {"delivered": 1, "skipped": 1, "skipped:segment": 1}
+    stats = await store.otn_stats(80, 10_000)
+    assert stats["restock"]["delivery"] == 1 and stats["restock"]["tokens_held"] == 1
+
+
+async def test_campaigns_by_base_name(store: Store) -> None:
+    await store.open_campaign(Campaign("news-abc", "news", "", {}, 1))
+    await store.open_campaign(Campaign("news-abc.2", "news", "", {}, 2))
+    await store.open_campaign(Campaign("news-abcd", "news", "", {}, 3))
+    assert [c.id for c in await store.campaigns("news-abc")] == ["news-abc", "news-abc.2"]
+
+
+async def test_inspect_and_forget_a_user(store: Store) -> None:
+    await store.add_events([event("a")])
+    refused = OutboxItem("a#0", "u1", {"text": "no"}, {"kind": "message"}, "refused", "outside_window")
+    await store.commit_step(StepWrite("a", UserRecord("u1", tags={"x"}), [refused], tokens=[token("t1")]), 5)
+    view = await store.inspect_user("u1")
+    assert view.record is not None and view.record.tags == {"x"}
+    assert [t.token for t in view.tokens] == ["t1"]
+    assert [(r["reason"], r["text"]) for r in view.refused] == [("outside_window", "no")]
+    await store.forget_user("u1")
+    view = await store.inspect_user("u1")
+    assert (view.record, view.tokens, view.refused) == (None, [], [])
+    assert await store.pending_events("u1") == []
