@@ -27,10 +27,7 @@ from tests.conftest import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, free_port, mong
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = {"sqlite": (24, 8), "mongo": (16, 6)}  # users, events each: SecantusDB is a slower server than mongod
-LEASE = {
-    "sqlite": 2.0,
-    "mongo": 5.0,
-}  # seconds: longer than a renewal takes under this load  # users, events each: SecantusDB is a slower server than mongod
+LEASE = {"sqlite": 2.0, "mongo": 5.0}  # seconds: longer than a lease renewal takes under this load
 PAGE = "106000000000001"
 
 
