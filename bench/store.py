@@ -74,10 +74,18 @@ async def store_ops(url: str, ops: int, concurrency: int = 32) -> dict[str, floa
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         rates[name] = ops / (time.perf_counter() - start)
 
-    await measure("append inbox event", lambda i: store.add_events(
-        [StoredEvent(f"e{i}", users[i], "p", now + i, "message", '{"message": {"mid": "x"}}', now)]))
-    await measure("save a step (commit_step)", lambda i: store.commit_step(
-        StepWrite(f"e{i}", UserRecord(users[i], state="welcome", tags={"likes_white"})), now))
+    await measure(
+        "append inbox event",
+        lambda i: store.add_events(
+            [StoredEvent(f"e{i}", users[i], "p", now + i, "message", '{"message": {"mid": "x"}}', now)]
+        ),
+    )
+    await measure(
+        "save a step (commit_step)",
+        lambda i: store.commit_step(
+            StepWrite(f"e{i}", UserRecord(users[i], state="welcome", tags={"likes_white"})), now
+        ),
+    )
     await measure("load a user", lambda i: store.load_user(users[i]))
     await measure("claim a lease", lambda i: store.acquire_lease(users[i], "bench", now, 10_000))
     await store.close()
@@ -91,12 +99,24 @@ async def whole_path(store_url: str, processes: int, users: int, events: int, gr
         f'[store]\nurl = "{store_url}"\n[dispatcher]\nleases = "{"on" if processes > 1 else "auto"}"\n'
         'lease_seconds = 10.0\n[log]\nlevel = "WARNING"\n'
     )
-    env = {**os.environ, "OTNFLOW_APP_SECRET": SECRET, "OTNFLOW_PAGE_TOKEN": "t", "OTNFLOW_VERIFY_TOKEN": "v",
-           "OTNFLOW_GRAPH_URL": graph}
+    env = {
+        **os.environ,
+        "OTNFLOW_APP_SECRET": SECRET,
+        "OTNFLOW_PAGE_TOKEN": "t",
+        "OTNFLOW_VERIFY_TOKEN": "v",
+        "OTNFLOW_GRAPH_URL": graph,
+    }
     ports = [free_port() for _ in range(processes)]
-    servers = [subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--config", str(config), "--port",
-                                 str(port)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-               for port in ports]
+    servers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve", "--config", str(config), "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for port in ports
+    ]
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     rng = random.Random(1)
     try:
@@ -109,11 +129,18 @@ async def whole_path(store_url: str, processes: int, users: int, events: int, gr
 
             async def user(u: int) -> None:
                 for n in range(events):
-                    item = {"sender": {"id": f"u{u}"}, "recipient": {"id": "p"}, "timestamp": now + n,
-                            "message": {"mid": f"m{u}_{n}_{now}", "text": f"u{u} n{n}"}}
+                    item = {
+                        "sender": {"id": f"u{u}"},
+                        "recipient": {"id": "p"},
+                        "timestamp": now + n,
+                        "message": {"mid": f"m{u}_{n}_{now}", "text": f"u{u} n{n}"},
+                    }
                     raw = json.dumps({"object": "page", "entry": [{"id": "p", "time": now, "messaging": [item]}]})
-                    async with session.post(f"{rng.choice(urls)}/webhook", data=raw.encode(),
-                                            headers={"X-Hub-Signature-256": sign(raw.encode(), SECRET)}) as r:
+                    async with session.post(
+                        f"{rng.choice(urls)}/webhook",
+                        data=raw.encode(),
+                        headers={"X-Hub-Signature-256": sign(raw.encode(), SECRET)},
+                    ) as r:
                         assert r.status == 200
 
             started = time.time()  # wall clock: the fake Graph API stamps replies with it
@@ -141,8 +168,11 @@ def start_secantus() -> tuple[str, subprocess.Popen[bytes] | None]:
         return given.rstrip("/"), None
     server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
     port = free_port()
-    process = subprocess.Popen([server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:",
-                                "--log-level", "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     time.sleep(3)
     return f"mongodb://127.0.0.1:{port}", process
 
@@ -155,8 +185,12 @@ async def main() -> None:
     args = parser.parse_args()
     graph_port = free_port()
     graph = f"http://127.0.0.1:{graph_port}"
-    fake = subprocess.Popen([sys.executable, "-m", "engine.testing.fake_graph", "--port", str(graph_port)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    fake = subprocess.Popen(
+        [sys.executable, "-m", "engine.testing.fake_graph", "--port", str(graph_port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     mongo_base, secantus = start_secantus()
     results = []
     try:
@@ -164,8 +198,10 @@ async def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for name, make_url in (
                 ("SQLite", lambda: f"sqlite:///{tmp}/{uuid.uuid4().hex[:8]}.sqlite3"),
-                ("MongoDB" if os.environ.get("OTNFLOW_BENCH_MONGODB_URL") else "MongoDB (SecantusDB)",
-                 lambda: f"{mongo_base}/bench_{uuid.uuid4().hex[:8]}?directConnection=true"),
+                (
+                    "MongoDB" if os.environ.get("OTNFLOW_BENCH_MONGODB_URL") else "MongoDB (SecantusDB)",
+                    lambda: f"{mongo_base}/bench_{uuid.uuid4().hex[:8]}?directConnection=true",
+                ),
             ):
                 ops = await store_ops(make_url(), args.ops)
                 one = await whole_path(make_url(), 1, args.users, args.events, graph, Path(tmp))
@@ -175,8 +211,10 @@ async def main() -> None:
         fake.terminate()
         if secantus is not None:
             secantus.terminate()
-    print(f"store operations per second (32 concurrent), then events/s through the whole path "
-          f"({args.users} users x {args.events} events, spread over the processes)")
+    print(
+        f"store operations per second (32 concurrent), then events/s through the whole path "
+        f"({args.users} users x {args.events} events, spread over the processes)"
+    )
     header = list(results[0][1])
     print(f"{'backend':<22}" + "".join(f"{h:>28}" for h in header) + f"{'1 process ev/s':>16}{'3 processes ev/s':>18}")
     for name, ops, one, three in results:
