@@ -305,7 +305,7 @@ class MongoStore:
             "updated_ms": now_ms,
             "order": self._next_order(now_ms),
         }
-        await self.db.outbox.update_one({"_id": item.key}, {"$setOnInsert": row}, upsert=True)
+        await _ignoring_duplicates(self.db.outbox.update_one({"_id": item.key}, {"$setOnInsert": row}, upsert=True))
 
     async def set_outbox_status(self, key: str, status: str, detail: str, now_ms: int) -> None:
         await self.db.outbox.update_one(
@@ -380,10 +380,19 @@ class MongoStore:
         await self.db.otn_log.insert_one({"user_id": user_id, "topic": topic, "what": what, "at_ms": now_ms})
 
     async def arm(self, user_id: str, topic: str, source_state: str, now_ms: int) -> None:
-        await self.db.armed.update_one(
-            {"_id": f"{user_id}|{topic}"},
-            {"$setOnInsert": {"user_id": user_id, "topic": topic, "source_state": source_state, "armed_ms": now_ms}},
-            upsert=True,
+        await _ignoring_duplicates(
+            self.db.armed.update_one(
+                {"_id": f"{user_id}|{topic}"},
+                {
+                    "$setOnInsert": {
+                        "user_id": user_id,
+                        "topic": topic,
+                        "source_state": source_state,
+                        "armed_ms": now_ms,
+                    }
+                },
+                upsert=True,
+            )
         )
 
     async def armed(self, user_id: str) -> list[tuple[str, str]]:
@@ -412,7 +421,15 @@ class MongoStore:
 
     # -- campaigns -------------------------------------------------------------------------------------------
     async def open_campaign(self, campaign: Campaign) -> Campaign:
-        doc = await self.db.campaigns.find_one_and_update(
+        try:
+            doc = await self._open_campaign(campaign)
+        except DuplicateKeyError:  # two processes upserted at once: the other one's insert won; read it
+            doc = await self.db.campaigns.find_one({"_id": campaign.id})
+        assert doc is not None
+        return Campaign(doc["_id"], doc["topic"], doc["segment"], doc["vars"], doc["created_ms"], doc["status"])
+
+    async def _open_campaign(self, campaign: Campaign) -> dict[str, Any] | None:
+        return await self.db.campaigns.find_one_and_update(
             {"_id": campaign.id},
             {
                 "$setOnInsert": {
@@ -426,8 +443,6 @@ class MongoStore:
             upsert=True,
             return_document=ReturnDocument.AFTER,
         )
-        assert doc is not None  # an upsert returning the document after it always finds one
-        return Campaign(doc["_id"], doc["topic"], doc["segment"], doc["vars"], doc["created_ms"], doc["status"])
 
     async def campaigns(self, base_id: str) -> list[Campaign]:
         cursor = self.db.campaigns.find({"$or": [{"_id": base_id}, {"_id": {"$regex": f"^{_escape(base_id)}\\."}}]})
@@ -461,24 +476,26 @@ class MongoStore:
         items = [(u, "pending", "") for u in user_ids] + [(u, "skipped", r) for u, r in skipped.items()]
         if not items:
             return
-        await self.db.campaign_items.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": f"{campaign_id}|{user}"},
-                    {
-                        "$setOnInsert": {
-                            "campaign_id": campaign_id,
-                            "user_id": user,
-                            "status": status,
-                            "reason": reason,
-                            "updated_ms": now_ms,
-                        }
-                    },
-                    upsert=True,
-                )
-                for user, status, reason in items
-            ],
-            ordered=False,
+        await _ignoring_duplicates(
+            self.db.campaign_items.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": f"{campaign_id}|{user}"},
+                        {
+                            "$setOnInsert": {
+                                "campaign_id": campaign_id,
+                                "user_id": user,
+                                "status": status,
+                                "reason": reason,
+                                "updated_ms": now_ms,
+                            }
+                        },
+                        upsert=True,
+                    )
+                    for user, status, reason in items
+                ],
+                ordered=False,
+            )
         )
 
     async def pending_items(self, campaign_id: str, after_user: str, limit: int) -> list[str]:
@@ -636,6 +653,18 @@ class MongoStore:
 
     async def inspect_user(self, user_id: str) -> UserView:
         return UserView(await self.load_user(user_id), await self.tokens(user_id), await self.refused_messages(user_id))
+
+
+async def _ignoring_duplicates(write: Awaitable[Any]) -> None:
+    """Insert-if-absent by upsert races when two processes upsert the same `_id` at once: the loser gets a
+    duplicate-key error although the document it wanted is there. Anything else is raised."""
+    try:
+        await write
+    except DuplicateKeyError:
+        pass
+    except BulkWriteError as err:
+        if any(e.get("code") != _DUPLICATE for e in err.details.get("writeErrors", [])):
+            raise
 
 
 def _date(ms: int) -> datetime:
