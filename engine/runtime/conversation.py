@@ -96,8 +96,10 @@ class ConversationHandler:
         it at once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
         `user` is the record this worker itself just committed for the same user, when it has one: no read back."""
         event = parse_event(json.loads(stored.body), stored.key, Counter())
+        armed: list[tuple[str, str]] = []
         if user is None or user.user_id != stored.user_id:
-            user = await self.store.load_user(stored.user_id)
+            user, armed = await self.store.load_for_step(stored.user_id)
+        # else: the record this worker just committed; a re-request armed meanwhile goes at the next engagement
         if user is None:
             user = UserRecord(stored.user_id, stored.page_id, self.default_flow, created_ms=self.clock.now_ms())
         if user.profile is None:
@@ -111,7 +113,7 @@ class ConversationHandler:
             user.last_interaction_ms = max(user.last_interaction_ms, event.timestamp)
             if event.kind == "message":
                 user.last_message_ms = max(user.last_message_ms, event.timestamp)
-            replies += await self._armed_requests(flow, user, write)  # the loop: they go before the flow's reply
+            replies += self._armed_requests(flow, user, armed, write)  # the loop: before the flow's own reply
         rerequests = len(replies)
         if event is not None and event.kind == "optin":
             self._receive_token(flow, user, event, write)
@@ -174,10 +176,12 @@ class ConversationHandler:
         )
         write.otn_log.append((topic, "optin"))
 
-    async def _armed_requests(self, flow: CompiledFlow, user: UserRecord, write: StepWrite) -> list[Reply]:
+    def _armed_requests(
+        self, flow: CompiledFlow, user: UserRecord, armed: list[tuple[str, str]], write: StepWrite
+    ) -> list[Reply]:
         """The user engaged: the OTN requests armed by earlier deliveries go out now (the window just reopened)."""
         requests = []
-        for topic, source_state in await self.store.armed(user.user_id):
+        for topic, source_state in armed:
             write.disarm.append(topic)
             if topic in flow.spec.topics:
                 requests.append(flow.otn_request(topic, source_state, self.snapshot(flow, user), user.profile))

@@ -8,7 +8,7 @@ the outbox status updates around each send.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 
@@ -27,8 +27,8 @@ class UserRecord:
     created_ms: int = 0
 
     def to_data(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["user_id"]
+        """The record as JSON-ready data (not dataclasses.asdict: its deep copy is measurable on the hot path)."""
+        data = {name: getattr(self, name) for name in _USER_FIELDS}
         data["tags"] = sorted(self.tags)
         return data
 
@@ -166,6 +166,10 @@ class Store(Protocol):
         ...
 
     async def load_users(self, user_ids: Sequence[str]) -> dict[str, UserRecord]: ...
+
+    async def load_for_step(self, user_id: str) -> tuple[UserRecord | None, list[tuple[str, str]]]:
+        """The user and their armed re-requests, in one round trip: what a conversation step reads."""
+        ...
 
     async def put_user(self, user: UserRecord) -> None:
         """Save a user record outside any event (admin tools, the playground)."""

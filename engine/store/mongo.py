@@ -214,6 +214,9 @@ class MongoStore:
         doc = await self.db.users.find_one({"_id": user_id})
         return UserRecord.from_data(user_id, doc["data"]) if doc else None
 
+    async def load_for_step(self, user_id: str) -> tuple[UserRecord | None, list[tuple[str, str]]]:
+        return await self.load_user(user_id), await self.armed(user_id)
+
     async def load_users(self, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         if not user_ids:
             return {}

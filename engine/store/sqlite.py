@@ -350,6 +350,17 @@ class SqliteStore:
 
         return await self._write(work)
 
+    async def load_for_step(self, user_id: str) -> tuple[UserRecord | None, list[tuple[str, str]]]:
+        def work(db: sqlite3.Connection) -> tuple[UserRecord | None, list[tuple[str, str]]]:
+            row = db.execute("SELECT data FROM users WHERE user_id = ?", (user_id,)).fetchone()
+            armed = db.execute(
+                "SELECT topic, source_state FROM armed WHERE user_id = ? ORDER BY armed_ms, topic", (user_id,)
+            ).fetchall()
+            user = UserRecord.from_data(user_id, json.loads(row[0])) if row else None
+            return user, [(topic, state) for topic, state in armed]
+
+        return await self._read(work)
+
     async def load_users(self, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         def work(db: sqlite3.Connection) -> dict[str, UserRecord]:
             marks = ",".join("?" * len(user_ids))
