@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,12 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from _common import free_port  # noqa: E402
 
 
 def seed(path: Path, users: int, fresh: bool = False) -> None:

@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,29 +26,13 @@ import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import free_port, wait_http  # noqa: E402
+
 from engine.messenger.signature import sign  # noqa: E402
 
 SECRET = "bench-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_healthy(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            try:
-                async with session.get(url) as response:
-                    if response.status < 500:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def sent_records(graph: str) -> list[dict]:  # type: ignore[type-arg]
@@ -133,12 +116,12 @@ async def main() -> None:
     fake = start([sys.executable, "-m", "engine.testing.fake_graph", "--port", str(graph_port)])
     results: dict[str, dict[str, float]] = {}
     try:
-        await wait_healthy(f"{graph}/_fake/sent")
+        await wait_http(f"{graph}/_fake/sent")
         with tempfile.TemporaryDirectory() as tmp:
             bare_port = free_port()
             bare = start([sys.executable, str(ROOT / "bench" / "bare_pipeline.py"), str(bare_port), graph, SECRET])
             try:
-                await wait_healthy(f"http://127.0.0.1:{bare_port}/healthz")
+                await wait_http(f"http://127.0.0.1:{bare_port}/healthz")
                 results["bare aiohttp pipeline"] = await load(
                     f"http://127.0.0.1:{bare_port}", graph, args.users, args.per_user, args.timeout
                 )
@@ -161,7 +144,7 @@ async def main() -> None:
                 },
             )
             try:
-                await wait_healthy(f"http://127.0.0.1:{engine_port}/healthz")
+                await wait_http(f"http://127.0.0.1:{engine_port}/healthz")
                 if os.environ.get("BENCH_PROFILE"):
                     subprocess.Popen(
                         [

@@ -137,6 +137,33 @@ def mongo_server() -> Iterator[str]:
             process.kill()
 
 
+def live_env(graph_url: str) -> dict[str, str]:
+    """The environment of an `otnflow` subprocess in live mode against the fake Graph API at `graph_url`."""
+    import os
+
+    return {
+        **os.environ,
+        "OTNFLOW_APP_SECRET": APP_SECRET,
+        "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN,
+        "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
+        "OTNFLOW_GRAPH_URL": graph_url,
+    }
+
+
+def start_serve(config: Path, graph_url: str, log: Path, *args: str) -> Any:
+    """`otnflow serve --config CONFIG [ARGS]` as a real process, its output appended to `log`."""
+    import subprocess
+
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "serve", "--config", str(config), *args],
+            cwd=ROOT,
+            env=live_env(graph_url),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
 def mongo_database_url(base: str, name: str) -> str:
     """A fresh database per test on the shared server."""
     return f"{base}/{name}?directConnection=true"

@@ -17,7 +17,7 @@ Parsed once into a tree of small classes and evaluated by walking it: never `eva
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -239,14 +239,3 @@ def tags_in(segment: Segment) -> set[str]:
             found |= tags_in(operand)
         return found
     return set()
-
-
-def first_match(
-    candidates: Sequence[tuple[Segment, object]], tags: Iterable[str], variables: Mapping[str, object]
-) -> object | None:
-    """The payload of the first candidate whose segment matches: 'first match wins'."""
-    tag_set = frozenset(tags)
-    for segment, payload in candidates:
-        if segment.matches(tag_set, variables):
-            return payload
-    return None

@@ -292,10 +292,6 @@ class MongoStore:
         cursor = self.db.outbox.find({"user_id": user_id, "status": "pending"}).sort("order", ASCENDING)
         return [_outbox(doc) async for doc in cursor]
 
-    async def outbox_message(self, key: str) -> dict[str, Any] | None:
-        doc = await self.db.outbox.find_one({"_id": key}, {"message": 1})
-        return doc["message"] if doc else None
-
     async def add_outbox(self, item: OutboxItem, now_ms: int) -> None:
         row = {
             "_id": item.key,

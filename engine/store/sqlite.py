@@ -410,13 +410,6 @@ class SqliteStore:
 
         return await self._read(work)
 
-    async def outbox_message(self, key: str) -> dict[str, Any] | None:
-        def work(db: sqlite3.Connection) -> dict[str, Any] | None:
-            row = db.execute("SELECT message FROM outbox WHERE key = ?", (key,)).fetchone()
-            return json.loads(row[0]) if row else None
-
-        return await self._read(work)
-
     async def add_outbox(self, item: OutboxItem, now_ms: int) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(_INSERT_OUTBOX, _outbox_row(item, now_ms))

@@ -4,7 +4,6 @@ is used twice, checked against the fake Graph API's own record. Also the CLI's s
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 
 from engine.store import StepWrite, StoredEvent, Token, UserRecord
 from engine.store.sqlite import SqliteStore
-from tests.conftest import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, wait_until
+from tests.conftest import live_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = 240
@@ -63,13 +62,7 @@ async def seed(path: Path, fake) -> None:  # type: ignore[no-untyped-def]
 
 
 def otnflow(config: Path, graph_url: str, *args: str) -> subprocess.Popen[str]:
-    env = {
-        **os.environ,
-        "OTNFLOW_APP_SECRET": APP_SECRET,
-        "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN,
-        "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
-        "OTNFLOW_GRAPH_URL": graph_url,
-    }
+    env = live_env(graph_url)
     return subprocess.Popen(
         [sys.executable, "-m", "engine.cli", *args, "--config", str(config)],
         cwd=ROOT,

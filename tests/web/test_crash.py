@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,35 +14,16 @@ from pathlib import Path
 import aiohttp
 
 from engine.messenger.signature import sign
-from tests.conftest import APP_SECRET, PAGE_TOKEN, T0, VERIFY_TOKEN, body_of, message_event, wait_until
+from tests.conftest import APP_SECRET, T0, body_of, free_port, message_event, start_serve, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = 20
 PER_USER = 10
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_server(config: Path, graph_url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "OTNFLOW_APP_SECRET": APP_SECRET,
-        "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN,
-        "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
-        "OTNFLOW_GRAPH_URL": graph_url,
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--config", str(config)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process: subprocess.Popen[bytes] = start_serve(config, graph_url, log)
+    return process
 
 
 async def health(session: aiohttp.ClientSession, url: str) -> dict | None:  # type: ignore[type-arg]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import signal
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 
 from engine.messenger.signature import sign
 from engine.store import open_store
-from tests.conftest import APP_SECRET, PAGE_TOKEN, VERIFY_TOKEN, free_port, mongo_database_url, wait_until
+from tests.conftest import APP_SECRET, free_port, live_env, mongo_database_url, start_serve, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZES = {"sqlite": (24, 8), "mongo": (16, 6)}  # users, events each: SecantusDB is a slower server than mongod
@@ -32,21 +31,8 @@ PAGE = "106000000000001"
 
 
 def serve(config: Path, graph_url: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "OTNFLOW_APP_SECRET": APP_SECRET,
-        "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN,
-        "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
-        "OTNFLOW_GRAPH_URL": graph_url,
-    }
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "engine.cli", "serve", "--config", str(config), "--port", str(port)],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    process: subprocess.Popen[bytes] = start_serve(config, graph_url, log, "--port", str(port))
+    return process
 
 
 def event(user: str, n: int, now: int, **payload: object) -> dict[str, object]:
@@ -158,13 +144,7 @@ async def test_three_processes_share_one_store(
                     )
                     assert await post(rng.choice(survivors), item) == 200
                 await wait_until(settled, timeout=30, what="the opt-ins to be stored")
-                env = {
-                    **os.environ,
-                    "OTNFLOW_APP_SECRET": APP_SECRET,
-                    "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN,
-                    "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
-                    "OTNFLOW_GRAPH_URL": graph_url,
-                }
+                env = live_env(graph_url)
                 command = [
                     sys.executable,
                     "-m",
