@@ -1,0 +1,92 @@
+"""The fake Graph API enforces what Meta enforces, with Meta's error codes."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from engine.testing import FakeGraph
+from tests.conftest import serve_on_loopback
+
+WINDOW = 24 * 3_600_000
+
+
+async def send(session: aiohttp.ClientSession, url: str, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+    async with session.post(f"{url}/v21.0/me/messages", params={"access_token": "tok"}, json=body) as response:
+        return response.status, await response.json()
+
+
+def text_to(user: str, kind: str = "RESPONSE", tag: str | None = None) -> dict:  # type: ignore[type-arg]
+    body = {"recipient": {"id": user}, "messaging_type": kind, "message": {"text": "hi"}}
+    if tag:
+        body["tag"] = tag
+    return body
+
+
+async def test_window_tags_tokens_and_rate_limit_are_enforced() -> None:
+    now = [1_000_000_000]
+    fake = FakeGraph(page_token="tok", clock=lambda: now[0], rate_limit_per_second=1000)
+    served = await serve_on_loopback(fake.app())
+    try:
+        async with aiohttp.ClientSession() as session:
+            fake.saw("u1", now[0])
+            assert (await send(session, served.url, text_to("u1")))[0] == 200
+            now[0] += WINDOW + 60_000
+            status, body = await send(session, served.url, text_to("u1"))
+            assert (status, body["error"]["code"], body["error"]["error_subcode"]) == (400, 10, 2018278)
+            tagged = text_to("u1", "MESSAGE_TAG", "POST_PURCHASE_UPDATE")
+            assert (await send(session, served.url, tagged))[0] == 200
+            assert (await send(session, served.url, text_to("u1", "MESSAGE_TAG", "NOT_A_TAG")))[0] == 400
+
+            token = fake.issue_token("u1", "otn:restock:s:x", now[0])
+            with_token = {"recipient": {"one_time_notif_token": token}, "message": {"text": "back"}}
+            assert (await send(session, served.url, with_token))[0] == 200
+            status, body = await send(session, served.url, with_token)  # reused
+            assert (status, body["error"]["code"]) == (400, 10) and "already used" in body["error"]["message"]
+            unknown = {"recipient": {"one_time_notif_token": "made-up"}, "message": {"text": "x"}}
+            assert "unknown" in (await send(session, served.url, unknown))[1]["error"]["message"]
+            old = fake.issue_token("u1", "otn:restock:s:x", now[0])
+            now[0] += 366 * 24 * 3_600_000
+            expired = {"recipient": {"one_time_notif_token": old}, "message": {"text": "x"}}
+            assert "expired" in (await send(session, served.url, expired))[1]["error"]["message"]
+            assert fake.tokens_used() == [token]
+
+            fake.rate_limit_per_second = 3
+            fake.saw("u2", now[0])
+            codes = [(await send(session, served.url, text_to("u2")))[1].get("error", {}).get("code") for _ in range(6)]
+            assert 613 in codes  # past the rate limit within one second
+    finally:
+        await served.runner.cleanup()
+
+
+async def test_shapes_and_limits_are_validated() -> None:
+    fake = FakeGraph(page_token="tok")
+    served = await serve_on_loopback(fake.app())
+    try:
+        async with aiohttp.ClientSession() as session:
+            too_many = {
+                "recipient": {"id": "u"},
+                "messaging_type": "RESPONSE",
+                "message": {
+                    "text": "x",
+                    "quick_replies": [{"content_type": "text", "title": f"q{i}", "payload": "P"} for i in range(14)],
+                },
+            }
+            status, body = await send(session, served.url, too_many)
+            assert (status, body["error"]["message"]) == (400, "(#100) quick_replies: at most 13")
+            long_title = {
+                "recipient": {"id": "u"},
+                "messaging_type": "RESPONSE",
+                "message": {
+                    "attachment": {
+                        "type": "template",
+                        "payload": {"template_type": "one_time_notif_req", "title": "x" * 66, "payload": "p"},
+                    }
+                },
+            }
+            assert "title must be 1 to 65" in (await send(session, served.url, long_title))[1]["error"]["message"]
+            async with session.post(
+                f"{served.url}/v21.0/me/messages", params={"access_token": "other"}, json=text_to("u")
+            ) as response:
+                assert (await response.json())["error"]["code"] == 190
+    finally:
+        await served.runner.cleanup()
