@@ -34,6 +34,7 @@ from .sender import OutboxSender
 log = logging.getLogger("otnflow.dispatcher")
 Job = Callable[[], Awaitable[Any]]
 RETRY_AFTER_FAILURE = 5.0
+PRUNE_EVERY_SECONDS = 900.0
 
 
 class LeaseLost(Exception):
@@ -74,6 +75,7 @@ class Dispatcher:
         self._retrying: set[str] = set()
         self._lease_until: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrency)
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -111,6 +113,7 @@ class Dispatcher:
     async def start(self) -> int:
         """Resume what a previous process left: uncertain sends are settled, pending users woken. With leases, sends
         are settled user by user when a worker takes over an expired lease, and a sweeper looks for orphans."""
+        self._pruner = asyncio.create_task(self._prune(), name="inbox pruner")
         if self.leases:
             self._sweeper = asyncio.create_task(self._sweep(), name="lease sweeper")
             return 0
@@ -130,6 +133,16 @@ class Dispatcher:
         while self._workers and time.monotonic() < deadline:
             await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
         await self.sender.flush()
+
+    async def _prune(self) -> None:
+        while True:
+            try:
+                pruned = await self.store.prune_inbox(self.clock.now_ms())
+                if pruned:
+                    log.info("pruned %d handled inbox event(s) past store.inbox_retention_days", pruned)
+            except Exception:  # pruning is housekeeping: never let it take the process down
+                log.exception("pruning the inbox failed")
+            await asyncio.sleep(PRUNE_EVERY_SECONDS)
 
     async def _sweep(self) -> None:
         assert self.leases is not None
@@ -152,8 +165,9 @@ class Dispatcher:
         asyncio.get_running_loop().call_later(self.leases.retry_seconds, retry)
 
     async def stop(self, timeout: float = 10.0) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for task in (self._sweeper, self._pruner):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.idle(timeout), timeout)
         for task in list(self._workers.values()):

@@ -10,7 +10,7 @@ def open_store(url: str, inbox_retention_days: float = 7.0) -> Store:
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
-        return SqliteStore(url.removeprefix("sqlite:///"))
+        return SqliteStore(url.removeprefix("sqlite:///"), inbox_retention_days)
     if url.startswith(("mongodb://", "mongodb+srv://")):
         try:
             from .mongo import MongoStore

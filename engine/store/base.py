@@ -153,6 +153,11 @@ class Store(Protocol):
         """Handling raised: mark the event handled with its error, kept for inspection (never silently dropped)."""
         ...
 
+    async def prune_inbox(self, now_ms: int) -> int:
+        """Drop handled events older than the retention (they dedupe Meta's retries until then); MongoDB's TTL index
+        does it by itself. Returns how many went."""
+        ...
+
     async def users_with_pending_work(self) -> list[str]:
         """Users with unhandled events or unsent outbox rows: what a restart resumes."""
         ...

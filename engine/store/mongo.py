@@ -204,6 +204,9 @@ class MongoStore:
             {"_id": key}, {"$set": {"handled_ms": now_ms, "error": error, "handled_at": _date(now_ms)}}
         )
 
+    async def prune_inbox(self, now_ms: int) -> int:
+        return 0  # the handled_ttl index expires handled events on the server
+
     async def users_with_pending_work(self) -> list[str]:
         users = set(await self.db.inbox.distinct("user_id", {"handled_ms": None}))
         users |= set(await self.db.outbox.distinct("user_id", {"status": {"$in": ["pending", "sending"]}}))

@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (user_id, timestamp) WHERE handled_ms IS NULL;
+CREATE INDEX IF NOT EXISTS inbox_handled ON inbox (handled_ms) WHERE handled_ms IS NOT NULL;
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -161,8 +162,9 @@ class SqliteStore:
     ones. Reads use a second connection on a second thread (WAL lets readers run beside the writer) and see every
     write whose await has returned."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, inbox_retention_days: float = 7.0) -> None:
         self.path = Path(path)
+        self.retention_ms = int(inbox_retention_days * 86_400_000)
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._write_db: sqlite3.Connection | None = None
@@ -297,6 +299,14 @@ class SqliteStore:
             db.execute("UPDATE inbox SET handled_ms = ?, error = ? WHERE key = ?", (now_ms, error, key))
 
         await self._write(work)
+
+    async def prune_inbox(self, now_ms: int) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return db.execute(
+                "DELETE FROM inbox WHERE handled_ms IS NOT NULL AND handled_ms < ?", (now_ms - self.retention_ms,)
+            ).rowcount
+
+        return await self._write(work)
 
     async def users_with_pending_work(self) -> list[str]:
         def work(db: sqlite3.Connection) -> list[str]:

@@ -208,3 +208,15 @@ async def test_inspect_and_forget_a_user(store: Store) -> None:
     view = await store.inspect_user("u1")
     assert (view.record, view.tokens, view.refused) == (None, [], [])
     assert await store.pending_events("u1") == []
+
+
+async def test_handled_events_are_pruned_after_the_retention_pending_ones_never(store: Store) -> None:
+    await store.add_events([event("old", ts=1), event("pending", ts=2)])
+    await store.commit_step(StepWrite("old", UserRecord("u1")), 1_000)
+    week = 7 * 86_400_000
+    assert await store.prune_inbox(1_000 + week - 1) == 0
+    if isinstance(store, MongoStore):
+        return  # the server's TTL index does it, on its own schedule
+    assert await store.prune_inbox(1_000 + week + 1) == 1
+    assert [e.key for e in await store.pending_events("u1")] == ["pending"]
+    assert await store.add_events([event("old")]) != []  # forgotten: only within the retention is a retry a no-op
