@@ -97,7 +97,10 @@ async def test_sigkill_mid_flight_then_restart_handles_each_event_once(tmp_path:
     # never resent; every other reply was confirmed exactly once
     assert store["outbox_sent"] + uncertain == USERS * PER_USER, json.dumps(store)
     assert store["outbox_sent"] <= len(fake.sent) <= USERS * PER_USER
-    assert uncertain <= USERS  # at most one in-flight send per user at the kill
+    # `uncertain` also covers replies that did go out but whose `sent` mark (written after the call, queued) had
+    # not landed; what can be lost is at most the one send per user truly in flight at the kill
+    lost = USERS * PER_USER - len(fake.sent)
+    assert 0 <= lost <= USERS
     for u in range(USERS):  # each user's replies went out in their order
         numbers = [int(m.text.split(" n")[1]) for m in fake.messages_to(f"user{u}") if m.text]
         assert numbers == sorted(numbers)
