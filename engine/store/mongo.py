@@ -19,6 +19,7 @@ Atomicity:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -423,11 +424,17 @@ class MongoStore:
 
     # -- campaigns -------------------------------------------------------------------------------------------
     async def open_campaign(self, campaign: Campaign) -> Campaign:
-        try:
-            doc = await self._open_campaign(campaign)
-        except DuplicateKeyError:  # two processes upserted at once: the other one's insert won; read it
-            doc = await self.db.campaigns.find_one({"_id": campaign.id})
-        assert doc is not None
+        doc = None
+        for _ in range(50):  # two processes upserting at once: the loser retries until the winner's insert shows
+            try:
+                doc = await self._open_campaign(campaign)
+            except DuplicateKeyError:
+                doc = await self.db.campaigns.find_one({"_id": campaign.id})
+            if doc is not None:
+                break
+            await asyncio.sleep(0.02)
+        if doc is None:
+            raise RuntimeError(f"campaign {campaign.id}: could not be created nor read")
         return Campaign(doc["_id"], doc["topic"], doc["segment"], doc["vars"], doc["created_ms"], doc["status"])
 
     async def _open_campaign(self, campaign: Campaign) -> dict[str, Any] | None:
