@@ -74,6 +74,7 @@ class Dispatcher:
         self.clock = clock or handler.clock
         self._retrying: set[str] = set()
         self._lease_until: dict[str, int] = {}
+        self._releases: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._pruner: asyncio.Task[None] | None = None
         self._slots = asyncio.Semaphore(concurrency)
@@ -87,14 +88,12 @@ class Dispatcher:
     def wake(self, user_id: str, events: list[StoredEvent] | None = None) -> None:
         """New work for a user: `events` just stored, or (None) whatever the store holds for them."""
         now = time.monotonic()
+        for event in events or ():
+            self._received_at[event.key] = now
         if events is None or self.leases:  # with leases, the store is read: other processes store events too
             self._resume.add(user_id)
-            for event in events or ():
-                self._received_at[event.key] = now
         else:
             self._handed.setdefault(user_id, []).extend(events)
-            for event in events:
-                self._received_at[event.key] = now
         if user_id in self._workers:
             self._again.add(user_id)
             return
@@ -173,6 +172,7 @@ class Dispatcher:
         for task in list(self._workers.values()):
             task.cancel()
         await asyncio.gather(*list(self._workers.values()), return_exceptions=True)
+        await asyncio.gather(*list(self._releases), return_exceptions=True)
         await self.sender.flush()
 
     @property
@@ -215,8 +215,9 @@ class Dispatcher:
             del self._workers[user_id]  # no await between the last check of _again and here: no lost wake-up
             if leased and self.leases:
                 self._lease_until.pop(user_id, None)
-                release = self.store.release_lease(user_id, self.leases.owner)
-                asyncio.get_running_loop().create_task(release)
+                release = asyncio.get_running_loop().create_task(self.store.release_lease(user_id, self.leases.owner))
+                self._releases.add(release)  # kept until done (and awaited at stop), not left to the collector
+                release.add_done_callback(self._releases.discard)
             elif not self.leases:
                 self._handed.pop(user_id, None)
 
