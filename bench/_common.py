@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 
@@ -28,3 +31,13 @@ async def wait_http(url: str, timeout: float = 30) -> None:
                 pass
             await asyncio.sleep(0.05)
     raise RuntimeError(f"{url} did not come up")
+
+
+def start_fake_graph(port: int, root: Path) -> subprocess.Popen[bytes]:
+    """The fake Graph API in its own process on loopback (stop it with .terminate())."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "engine.testing.fake_graph", "--port", str(port)],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )

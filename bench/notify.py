@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import free_port  # noqa: E402
+from _common import free_port, start_fake_graph  # noqa: E402
 
 
 def seed(path: Path, users: int, fresh: bool = False) -> None:
@@ -177,12 +177,7 @@ def main() -> None:
 
     port = free_port()
     graph = f"http://127.0.0.1:{port}"
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "engine.testing.fake_graph", "--port", str(port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    fake = start_fake_graph(port, ROOT)
     rows = []
     try:
         time.sleep(1.5)

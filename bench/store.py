@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import free_port, wait_http  # noqa: E402
+from _common import free_port, start_fake_graph, wait_http  # noqa: E402
 
 from engine.messenger.signature import sign  # noqa: E402
 from engine.store import StepWrite, StoredEvent, UserRecord, open_store  # noqa: E402
@@ -167,12 +167,7 @@ async def main() -> None:
     args = parser.parse_args()
     graph_port = free_port()
     graph = f"http://127.0.0.1:{graph_port}"
-    fake = subprocess.Popen(
-        [sys.executable, "-m", "engine.testing.fake_graph", "--port", str(graph_port)],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    fake = start_fake_graph(graph_port, ROOT)
     mongo_base, secantus = start_secantus()
     results = []
     try:

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import free_port, wait_http  # noqa: E402
+from _common import free_port, start_fake_graph, wait_http  # noqa: E402
 
 from engine.messenger.signature import sign  # noqa: E402
 
@@ -113,7 +113,7 @@ async def main() -> None:
 
     graph_port = free_port()
     graph = f"http://127.0.0.1:{graph_port}"
-    fake = start([sys.executable, "-m", "engine.testing.fake_graph", "--port", str(graph_port)])
+    fake = start_fake_graph(graph_port, ROOT)
     results: dict[str, dict[str, float]] = {}
     try:
         await wait_http(f"{graph}/_fake/sent")

@@ -222,17 +222,13 @@ def cmd_graph(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from .config import SECRETS, ConfigError, load_settings
+    from .config import SECRETS
     from .flow import FlowError
     from .logs import setup_logging
     from .web import create_app
     from .web.keys import FLOWS, GRAPH_URL, SETTINGS
 
-    try:
-        settings = load_settings(Path(args.config) if args.config else None)
-    except ConfigError as err:
-        print(f"otnflow: {err}", file=sys.stderr)
-        return 2
+    settings = _settings(args)
     setup_logging(
         str(settings["log.level"]),
         str(settings["log.format"]),
