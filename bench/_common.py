@@ -36,7 +36,7 @@ async def wait_http(url: str, timeout: float = 30) -> None:
 def start_fake_graph(port: int, root: Path) -> subprocess.Popen[bytes]:
     """The fake Graph API in its own process on loopback (stop it with .terminate())."""
     return subprocess.Popen(
-        [sys.executable, "-m", "engine.testing.fake_graph", "--port", str(port)],
+        [sys.executable, "-m", "engine.local.fake_graph", "--port", str(port)],
         cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -19,8 +19,9 @@ import pytest
 from aiohttp import ClientResponse, web
 
 from engine.config import Settings, load_settings
+from engine.local import FakeGraph
 from engine.messenger.signature import sign
-from engine.testing import FakeGraph, ManualClock
+from engine.testing import ManualClock
 from engine.web import create_app
 from engine.web.keys import DISPATCHER, STORE
 

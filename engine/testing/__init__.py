@@ -1,6 +1,7 @@
-"""Test support shipped with the package: a fake Graph API faithful to messenger-platform.md and a clock."""
+"""Test support shipped with the package: a manual clock, the flow-test harness, conversation files, the pytest
+plugin. `FakeGraph` lives in `engine.local` (local mode uses it too) and is re-exported here for flow tests."""
 
+from ..local.fake_graph import FakeGraph
 from .clock import ManualClock
-from .fake_graph import FakeGraph
 
 __all__ = ["FakeGraph", "ManualClock"]

@@ -29,13 +29,13 @@ from aiohttp import web
 
 from ..config import Settings, load_settings
 from ..flow import CompiledFlow
+from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
 from ..runtime.notify import CampaignReport
 from ..store import Token, UserRecord
 from ..web import create_app
 from ..web.keys import CAMPAIGNS, DISPATCHER, STORE
 from .clock import ManualClock
-from .fake_graph import FakeGraph, SentMessage
 
 PAGE_ID = "106000000000001"
 SECRET = "harness-app-secret"

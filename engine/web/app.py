@@ -11,13 +11,13 @@ from aiohttp import web
 
 from ..config import Settings
 from ..flow import CompiledFlow, load_flows
+from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
 from ..runtime.clock import Clock, OffsetClock, SystemClock
 from ..runtime.engine import assemble, default_flow_name, graph_settings
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingState
 from ..store import open_store
-from ..testing.fake_graph import FakeGraph
 from . import api, ops, reload, webhook
 from . import playground as playground_routes
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, GRAPH, GRAPH_URL, METRICS, SENDING, SETTINGS, STORE

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..flow import CompiledFlow
+from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
 from ..runtime.clock import Clock
 from ..runtime.dispatcher import Dispatcher
@@ -13,7 +14,6 @@ from ..runtime.metrics import Metrics
 from ..runtime.notify import CampaignRunner
 from ..runtime.sender import SendingState
 from ..store import Store
-from ..testing.fake_graph import FakeGraph
 
 SETTINGS = web.AppKey("settings", Settings)
 FLOWS: web.AppKey[dict[str, CompiledFlow]] = web.AppKey("flows")

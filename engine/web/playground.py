@@ -18,12 +18,12 @@ import aiohttp
 from aiohttp import web
 
 from ..flow.diagram import to_svg
+from ..local.fake_graph import SentMessage
 from ..messenger.signature import sign
 from ..policy import Facts, window_open
 from ..policy.gate import HOUR_MS
 from ..runtime.clock import OffsetClock
 from ..store import UserRecord
-from ..testing.fake_graph import SentMessage
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.playground")

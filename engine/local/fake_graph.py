@@ -363,7 +363,7 @@ def validate_message(message: dict[str, Any]) -> str | None:
 
 
 def main() -> None:
-    """Run the fake on its own: `python -m engine.testing.fake_graph --port 8081` (benchmarks, manual tests)."""
+    """Run the fake on its own: `python -m engine.local.fake_graph --port 8081` (benchmarks, manual tests)."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8081)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from engine.testing import FakeGraph
+from engine.local import FakeGraph
 from tests.conftest import serve_on_loopback
 
 WINDOW = 24 * 3_600_000
