@@ -26,6 +26,8 @@ def _flow_options(args: argparse.Namespace) -> FlowOptions:
     try:
         options = load_settings(Path(args.config) if args.config else None).flow_options()
     except ConfigError:
+        if args.config:  # one named on the command line must be usable; a broken default one is `serve`'s problem
+            raise
         options = FlowOptions()
     templates = Path(args.templates) if args.templates else options.templates_dir or Path("templates")
     return FlowOptions(templates, options.limits, options.otn_available)
@@ -210,6 +212,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    if not Path(args.flow).is_file():
+        print(f"otnflow graph: {args.flow} is not a flow file", file=sys.stderr)
+        return 2
     spec, report = read_flow(Path(args.flow))
     if spec is None:
         for diagnostic in report.diagnostics:
@@ -281,6 +286,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     from .testing.conversations import ConversationRunner, conversation_files, load_conversations
 
     paths = [Path(p) for p in args.paths] or [Path("flows")]
+    missing = [p for p in paths if not p.exists()]
+    if missing:
+        print(f"otnflow test: no such file or folder: {', '.join(map(str, missing))}", file=sys.stderr)
+        return 2
     files = conversation_files(paths)
     if not files:
         print(f"otnflow test: no test_*.toml under {', '.join(map(str, paths))}", file=sys.stderr)
@@ -294,6 +303,7 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(path)
             try:
                 conversations = load_conversations(path)
+                runner.flows(conversations)
             except FlowError as err:
                 print("\n".join(f"  {d}" for d in err.diagnostics))
                 failed += 1
@@ -317,6 +327,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
     from .flow import FlowError
     from .testing.chat import PROMPT, run
+    from .testing.harness import HarnessError
 
     interactive = sys.stdin.isatty()
 
@@ -330,7 +341,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return asyncio.run(run(args.flow, Path(args.config) if args.config else None, args.user, read))
     except FlowError as err:
         print(err, file=sys.stderr)
+        print("otnflow chat: the flows have errors (listed above)", file=sys.stderr)
         return 1
+    except HarnessError as err:
+        print(f"otnflow chat: {err}", file=sys.stderr)
+        return 2
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -351,6 +366,12 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535)")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="otnflow", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -369,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the webhook server (local mode without a page token)")
     serve.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
     serve.add_argument("--host", help="override server.host")
-    serve.add_argument("--port", type=int, help="override server.port")
+    serve.add_argument("--port", type=_port, help="override server.port")
     serve.add_argument(
         "--playground",
         action="store_true",
@@ -412,8 +433,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Expected failures (bad settings, broken flows, missing files, a port in use) end in one line, never a
+    traceback; each command handles its own first, this is the net under them."""
+    from .flow import FlowError
+
     args = build_parser().parse_args(argv)
-    code: int = args.run(args)
+    try:
+        code: int = args.run(args)
+    except FlowError as err:
+        for diagnostic in err.diagnostics:
+            print(diagnostic, file=sys.stderr)
+        print(f"otnflow {args.command}: the flows have errors (listed above)", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as err:  # ConfigError is a ValueError
+        print(f"otnflow {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
     return code
 
 

@@ -87,6 +87,10 @@ def check_paths(
 
 def load_flows(paths: Iterable[Path], options: FlowOptions = FlowOptions()) -> dict[str, CompiledFlow]:
     """For the server: every flow, or FlowError listing every problem of every file."""
+    paths = list(paths)
+    missing = [Diagnostic(str(p), 1, "no such flows folder or file") for p in paths if not p.exists()]
+    if missing:
+        raise FlowError(missing)
     flows, diagnostics = check_paths(paths, options)
     errors = [d for d in diagnostics if d.is_error]
     if errors:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,8 +44,15 @@ def graph_settings(settings: Settings, base_url: str | None = None) -> GraphSett
 def default_flow_name(settings: Settings, flows: Mapping[str, CompiledFlow]) -> str:
     default = str(settings["flows.default"]) or sorted(flows)[0]
     if default not in flows:
-        raise ValueError(f"flows.default = {default!r} is not a loaded flow; loaded: {', '.join(sorted(flows))}")
+        raise ValueError(f"flows.default: {no_such_flow(default, flows)}")
     return default
+
+
+def no_such_flow(name: str, flows: Mapping[str, CompiledFlow]) -> str:
+    """One line for a flow name that is not loaded: the closest name, and every flow there is."""
+    close = difflib.get_close_matches(name, list(flows), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"no flow named '{name}'{hint} (the flows: {', '.join(sorted(flows)) or 'none'})"
 
 
 def assemble(

@@ -1,9 +1,5 @@
-"""`otnflow chat FLOW`: the playground in a terminal. Type to talk; a number taps that quick reply or button.
-
-    /tap TITLE      tap by title            /optin [TOPIC]   tap Notify Me on the latest request
-    /advance 25h    move the clock          /notify TOPIC [key=value ...]   send a topic's notification to you
-    /tags /state /vars /tokens              what the engine knows of you
-    /quit
+"""`otnflow chat FLOW`: the playground in a terminal. Type to talk; a number taps that quick reply or button;
+`/help` lists the commands (HELP below).
 
 It runs the real engine on the harness (engine/testing/harness.py): a fresh store, the fake Graph API, a clock you
 move.
@@ -16,12 +12,20 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from .conversations import parse_duration
 from .harness import Bot, BotUser, HarnessError, ReplyView
 
 PROMPT = "you> "
+HELP = """type to talk; a number taps that quick reply or button
+  /tap TITLE                      tap a quick reply or button by its title
+  /optin [TOPIC]                  tap Notify Me on the latest request (for TOPIC)
+  /advance 25h                    move the clock (s, m, h, d)
+  /notify TOPIC [key=value ...]   send a topic's notification to you; quote values with spaces:
+                                  /notify back_in_stock item="almond croissant"
+  /tags /state /vars /tokens      what the engine knows of you
+  /help /quit"""
 
 
 def show(replies: list[ReplyView], out: TextIO) -> list[str]:
@@ -43,8 +47,7 @@ def show(replies: list[ReplyView], out: TextIO) -> list[str]:
 async def run(
     flow: str | None, config: Path | None, user_id: str, read: Callable[[], str | None], out: TextIO = sys.stdout
 ) -> int:
-    settings: dict[str, Any] = {"flows_default": flow} if flow else {}
-    async with Bot.start(config=config, **settings) as bot:
+    async with Bot.start(config=config, flow=flow) as bot:
         user = bot.user(user_id, first_name=user_id.title())
         print(f"chatting with {flow or 'the default flow'} as {user_id}; /quit to leave", file=out)
         choices: list[str] = []
@@ -83,7 +86,7 @@ async def step(
     if command == "/notify":
         if not args:
             raise ValueError("/notify TOPIC [key=value ...]")
-        variables = dict(arg.split("=", 1) for arg in args[1:] if "=" in arg)
+        variables = notify_vars(args[1:])
         before = len(user.replies)
         report = await bot.notify(args[0], **variables)
         print(f"-- notification {args[0]}: {report.counts or 'you hold no token'}", file=out)
@@ -97,4 +100,25 @@ async def step(
     if command in views:
         print(f"-- {command[1:]}: {views[command]()}", file=out)
         return None, choices
-    raise ValueError(f"unknown command {command}; try /tap /optin /advance /notify /tags /state /vars /tokens /quit")
+    if command == "/help":
+        print(HELP, file=out)
+        return None, choices
+    raise ValueError(f"unknown command {command}; /help lists them")
+
+
+def notify_vars(words: list[str]) -> dict[str, str]:
+    """`key=value` words (already split like a shell: quotes keep spaces). A bare word is a value cut at a space:
+    refuse it rather than send a notification with half a value."""
+    variables: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if sep and key:
+            variables[key] = value
+            continue
+        if variables:
+            last, cut = next(reversed(variables.items()))
+            raise ValueError(
+                f"'{word}' is not key=value: was {last}={cut!r} cut at a space? quote it: {last}=\"{cut} {word}\""
+            )
+        raise ValueError(f"'{word}' is not key=value")
+    return variables

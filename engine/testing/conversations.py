@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from ..config import load_settings
-from ..flow import CompiledFlow, Diagnostic, FlowError, load_flows
+from ..flow import CompiledFlow, Diagnostic, FlowError, FlowOptions, load_flows
 from ..flow.diagnostics import KeyPath
 from ..flow.loader import Reporter, parse_toml
 from ..flow.locate import Locator
 from ..flow.shapes import Field, check_shape
-from .harness import Bot, BotUser, HarnessError, ReplyView
+from ..runtime.engine import no_such_flow
+from .harness import Bot, BotUser, HarnessError, ReplyView, unknown_setting
 
 ACTIONS = ("says", "taps", "opts_in", "advance", "notify", "expect")
 
@@ -120,6 +121,8 @@ class ConversationFile:
     templates_dir: Path
     config: Path | None
     settings: dict[str, Any]
+    flow: str | None = None  # the flow new users enter; None: the config's flows.default
+    flow_line: int = 1
 
 
 class StepFailure(AssertionError):
@@ -185,13 +188,24 @@ def load_conversations(path: Path) -> ConversationFile:
         else (settings_dir[1] if settings_dir else flows_dir.parent / "templates")
     )
     settings = dict(meta.get("settings", {})) if isinstance(meta.get("settings"), dict) else {}
-    if isinstance(meta.get("flow"), str):
-        settings["flows_default"] = meta["flow"]
+    for name in settings:
+        if problem := unknown_setting(name):
+            report.error(("conversation", "settings", name), problem)
+    flow = meta["flow"] if isinstance(meta.get("flow"), str) else None
     tests = [_test(raw, ("test", i), report) for i, raw in enumerate(document.get("test", [])) if isinstance(raw, dict)]
     errors = [d for d in report.diagnostics if d.is_error]
     if errors:
         raise FlowError(errors)
-    return ConversationFile(path, tests, flows_dir.resolve(), templates_dir.resolve(), config, settings)
+    return ConversationFile(
+        path,
+        tests,
+        flows_dir.resolve(),
+        templates_dir.resolve(),
+        config,
+        settings,
+        flow,
+        report.line(("conversation", "flow")) if flow else 1,
+    )
 
 
 def _test(raw: dict[str, Any], path: KeyPath, report: Reporter) -> ConversationTest:
@@ -356,18 +370,25 @@ class ConversationRunner:
         self._flows: dict[tuple[Path, Path, tuple[tuple[str, Any], ...]], dict[str, CompiledFlow]] = {}
 
     def flows(self, file: ConversationFile) -> dict[str, CompiledFlow]:
+        """The file's flows, compiled once per folder; FlowError (located) when they do not load or the file's
+        `[conversation] flow` names none of them."""
         key = (file.flows_dir, file.templates_dir, tuple(sorted(file.settings.items())))
         if key not in self._flows:
             env = {"OTNFLOW_FLOWS_TEMPLATES": str(file.templates_dir)}
-            options = load_settings(file.config, env).flow_options() if file.config else None
-            self._flows[key] = load_flows([file.flows_dir], options) if options else load_flows([file.flows_dir])
-        return self._flows[key]
+            options = load_settings(file.config, env).flow_options() if file.config else FlowOptions(file.templates_dir)
+            self._flows[key] = load_flows([file.flows_dir], options)
+        flows = self._flows[key]
+        if file.flow is not None and file.flow not in flows:
+            raise FlowError(
+                [Diagnostic(str(file.path), file.flow_line, f"[conversation] {no_such_flow(file.flow, flows)}", "flow")]
+            )
+        return flows
 
     async def run(self, file: ConversationFile, test: ConversationTest) -> TestResult:
         started = time.perf_counter()
         flows = self.flows(file)
         async with Bot.start(
-            file.flows_dir, file.templates_dir, config=file.config, compiled=flows, **file.settings
+            file.flows_dir, file.templates_dir, config=file.config, compiled=flows, flow=file.flow, **file.settings
         ) as bot:
             run = _Run(bot, test)
             for step in test.steps:

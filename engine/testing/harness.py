@@ -15,6 +15,7 @@ dispatcher, the flow, the policy gate, the outbox, the Send API client, the fake
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import json
 import tempfile
@@ -27,13 +28,15 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..config import Settings, load_settings
+from ..config import OPTIONS, Settings, load_settings
 from ..flow import CompiledFlow
 from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
+from ..runtime.engine import no_such_flow
 from ..runtime.notify import CampaignReport
 from ..store import Token, UserRecord
 from ..web import create_app
+from ..web.app import load_configured_flows
 from ..web.keys import CAMPAIGNS, DISPATCHER, STORE
 from .clock import ManualClock
 
@@ -45,6 +48,19 @@ START_MS = 1_764_240_000_000  # 2025-11-27: any fixed instant; tests move the cl
 
 class HarnessError(AssertionError):
     """A step the simulated user cannot take (tapping something not offered, ...): says what was offered."""
+
+
+#: Setting overrides a Bot takes, by dotted name with '_' for '.': policy_page_in_eu=True.
+SETTING_NAMES = frozenset(key.replace(".", "_") for key in OPTIONS)
+
+
+def unknown_setting(name: str, also: frozenset[str] = frozenset()) -> str | None:
+    """The complaint about an override that names no setting (a typo would otherwise be ignored), or None."""
+    if name in SETTING_NAMES or name in also:
+        return None
+    close = difflib.get_close_matches(name, [*also, *SETTING_NAMES], n=1)
+    hint = f"did you mean '{close[0]}'?" if close else "settings are named like policy_page_in_eu"
+    return f"unknown setting '{name}': {hint}"
 
 
 @dataclass(frozen=True)
@@ -206,11 +222,16 @@ class Bot:
         config: str | Path | None = None,
         store_dir: str | Path | None = None,
         compiled: dict[str, CompiledFlow] | None = None,
+        flow: str | None = None,
         **settings: Any,
     ) -> AsyncIterator[Bot]:
         """A bot over the flows in `flows` (default: config.toml's flows.dir, else ./flows), with a fresh SQLite
-        store in `store_dir` (a temporary folder by default). `settings` override config.toml's, by dotted name
-        with '_' for '.': policy_page_in_eu=True. `compiled` reuses flows already loaded (fast test suites)."""
+        store in `store_dir` (a temporary folder by default); new users enter `flow` (default: config.toml's
+        flows.default). `settings` override config.toml's, by dotted name with '_' for '.':
+        policy_page_in_eu=True. `compiled` reuses flows already loaded (fast test suites)."""
+        for name in settings:
+            if problem := unknown_setting(name):
+                raise HarnessError(problem)
         with tempfile.TemporaryDirectory(prefix="otnflow-harness-") as tmp:
             folder = Path(store_dir) if store_dir else Path(tmp)
             config_path = Path(config) if config else None
@@ -237,24 +258,31 @@ class Bot:
                     for key, value in settings.items()
                 }
             )
+            if flow is not None:
+                env["OTNFLOW_FLOWS_DEFAULT"] = flow
+                compiled = compiled or load_configured_flows(load_settings(config_path, env))
+                if flow not in compiled:
+                    raise HarnessError(no_such_flow(flow, compiled))
             clock = ManualClock(START_MS)
             fake = FakeGraph(page_token="harness-page-token", clock=clock.now_ms)
             fake_runner = web.AppRunner(fake.app(), access_log=None)
             await fake_runner.setup()
             await web.TCPSite(fake_runner, "127.0.0.1", 0).start()
-            env["OTNFLOW_GRAPH_URL"] = f"http://127.0.0.1:{fake_runner.addresses[0][1]}"
-            bot = cls(load_settings(config_path, env), clock, fake)
-            bot.app = create_app(bot.settings, flows=compiled, clock=clock)
-            runner = web.AppRunner(bot.app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            bot.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            bot.session = aiohttp.ClientSession()
             try:
-                yield bot
+                env["OTNFLOW_GRAPH_URL"] = f"http://127.0.0.1:{fake_runner.addresses[0][1]}"
+                bot = cls(load_settings(config_path, env), clock, fake)
+                bot.app = create_app(bot.settings, flows=compiled, clock=clock)
+                runner = web.AppRunner(bot.app, access_log=None)
+                await runner.setup()
+                await web.TCPSite(runner, "127.0.0.1", 0).start()
+                bot.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+                bot.session = aiohttp.ClientSession()
+                try:
+                    yield bot
+                finally:
+                    await bot.session.close()
+                    await runner.cleanup()
             finally:
-                await bot.session.close()
-                await runner.cleanup()
                 await fake_runner.cleanup()
 
     def user(self, user_id: str, first_name: str | None = None, last_name: str | None = None) -> BotUser:

@@ -1,8 +1,9 @@
 """The otnflow pytest plugin (registered through the `pytest11` entry point).
 
 - The `otnflow_bot` fixture (also as `bot`): a Bot over the project's flows (config.toml's, or those a
-  `@pytest.mark.otnflow(flows=..., templates=..., **settings)` marker names), with a fresh temporary store, the
-  fake Graph API and a clock at a fixed instant. See engine/testing/harness.py for what a Bot and its users do.
+  `@pytest.mark.otnflow(flow=..., flows=..., templates=..., config=..., **settings)` marker names), with a fresh
+  temporary store, the fake Graph API and a clock at a fixed instant. An unknown keyword fails the test (a typo
+  must not silently run another flow). See engine/testing/harness.py for what a Bot and its users do.
 - Conversation test files (`test_*.toml`) are collected like Python test files, one pytest item per [[test]].
 """
 
@@ -17,14 +18,18 @@ import pytest
 
 from ..flow import FlowError
 from .conversations import ConversationFile, ConversationRunner, ConversationTest, load_conversations
-from .harness import Bot
+from .harness import Bot, unknown_setting
 
 RUNNER = ConversationRunner()
+#: The marker's own keywords; any other must name a setting.
+MARKER_KEYWORDS = frozenset({"flow", "flows", "templates", "config", "store_dir"})
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "otnflow(flows=None, templates=None, config=None, **settings): how the otnflow_bot fixture runs"
+        "markers",
+        "otnflow(flow=None, flows=None, templates=None, config=None, **settings): how the otnflow_bot fixture runs "
+        "(flow: the flow new users enter; settings by name with '_' for '.', e.g. policy_page_in_eu=True)",
     )
 
 
@@ -42,6 +47,7 @@ class ConversationFileCollector(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         try:
             conversations = load_conversations(self.path)
+            RUNNER.flows(conversations)
         except FlowError as err:
             raise self.CollectError(str(err)) from None
         for test in conversations.tests:
@@ -81,6 +87,9 @@ if HAVE_PYTEST_ASYNCIO:
     async def otnflow_bot(request: pytest.FixtureRequest) -> AsyncIterator[Bot]:
         marker = request.node.get_closest_marker("otnflow")
         options: dict[str, Any] = dict(marker.kwargs) if marker else {}
+        for name in options:
+            if problem := unknown_setting(name, MARKER_KEYWORDS):
+                pytest.fail(f"@pytest.mark.otnflow: {problem.replace('setting', 'keyword', 1)}", pytrace=False)
         root = Path(request.config.rootpath)
         config = options.pop("config", None) or (root / "config.toml" if (root / "config.toml").exists() else None)
         async with Bot.start(

@@ -214,7 +214,7 @@ async def test_eu_page_gets_no_otn_requests_and_no_notifications() -> None:
 
 
 async def test_eu_user_tag_blocks_otn_for_that_user() -> None:
-    async with Bot.start(POLICY_FLOWS, POLICY_FLOWS, config=ROOT / "config.toml", flows_default="orders") as bot:
+    async with Bot.start(POLICY_FLOWS, POLICY_FLOWS, config=ROOT / "config.toml", flow="orders") as bot:
         dana = bot.user("dana")
         await dana.says("hi")
         await dana.taps("My order")
@@ -229,7 +229,7 @@ async def test_eu_user_tag_blocks_otn_for_that_user() -> None:
 
 
 async def test_tagged_reply_goes_outside_the_window_and_an_untagged_one_is_refused() -> None:
-    async with Bot.start(POLICY_FLOWS, POLICY_FLOWS, config=ROOT / "config.toml", flows_default="orders") as bot:
+    async with Bot.start(POLICY_FLOWS, POLICY_FLOWS, config=ROOT / "config.toml", flow="orders") as bot:
         carol = bot.user("carol")
         await carol.says("hi")
         await carol.taps("My order")
