@@ -249,8 +249,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"otnflow: {err}", file=sys.stderr)
         return 2
-    live_playground = args.playground and not settings.local_mode
-    host = args.host or ("127.0.0.1" if live_playground else str(settings["server.host"]))
+    host = args.host or str(settings["server.host"])
     port = args.port if args.port is not None else int(settings["server.port"])
 
     async def banner(app: web.Application) -> None:
@@ -261,7 +260,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"  flows: {', '.join(sorted(flows))}",
             f"  store: {s.store_url}",
         ]
-        if s.local_mode or args.playground:
+        if s.local_mode:
             lines.append(f"  playground: http://{host}:{port}/playground")
         if s.local_mode:
             lines += [
@@ -394,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--playground",
         action="store_true",
-        help="serve the playground even with a page token (replies then go to the in-process fake "
-        "Graph API; binds to 127.0.0.1 unless --host says otherwise)",
+        help="insist on the playground: it is served in local mode (no OTNFLOW_PAGE_TOKEN) and refused with a "
+        "page token, since it would drive the real users in the live store",
     )
     serve.set_defaults(run=cmd_serve)
 

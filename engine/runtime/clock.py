@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
@@ -26,5 +27,8 @@ class OffsetClock:
         return int(time.time() * 1000) + self.offset_ms
 
     def advance(self, *, days: float = 0, hours: float = 0, minutes: float = 0) -> int:
-        self.offset_ms += int(((days * 24 + hours) * 60 + minutes) * 60_000)
+        step_ms = ((days * 24 + hours) * 60 + minutes) * 60_000
+        if not math.isfinite(step_ms) or step_ms < 0:
+            raise ValueError(f"the clock only moves forward, by a finite amount (not {days=}, {hours=}, {minutes=})")
+        self.offset_ms += int(step_ms)
         return self.now_ms()

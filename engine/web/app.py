@@ -23,6 +23,11 @@ from . import playground as playground_routes
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, GRAPH, GRAPH_URL, METRICS, SENDING, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.web")
+PLAYGROUND_REFUSED = (
+    "the playground is a local tool and is not served with OTNFLOW_PAGE_TOKEN set: it would let anyone who "
+    "reaches it message, reset and read the real users in this store. Unset OTNFLOW_PAGE_TOKEN to run it in local "
+    "mode (fake Graph API, local store)"
+)
 
 
 def load_configured_flows(settings: Settings) -> dict[str, CompiledFlow]:
@@ -36,9 +41,12 @@ def create_app(
     fake_graph: FakeGraph | None = None,
     playground: bool | None = None,
 ) -> web.Application:
-    """Build the server. In local mode (no page token), or with `playground=True`, replies go to a fake Graph API
-    running in-process on loopback, the playground page is served, the clock can be moved forward, and flow files
-    are reloaded when they change (after they pass the checker)."""
+    """Build the server. In local mode (no page token) replies go to a fake Graph API running in-process on
+    loopback, the playground page is served, the clock can be moved forward, and flow files are reloaded when they
+    change (after they pass the checker). `playground=True` with a page token is a ValueError: the playground
+    drives the store it is given, and a live store holds real users and their tokens."""
+    if playground and not settings.local_mode:
+        raise ValueError(PLAYGROUND_REFUSED)
     app = web.Application(client_max_size=int(settings["server.max_body_bytes"]))
     app[SETTINGS] = settings
     loaded = dict(flows) if flows is not None else load_configured_flows(settings)

@@ -4,18 +4,26 @@ Everything goes through the real path: each action becomes signed webhook JSON p
 /webhook, and the replies are what the in-process fake Graph API received. The transcript is kept in memory per
 playground user (a development tool, local mode only); the engine itself still keeps nothing per user between
 events.
+
+Local mode only, and even there no other web site may drive it: every API call must carry the token embedded in
+the page (made fresh per process), come from the page's own origin, name a loopback or IP-address host (so a DNS
+rebinding name cannot reach it) and, for actions, be `application/json` checked against the action's schema.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import logging
+import secrets
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from ..flow.diagram import to_svg
 from ..local.fake_graph import SentMessage
@@ -24,11 +32,36 @@ from ..policy import Facts, window_open
 from ..policy.gate import HOUR_MS
 from ..runtime.clock import OffsetClock
 from ..store import UserRecord
+from .bodies import BadBody, checked_body
+from .guard import same_secret
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.playground")
 PAGE_ID = "106000000000001"
 MAX_TRANSCRIPT = 500
+TOKEN_HEADER = "X-Playground-Token"
+TOKEN_PLACEHOLDER = "__OTNFLOW_PLAYGROUND_TOKEN__"
+MAX_ADVANCE_DAYS = 3660  # one step of the clock: ten years and a bit, well past a token's year of life
+
+_TEXT = {"type": "string"}
+_DAYS = {"type": "number", "minimum": 0, "maximum": MAX_ADVANCE_DAYS}
+ACTION_SCHEMAS: dict[str, dict[str, Any]] = {
+    "say": {"properties": {"text": _TEXT}},
+    "tap": {"properties": {"title": _TEXT, "payload": _TEXT, "postback": {"type": "boolean"}}},
+    "optin": {"properties": {"payload": _TEXT}},
+    "advance": {"properties": {"days": _DAYS, "hours": {**_DAYS, "maximum": MAX_ADVANCE_DAYS * 24}}},
+    "notify": {
+        "properties": {
+            "topic": _TEXT,
+            "segment": _TEXT,
+            "to": {"enum": ["user", "segment"]},
+            "vars": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
+        }
+    },
+    "reset": {},
+    "flow": {"properties": {"flow": _TEXT}},
+}
+"""What each action reads from its JSON object (besides `user`); other keys are ignored."""
 
 
 class Playground:
@@ -39,6 +72,7 @@ class Playground:
         self.reload_status = ""
         self._mids = itertools.count(1)
         self.session: aiohttp.ClientSession | None = None
+        self.token = secrets.token_urlsafe(32)
 
     def note(self, user_id: str, entry: dict[str, Any]) -> None:
         transcript = self.transcripts.setdefault(user_id, [])
@@ -51,11 +85,59 @@ PLAYGROUND: web.AppKey[Playground] = web.AppKey("playground", Playground)
 
 def setup(app: web.Application) -> None:
     app[PLAYGROUND] = Playground()
-    app.router.add_get("/playground", page)
-    app.router.add_get("/playground/api/state", state)
-    app.router.add_get("/playground/api/diagram", diagram)
-    app.router.add_post("/playground/api/{action}", act)
+    app.router.add_get("/playground", _guarded(page, needs_token=False))
+    app.router.add_get("/playground/api/state", _guarded(state))
+    app.router.add_get("/playground/api/diagram", _guarded(diagram))
+    app.router.add_post("/playground/api/{action}", _guarded(act))
     app.cleanup_ctx.append(_session_ctx)
+
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
+
+
+def _guarded(handler: Handler, needs_token: bool = True) -> Handler:
+    async def guarded(request: web.Request) -> web.Response:
+        refusal = _refusal(request, needs_token)
+        if refusal is not None:
+            log.warning("playground request refused: %s %s: %s", request.method, request.path, refusal)
+            return web.json_response({"error": refusal}, status=403)
+        return await handler(request)
+
+    return guarded
+
+
+def _refusal(request: web.Request, needs_token: bool) -> str | None:
+    """Why this request may not use the playground, or None. Cheap checks first; the token last."""
+    if not _ip_or_localhost(request.host):
+        return "the playground answers only at localhost or an IP address (this Host header names another site)"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        return f"the playground answers only its own page (request from origin {origin[:100]!r})"
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return "the playground answers only its own page (a cross-site request)"
+    if not needs_token:
+        return None
+    if not same_secret(request.headers.get(TOKEN_HEADER, ""), request.app[PLAYGROUND].token):
+        return f"missing or wrong {TOKEN_HEADER} (reload the playground page)"
+    if request.method == "POST" and request.content_type != "application/json":
+        return "playground actions take Content-Type: application/json"
+    return None
+
+
+def _ip_or_localhost(host: str) -> bool:
+    """A DNS rebinding attack reaches a loopback server under the attacker's own name; an address cannot be
+    rebound. So: `localhost` or an IP literal, with any port."""
+    if any(char in host for char in "@/?#\\"):
+        return False
+    try:
+        name = URL(f"http://{host}/").host or ""
+    except ValueError:
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return name == "localhost"
+    return True
 
 
 async def _session_ctx(app: web.Application) -> Any:
@@ -66,23 +148,29 @@ async def _session_ctx(app: web.Application) -> Any:
 
 async def page(request: web.Request) -> web.Response:
     html = resources.files("engine.web").joinpath("static/playground.html").read_text(encoding="utf-8")
-    return web.Response(text=html, content_type="text/html")
+    html = html.replace(TOKEN_PLACEHOLDER, request.app[PLAYGROUND].token)
+    headers = {"Cache-Control": "no-store", "Content-Security-Policy": "frame-ancestors 'none'"}
+    return web.Response(text=html, content_type="text/html", headers=headers)
 
 
 def _user(request: web.Request, body: dict[str, Any] | None = None) -> str:
     user = (body or {}).get("user") or request.query.get("user") or "tester"
-    return str(user)[:64]
+    if not isinstance(user, str):
+        raise BadBody("'user' must be a string", "user")
+    return user[:64]
 
 
 # -- actions: each one is webhook JSON through the real path -------------------------------------------------
 async def act(request: web.Request) -> web.Response:
     app = request.app
-    try:
-        body = await request.json()
-    except ValueError:
-        return web.json_response({"error": "body must be JSON"}, status=400)
-    user_id = _user(request, body)
     action = request.match_info["action"]
+    if action not in ACTION_SCHEMAS:
+        return web.json_response({"error": f"unknown action {action!r}"}, status=404)
+    try:
+        body = await checked_body(request, {"type": "object", **ACTION_SCHEMAS[action]})
+        user_id = _user(request, body)
+    except BadBody as bad:
+        return bad.response()
     playground, fake, clock = app[PLAYGROUND], app[FAKE_GRAPH], app[CLOCK]
     mid = f"m_play_{next(playground._mids)}"
     try:
@@ -119,7 +207,7 @@ async def act(request: web.Request) -> web.Response:
             report = await app[CAMPAIGNS].run(
                 str(body.get("topic", "")),
                 str(body.get("segment", "")),
-                dict(body.get("vars", {})),
+                body.get("vars", {}),
                 f"playground-{mid}",
                 only_users=only,
             )
@@ -142,8 +230,6 @@ async def act(request: web.Request) -> web.Response:
             fake.sent[:] = [m for m in fake.sent if m.user_id != user_id]
             playground.seen_sent.pop(user_id, None)
             playground.note(user_id, {"from": "clock", "text": f"now talking to the flow {flow}"})
-        else:
-            return web.json_response({"error": f"unknown action {action!r}"}, status=404)
     except ValueError as err:  # a campaign that cannot start, a bad number
         return web.json_response({"error": str(err)}, status=400)
     await _collect(app, user_id)

@@ -1,14 +1,18 @@
 """The playground in real headless Chromium (Debian's `chromium`, driven by Playwright): chat through the wine shop,
 tap a quick reply, opt in through Notify Me, move the clock past 24 hours, send the notification, and check the
-thread, the tags panel and the window indicator. A screenshot is saved under the test's temporary folder."""
+thread, the tags panel and the window indicator. A screenshot is saved under the test's temporary folder.
+And another web site open in the same browser cannot drive it."""
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from engine.config import load_settings
 from engine.web import create_app
@@ -35,8 +39,9 @@ async def playground(tmp_path: Path) -> AsyncIterator[Loopback]:
     await served.runner.cleanup()
 
 
-async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: Loopback, tmp_path: Path) -> None:
-    from playwright.async_api import async_playwright, expect
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         browser = await p.chromium.launch(
@@ -51,47 +56,97 @@ async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: 
             ],
         )
         try:
-            page = await browser.new_page(viewport={"width": 1400, "height": 900})
-            await page.goto(f"{playground.url}/playground")
-            await page.fill("#user", "alice")
-            await page.dispatch_event("#user", "change")
-
-            await page.fill("#text", "hi")
-            await page.click("#composer button")
-            await expect(page.locator("#thread .bot").last).to_have_text(
-                "Hi Alice! Welcome to the cellar. Red or white tonight?RESPONSE"
-            )
-            await expect(page.locator("#window")).to_have_text("open, closes in 23 h 59 min")
-
-            await page.click("#quick button:text-is('White')")  # a quick reply, rendered as such
-            await expect(page.locator("#tags .tag")).to_have_text(["likes_white"])
-            await expect(page.locator("#state")).to_have_text("sold_out")
-            request = page.locator("#thread .otn-request").last
-            await expect(request.locator(".title")).to_have_text("Tell me when the Sauvignon 2024 is back")
-
-            await request.locator("button.notify-me").click()  # opts in: the token arrives through the webhook
-            await expect(page.locator("#tokens td").first).to_have_text("restock")
-            await expect(page.locator("#thread .bot").last).to_contain_text("Done: you will get one message")
-
-            await page.click("[data-advance-hours='25']")  # past the 24h window
-            await expect(page.locator("#window")).to_have_text("closed")
-
-            await page.select_option("#topic", "restock")
-            await page.fill("#vars", "product=Sauvignon 2024")
-            await page.click("#notify")
-            notification = page.locator("#thread .bot.notification").last
-            await expect(notification).to_contain_text("The Sauvignon 2024 is back, Alice!")
-            await expect(notification.locator(".via")).to_have_text("OTN token")
-            await expect(page.locator("#decisions")).to_contain_text("sent as OTN token")
-
-            await page.click("#quick button:text-is('Show me')")  # engaging reopens the window: the loop asks again
-            await expect(page.locator("#window")).to_contain_text("open")
-            await expect(page.locator("#thread .otn-request")).to_have_count(2)
-            await expect(page.locator("#diagram svg")).to_be_visible()
-            await expect(page.locator("#diagram g.state[data-state='back_in_stock'] rect")).to_have_attribute(
-                "fill", "#2563eb"
-            )  # the user's current state is highlighted
-            await page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+            yield browser
         finally:
             await browser.close()
+
+
+async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: Loopback, tmp_path: Path) -> None:
+    from playwright.async_api import expect
+
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 1400, "height": 900})
+        await page.goto(f"{playground.url}/playground")
+        untokened = "fetch('/playground/api/state?user=alice').then((r) => r.status)"
+        assert await page.evaluate(untokened) == 403  # the page works because of its token
+        await page.fill("#user", "alice")
+        await page.dispatch_event("#user", "change")
+
+        await page.fill("#text", "hi")
+        await page.click("#composer button")
+        await expect(page.locator("#thread .bot").last).to_have_text(
+            "Hi Alice! Welcome to the cellar. Red or white tonight?RESPONSE"
+        )
+        await expect(page.locator("#window")).to_have_text("open, closes in 23 h 59 min")
+
+        await page.click("#quick button:text-is('White')")  # a quick reply, rendered as such
+        await expect(page.locator("#tags .tag")).to_have_text(["likes_white"])
+        await expect(page.locator("#state")).to_have_text("sold_out")
+        request = page.locator("#thread .otn-request").last
+        await expect(request.locator(".title")).to_have_text("Tell me when the Sauvignon 2024 is back")
+
+        await request.locator("button.notify-me").click()  # opts in: the token arrives through the webhook
+        await expect(page.locator("#tokens td").first).to_have_text("restock")
+        await expect(page.locator("#thread .bot").last).to_contain_text("Done: you will get one message")
+
+        await page.click("[data-advance-hours='25']")  # past the 24h window
+        await expect(page.locator("#window")).to_have_text("closed")
+
+        await page.select_option("#topic", "restock")
+        await page.fill("#vars", "product=Sauvignon 2024")
+        await page.click("#notify")
+        notification = page.locator("#thread .bot.notification").last
+        await expect(notification).to_contain_text("The Sauvignon 2024 is back, Alice!")
+        await expect(notification.locator(".via")).to_have_text("OTN token")
+        await expect(page.locator("#decisions")).to_contain_text("sent as OTN token")
+
+        await page.click("#quick button:text-is('Show me')")  # engaging reopens the window: the loop asks again
+        await expect(page.locator("#window")).to_contain_text("open")
+        await expect(page.locator("#thread .otn-request")).to_have_count(2)
+        await expect(page.locator("#diagram svg")).to_be_visible()
+        await expect(page.locator("#diagram g.state[data-state='back_in_stock'] rect")).to_have_attribute(
+            "fill", "#2563eb"
+        )  # the user's current state is highlighted
+        await page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
     assert (tmp_path / "playground.png").stat().st_size > 10_000
+
+
+EVIL_PAGE = """<!doctype html><body><form id="f" method="post" enctype="text/plain" action="TARGET/playground/api/say">
+<input name='{"user": "alice", "text": "hi", "x": "' value='"}'></form><script>
+const body = JSON.stringify({user: "alice", text: "hi"});
+Promise.allSettled([
+  fetch("TARGET/playground/api/say", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"}, body}),
+  fetch("TARGET/playground/api/reset", {method: "POST", mode: "no-cors", body: "{}"}),
+  fetch("TARGET/playground/api/say", {method: "POST", headers: {"Content-Type": "application/json"}, body}),
+]).then(() => { document.title = "sent"; });
+</script></body>"""
+
+
+async def test_another_web_site_cannot_drive_the_playground(playground: Loopback) -> None:
+    """A page from another origin (another loopback port) fires the requests a hostile site could: a text/plain
+    form post, no-cors fetches, a JSON fetch. None of them reaches the flow."""
+    import aiohttp
+
+    async def evil(request: web.Request) -> web.Response:
+        return web.Response(text=EVIL_PAGE.replace("TARGET", playground.url), content_type="text/html")
+
+    other = web.Application()
+    other.router.add_get("/", evil)
+    site = await serve_on_loopback(other)
+    try:
+        async with chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(site.url)
+            await page.wait_for_function("document.title === 'sent'")
+            async with page.expect_navigation():
+                await page.evaluate("document.getElementById('f').submit()")
+            assert "answers only its own page" in await page.content()  # the form post landed on a 403
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{playground.url}/playground") as r:
+                token = (await r.text()).split('name="playground-token" content="')[-1].split('"')[0]
+            url = f"{playground.url}/playground/api/state?user=alice"
+            async with session.get(url, headers={"X-Playground-Token": token}) as r:
+                state = await r.json()
+        assert state["transcript"] == [] and state["state"] is None  # alice never wrote anything
+    finally:
+        await site.runner.cleanup()
