@@ -53,7 +53,7 @@ def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> O
         meta["tag"] = reply.message_tag
     if reply.otn_topic is not None:
         message = outbound.otn_request(reply.text, otn_payload(reply.otn_topic, reply.otn_state, key))
-        meta.update(kind="otn_request", topic=reply.otn_topic)
+        meta.update(kind="otn_request", topic=reply.otn_topic, source_state=reply.otn_state)
     elif reply.buttons:
         message = outbound.button_message(reply.text, [(b.title, b.payload, b.url) for b in reply.buttons], quick)
     else:
@@ -113,7 +113,7 @@ class ConversationHandler:
             user.last_interaction_ms = max(user.last_interaction_ms, event.timestamp)
             if event.kind == "message":
                 user.last_message_ms = max(user.last_message_ms, event.timestamp)
-            replies += self._armed_requests(flow, user, armed, write)  # the loop: before the flow's own reply
+            replies += self._armed_requests(flow, armed, user, write)  # the loop: before the flow's own reply
         rerequests = len(replies)
         if event is not None and event.kind == "optin":
             self._receive_token(flow, user, event, write)
@@ -126,6 +126,8 @@ class ConversationHandler:
         write.outbox = await self._gated(replies, stored.key, user, responding=engaged, write=write)
         for item in write.outbox[:rerequests]:
             item.meta["re_request"] = True
+            if item.status != "refused":  # used up only when the gate let it go; else it waits for the next engagement
+                write.disarm.append(str(item.meta["topic"]))
         if send_now:  # refused rows are never sent, so the first pending row is the next to go out
             first = next((item for item in write.outbox if item.status == "pending"), None)
             if first is not None:
@@ -177,14 +179,17 @@ class ConversationHandler:
         write.otn_log.append((topic, "optin"))
 
     def _armed_requests(
-        self, flow: CompiledFlow, user: UserRecord, armed: list[tuple[str, str]], write: StepWrite
+        self, flow: CompiledFlow, armed: list[tuple[str, str]], user: UserRecord, write: StepWrite
     ) -> list[Reply]:
-        """The user engaged: the OTN requests armed by earlier deliveries go out now (the window just reopened)."""
+        """The user engaged: the OTN requests armed by earlier deliveries go out now (the window may have just
+        reopened). Each stays armed unless the gate lets it go (see `handle`); one for a topic the flow no longer
+        declares can never go, so it is dropped."""
         requests = []
         for topic, source_state in armed:
-            write.disarm.append(topic)
             if topic in flow.spec.topics:
                 requests.append(flow.otn_request(topic, source_state, self.snapshot(flow, user), user.profile))
+            else:
+                write.disarm.append(topic)
         return requests
 
     async def _gated(
@@ -193,11 +198,15 @@ class ConversationHandler:
         """Outbox rows for the replies; those the policy gate refuses are recorded `refused`, with the reason."""
         now = self.clock.now_ms()
         items = []
+        queued: Counter[str] = Counter()  # requests this step already let through, per topic: they count too
         for i, reply in enumerate(replies):
             item = reply_to_outbox(reply, f"{key}#{i}", user.user_id, responding)
             facts = self.gate.facts(user)
             if reply.otn_topic is not None:
-                facts = await self.gate.request_facts(self.store, user, reply.otn_topic, now)
+                received = sum(1 for t in write.tokens if t.topic == reply.otn_topic)
+                facts = await self.gate.request_facts(
+                    self.store, user, reply.otn_topic, now, queued[reply.otn_topic], received
+                )
             decision = self.gate.check(
                 facts, Outgoing(str(item.meta["kind"]), responding, reply.message_tag, reply.promotional), now
             )
@@ -205,5 +214,7 @@ class ConversationHandler:
                 item.status, item.detail = "refused", decision.reason
                 if reply.otn_topic is not None:
                     write.otn_log.append((reply.otn_topic, f"request_refused:{decision.reason}"))
+            elif reply.otn_topic is not None:
+                queued[reply.otn_topic] += 1
             items.append(item)
         return items

@@ -32,16 +32,17 @@ class Gate:
             recent_requests,
         )
 
-    async def request_facts(self, store: Store, user: UserRecord, topic: str, now_ms: int) -> Facts:
+    async def request_facts(
+        self, store: Store, user: UserRecord, topic: str, now_ms: int, queued: int = 0, received: int = 0
+    ) -> Facts:
         """Facts for an OTN request: also the tokens held, and the requests still unanswered (made within the
-        anti-nagging period and after the user's last opt-in to the topic: an accepted request is not nagging)."""
+        anti-nagging period and after the user's last opt-in to the topic: an accepted request is not nagging).
+        The store counts requests from the outbox (queued, in flight or sent); `queued` adds those the caller is
+        about to commit in the same write, `received` the tokens it is about to store. A user's steps run one at
+        a time (the dispatcher, and leases across processes), so read-then-commit cannot interleave."""
         period_start = now_ms - int(self.settings.otn_request_period_hours * HOUR_MS)
-        since = max(period_start, await store.last_otn(user.user_id, topic, "optin") + 1)
-        held = await store.count_tokens(user.user_id, topic, now_ms)
-        recent = sum(
-            [await store.count_otn_log(user.user_id, topic, what, since) for what in ("request", "re_request")]
-        )
-        return self.facts(user, held, recent)
+        held, recent = await store.request_counts(user.user_id, topic, period_start, now_ms)
+        return self.facts(user, held + received, recent + queued)
 
     def check(self, facts: Facts, message: Outgoing, now_ms: int) -> Decision:
         decision = decide(facts, message, now_ms, self.settings)

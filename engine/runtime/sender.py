@@ -118,5 +118,10 @@ class OutboxSender:
         return result.outcome
 
     async def _finish(self, item: OutboxItem, status: str, detail: str) -> None:
-        await self.store.set_outbox_status(item.key, status, detail, self.clock.now_ms())
+        now = self.clock.now_ms()
+        await self.store.set_outbox_status(item.key, status, detail, now)
         self.state.counts[status] = self.state.counts.get(status, 0) + 1
+        if status in ("refused", "failed") and item.meta.get("re_request"):
+            # the loop's request did not go: armed again, for the user's next engagement (used up only when sent)
+            topic, source_state = str(item.meta["topic"]), str(item.meta.get("source_state", ""))
+            await self.store.arm(item.user_id, topic, source_state, now)

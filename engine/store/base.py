@@ -223,6 +223,13 @@ class Store(Protocol):
 
     async def count_otn_log(self, user_id: str, topic: str, what: str, since_ms: int) -> int: ...
 
+    async def request_counts(self, user_id: str, topic: str, since_ms: int, now_ms: int) -> tuple[int, int]:
+        """What anti-nagging needs, in one read: the valid tokens the user holds for the topic, and the OTN
+        requests for it still unanswered (made since `since_ms` and after the user's last opt-in to the topic).
+        Requests are counted from the outbox: queued, in flight, sent or uncertain, so a request counts from the
+        commit that queued it, not from a log written after the send."""
+        ...
+
     async def log_otn(self, user_id: str, topic: str, what: str, now_ms: int) -> None: ...
 
     async def last_otn(self, user_id: str, topic: str, what: str) -> int:

@@ -124,6 +124,9 @@ class MongoStore:
             [("user_id", ASCENDING), ("status", ASCENDING), ("order", ASCENDING)], name="pending_by_user"
         )
         await db.outbox.create_index("status", name="by_status")
+        await db.outbox.create_index(
+            [("user_id", ASCENDING), ("meta.topic", ASCENDING), ("created_ms", ASCENDING)], name="requests_by_user"
+        )
         await db.tokens.create_index(
             [("user_id", ASCENDING), ("topic", ASCENDING), ("status", ASCENDING), ("received_ms", ASCENDING)],
             name="claim_by_user",
@@ -374,6 +377,20 @@ class MongoStore:
         return await self.db.otn_log.count_documents(
             {"user_id": user_id, "topic": topic, "what": what, "at_ms": {"$gte": since_ms}}
         )
+
+    async def request_counts(self, user_id: str, topic: str, since_ms: int, now_ms: int) -> tuple[int, int]:
+        held = await self.count_tokens(user_id, topic, now_ms)
+        since = max(since_ms, await self.last_otn(user_id, topic, "optin") + 1)
+        requests = await self.db.outbox.count_documents(
+            {
+                "user_id": user_id,
+                "meta.topic": topic,
+                "created_ms": {"$gte": since},
+                "meta.kind": "otn_request",
+                "status": {"$in": ["pending", "sending", "sent", "uncertain"]},
+            }
+        )
+        return held, requests
 
     async def last_otn(self, user_id: str, topic: str, what: str) -> int:
         doc = await self.db.otn_log.find_one({"user_id": user_id, "topic": topic, "what": what}, sort=[("at_ms", -1)])

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (user_id, seq) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS outbox_sending ON outbox (status) WHERE status = 'sending';
+CREATE INDEX IF NOT EXISTS outbox_by_user ON outbox (user_id, created_ms);
 CREATE TABLE IF NOT EXISTS tokens (
     token TEXT PRIMARY KEY,
     user_id TEXT NOT NULL,
@@ -105,6 +106,8 @@ CREATE INDEX IF NOT EXISTS campaign_items_by_status ON campaign_items (campaign_
 CREATE TABLE IF NOT EXISTS leases (user_id TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms INTEGER NOT NULL);
 """
 
+#: Outbox statuses of a request that may have reached, or may still reach, the user: what anti-nagging counts.
+_LIVE_REQUEST = "('pending', 'sending', 'sent', 'uncertain')"
 _TOKEN_COLUMNS = "token, user_id, topic, payload, received_ms, expires_ms, source_state, status"
 
 
@@ -486,6 +489,24 @@ class SqliteStore:
                     (user_id, topic, what, since_ms),
                 ).fetchone()[0]
             )
+
+        return await self._read(work)
+
+    async def request_counts(self, user_id: str, topic: str, since_ms: int, now_ms: int) -> tuple[int, int]:
+        def work(db: sqlite3.Connection) -> tuple[int, int]:
+            held, last_optin = db.execute(
+                "SELECT (SELECT count(*) FROM tokens WHERE user_id = ? AND topic = ? AND status = 'valid' "
+                "AND expires_ms > ?), (SELECT coalesce(max(at_ms), 0) FROM otn_log WHERE user_id = ? AND topic = ? "
+                "AND what = 'optin')",
+                (user_id, topic, now_ms, user_id, topic),
+            ).fetchone()
+            requests = db.execute(
+                "SELECT count(*) FROM outbox WHERE user_id = ? AND created_ms >= ? "
+                f"AND status IN {_LIVE_REQUEST} AND json_extract(meta, '$.kind') = 'otn_request' "
+                "AND json_extract(meta, '$.topic') = ?",
+                (user_id, max(since_ms, last_optin + 1), topic),
+            ).fetchone()[0]
+            return int(held), int(requests)
 
         return await self._read(work)
 

@@ -138,6 +138,23 @@ async def test_tokens_arrive_with_the_step_and_are_counted_until_they_expire(sto
     assert await store.last_otn("u1", "restock", "optin") == 300
 
 
+def request(key: str, status: str, topic: str = "restock") -> OutboxItem:
+    return OutboxItem(key, "u1", {"text": key}, {"kind": "otn_request", "topic": topic}, status)
+
+
+async def test_request_counts_come_from_the_outbox_from_the_commit_that_queued_them(store: Store) -> None:
+    await store.add_events([event("a"), event("b", ts=2)])
+    rows = [request("a#0", "sending"), request("a#1", "refused"), request("a#2", "pending", "promo")]
+    rows.append(OutboxItem("a#3", "u1", {"text": "hi"}, {"kind": "message"}))
+    await store.commit_step(StepWrite("a", UserRecord("u1"), rows, tokens=[token("t1")]), 100)
+    assert await store.request_counts("u1", "restock", 0, 5_000) == (1, 1)  # refused rows never count
+    assert await store.request_counts("u1", "restock", 101, 5_000) == (1, 0)  # before the period
+    await store.set_outbox_status("a#0", "sent", "", 150)
+    assert await store.request_counts("u1", "restock", 0, 20_000) == (0, 1)  # the token expired; still asked
+    await store.commit_step(StepWrite("b", UserRecord("u1"), otn_log=[("restock", "optin")]), 200)
+    assert await store.request_counts("u1", "restock", 0, 5_000) == (1, 0)  # answered: not nagging any more
+
+
 async def test_leases_are_exclusive_until_they_expire(store: Store) -> None:
     assert await store.acquire_lease("u1", "A", 1_000, 500)
     assert not await store.acquire_lease("u1", "B", 1_200, 500)  # A holds it

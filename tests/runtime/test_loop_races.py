@@ -1,0 +1,118 @@
+"""The OTN loop and the policy gate under races, backlogs and crashes (issue 11, section 3), through the real path:
+the harness's server on loopback, a real store, the fake Graph API enforcing Meta's rules."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from engine.testing.harness import PAGE_ID, Bot, BotUser
+from tests.conftest import mongo_database_url
+
+ROOT = Path(__file__).resolve().parents[2]
+HOUR_MS = 3_600_000
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'loop.sqlite3'}"
+    return mongo_database_url(request.getfixturevalue("mongo_server"), f"otnflow_loop_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+async def bot() -> AsyncIterator[Bot]:
+    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as running:
+        yield running
+
+
+async def white_lover_with_token(bot: Bot, name: str = "alice") -> BotUser:
+    user = bot.user(name, first_name=name.title())
+    await user.says("hi")
+    await user.taps("White")
+    await user.opts_in("restock")
+    return user
+
+
+def requests_to(bot: Bot, user_id: str) -> list[str]:
+    """The Notify Me requests the fake Graph API accepted for the user, by topic."""
+    from engine.testing.harness import ReplyView
+
+    return [view.otn_topic for m in bot.fake.messages_to(user_id) if (view := ReplyView.of(m)).otn_topic]
+
+
+def message(user_id: str, mid: str, at_ms: int, text: str, payload: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"mid": mid, "text": text}
+    if payload is not None:
+        body["quick_reply"] = {"payload": payload}
+    return {"sender": {"id": user_id}, "recipient": {"id": PAGE_ID}, "timestamp": at_ms, "message": body}
+
+
+def batch(*events: dict[str, Any]) -> dict[str, Any]:
+    return {"object": "page", "entry": [{"id": PAGE_ID, "time": events[0]["timestamp"], "messaging": list(events)}]}
+
+
+# -- 2. an armed request is used up only when it is actually sent -----------------------------------------------
+async def test_a_backlogged_engagement_keeps_the_armed_request_for_the_next_one(bot: Bot) -> None:
+    alice = await white_lover_with_token(bot)
+    bot.clock.advance(hours=30)  # the window has closed: the delivery arms the next request
+    report = await bot.notify("restock", product="Sauvignon 2024")
+    assert report.delivered == 1
+    # Meta retries a message alice wrote 30 hours ago: it reopens no window, so the armed request cannot go...
+    late = bot.clock.now_ms() - 30 * HOUR_MS
+    await bot.post(batch(message("alice", "m_backlog", late, "are you there?")))
+    await alice.refresh()
+    assert requests_to(bot, "alice") == ["restock"]  # only the first request, before the opt-in
+    assert [(r["kind"], r["reason"]) for r in alice.refusals] == [
+        ("otn_request", "outside_window"),
+        ("message", "outside_window"),  # the flow's answer to the old message cannot go either
+    ]
+    # ...and it is still armed: her first real engagement gets it, before the flow's reply
+    replies = await alice.taps("Show me")
+    assert [r.otn_topic for r in replies] == ["restock", None]
+    assert bot.fake.rejected == []
+
+
+# -- 3. anti-nagging is atomic ----------------------------------------------------------------------------------
+async def test_the_armed_request_and_the_flows_own_request_in_one_step_respect_the_limit(bot: Bot) -> None:
+    alice = await white_lover_with_token(bot)
+    await alice.says("menu")  # back at the welcome state, where "White" leads to the restock request
+    bot.clock.advance(hours=30)
+    await bot.notify("restock", product="Sauvignon 2024")  # window closed: the next request is armed
+    replies = await alice.says("White")  # one step: the armed re-request, then sold_out's own request
+    assert [r.otn_topic for r in replies].count("restock") == 1  # otn_max_requests = 1
+    assert [r["reason"] for r in alice.refusals] == ["request_limit"]
+    assert bot.fake.rejected == []
+
+
+async def test_double_taps_in_one_batch_are_asked_once_on_both_stores(store_url: str) -> None:
+    users = 150
+    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", store_url=store_url) as bot:
+        names = [f"dt{i:03d}" for i in range(users)]
+        now = bot.clock.advance(seconds=1)
+        for name in names:
+            bot.fake.saw(name, now + 1000)  # what Meta knows: each user interacts (hi, then the taps)
+        await bot.post(batch(*(message(name, f"m_hi_{name}", now, "hi") for name in names)))
+        now = bot.clock.advance(seconds=1)
+        taps = []
+        for name in names:  # the same quick reply tapped twice, 50 ms apart, all users in one webhook batch
+            taps.append(message(name, f"m_white1_{name}", now, "White", "WHITE"))
+            taps.append(message(name, f"m_white2_{name}", now + 50, "White", "WHITE"))
+        await bot.post(batch(*taps))
+        asked = Counter(name for name in names for _ in requests_to(bot, name))
+        assert set(asked) == set(names)
+        assert [name for name in names if asked[name] > 1] == []
+        assert bot.fake.rejected == []
+
+
+async def test_the_quick_reply_payload_of_white_is_what_the_batch_test_taps(bot: Bot) -> None:
+    """Guards the batch test above: its hand-made taps carry the payload the welcome state offers."""
+    user = bot.user("check")
+    replies = await user.says("hi")
+    quick = replies[-1].raw["message"]["quick_replies"]
+    assert {q["title"]: q["payload"] for q in quick}["White"] == "WHITE"
