@@ -361,7 +361,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    sys.stdout.write(schema_text())
+    if args.output:
+        from .starter import write_schema
+
+        write_schema(Path(args.output))
+        print(f"otnflow: wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(schema_text())
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from .starter import create_project
+
+    target = Path(args.dir)
+    written = create_project(target)
+    print("\n".join(f"  {path.relative_to(target)}" for path in written))
+    go = f"cd {target} && " if target.resolve() != Path.cwd() else ""
+    print(f"otnflow: a new bot in {target}; try: {go}otnflow check && otnflow test && otnflow serve")
     return 0
 
 
@@ -427,7 +444,12 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.set_defaults(run=cmd_doctor)
 
     schema = commands.add_parser("schema", help="print the JSON Schema of flow files (for editors)")
+    schema.add_argument("-o", "--output", help="write it to this file instead (e.g. flow.schema.json)")
     schema.set_defaults(run=cmd_schema)
+
+    init = commands.add_parser("init", help="create a new bot project: config, an example flow, its test")
+    init.add_argument("dir", help="the project folder (created if absent; nothing in it is overwritten)")
+    init.set_defaults(run=cmd_init)
     return parser
 
 

@@ -28,6 +28,7 @@ BAD_CALLS: list[tuple[str, ...]] = [
     ("chat", "bakerry"),
     ("doctor", "--config", "nosuch.toml"),
     ("schema", "extra"),
+    ("init", "."),  # config.toml and README.md are there already
     ("nosuchcommand",),
 ]
 
