@@ -195,6 +195,36 @@ def cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbox(args: argparse.Namespace) -> int:
+    import asyncio
+    import json
+
+    from .store import RejectedEvent, open_store
+
+    settings = _settings(args)
+
+    async def run() -> tuple[dict[str, int], list[RejectedEvent]]:
+        store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
+        await store.open()
+        try:
+            return await store.counts(), (await store.rejected_events(args.limit) if args.rejected else [])
+        finally:
+            await store.close()
+
+    counts, rejected = asyncio.run(run())
+    if not args.rejected:
+        keys = ("inbox_pending", "inbox_handled", "inbox_failed", "rejected")
+        print("\n".join(f"{key}: {counts.get(key, 0)}" for key in keys))
+        return 0
+    if args.json:
+        print(json.dumps([vars(r) for r in rejected], indent=2, ensure_ascii=False))
+        return 0
+    for r in rejected:
+        print(f"{r.received_ms}  {r.kind}  {r.reason}\n    {r.body}")
+    print(f"{len(rejected)} of {counts.get('rejected', 0)} rejected event(s) shown, newest first")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     paths = [Path(p) for p in args.paths] or [Path("flows")]
     missing = [p for p in paths if not p.exists()]
@@ -427,6 +457,13 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
     stats.set_defaults(run=cmd_stats)
+
+    inbox = commands.add_parser("inbox", help="inbox counts; --rejected lists the webhook's dead letters")
+    inbox.add_argument("--rejected", action="store_true", help="list events kept in the dead-letter table")
+    inbox.add_argument("--limit", type=int, default=50, help="how many dead letters, newest first (default: 50)")
+    inbox.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inbox.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
+    inbox.set_defaults(run=cmd_inbox)
 
     test = commands.add_parser("test", help="run conversation tests (test_*.toml) against the flows")
     test.add_argument("paths", nargs="*", help="test files or folders (default: flows/)")

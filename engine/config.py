@@ -37,6 +37,11 @@ OPTIONS: dict[str, Option] = {
     "server.port": Option(8080, "Port to listen on."),
     "server.max_body_bytes": Option(1_048_576, "Larger webhook bodies are refused with 413."),
     "server.allow_sha1_signature": Option(False, "Accept the legacy X-Hub-Signature (SHA-1) when no SHA-256 is sent."),
+    "server.simulated_user_ids": Option(
+        False,
+        "Accept readable user ids (alice) besides Meta's digits in webhook events: for the flow-test harness and "
+        "simulators; on by itself in local mode. Leave off in production.",
+    ),
     "flows.dir": Option("flows", "Folder of flow files."),
     "flows.templates": Option("templates", "Folder of jinja2 templates."),
     "flows.default": Option("", "The flow a new user enters (default: the first flow by file name)."),

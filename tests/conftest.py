@@ -148,6 +148,7 @@ def live_env(graph_url: str) -> dict[str, str]:
         "OTNFLOW_PAGE_TOKEN": PAGE_TOKEN,
         "OTNFLOW_VERIFY_TOKEN": VERIFY_TOKEN,
         "OTNFLOW_GRAPH_URL": graph_url,
+        "OTNFLOW_SERVER_SIMULATED_USER_IDS": "true",  # these tests' users are user0, user1...
     }
 
 

@@ -17,10 +17,15 @@ def verify(
 ) -> bool:
     """True when the raw body carries a valid signature. SHA-1 counts only when allowed and no SHA-256 is sent."""
     if sha256_header:
-        return hmac.compare_digest(sign(body, secret, "sha256"), sha256_header.strip())
+        return _same(sign(body, secret, "sha256"), sha256_header)
     if allow_sha1 and sha1_header:
-        return hmac.compare_digest(sign(body, secret, "sha1"), sha1_header.strip())
+        return _same(sign(body, secret, "sha1"), sha1_header)
     return False
+
+
+def _same(expected: str, header: str) -> bool:
+    """Constant time, on bytes: `compare_digest` refuses non-ASCII `str`, and a header may carry anything."""
+    return hmac.compare_digest(expected.encode(), header.strip().encode("utf-8", "surrogateescape"))
 
 
 def appsecret_proof(page_token: str, app_secret: str) -> str:

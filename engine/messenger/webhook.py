@@ -1,20 +1,68 @@
 """Webhook JSON to typed events.
 
-Every entry and every event of a batch is read. What otnflow acts on becomes an `InboundEvent` with a stable
-dedup key; echoes, receipts, standby (handover) events and `changes` entries are counted as skipped, never an error.
-A body that is not the documented shape raises WebhookFormatError naming the offending place.
+Two levels of judgement. The body as a whole: not JSON, not an object or no `entry` list raises
+WebhookFormatError (answered 400: nothing in it can be trusted). Within a well-formed body every event is judged
+alone: it is classified by its kind first (`classify`), then only what a handled kind needs is validated. A good
+event becomes an `InboundEvent`; a kind otnflow does not act on (echoes, receipts, handover, Page-level notices,
+kinds Meta adds later) is counted in `skipped`; a handled kind that is broken becomes a `RejectedItem` naming the
+place and the reason, for the dead-letter table, and never takes the rest of its body down with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+# Sane ranges: outside them an event is rejected, never an exception further down (SQLite and BSON hold 64 bits).
+MIN_TIMESTAMP_MS = 1_072_915_200_000  # 2004-01-01: Facebook did not exist before
+MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+MAX_ID_DIGITS = 30  # PSIDs and Page ids are 15-17 digits
+#: Readable ids ("alice") of simulated users: accepted only with `simulated_ids` (harness, playground, local mode).
+SIMULATED_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+MAX_KEY_CHARS = 1_024  # a mid, a token, a ref: anything that ends up in a dedup key
+MAX_TEXT_CHARS = 20_000  # a text, a title, a payload
+MAX_DEPTH = 32  # Meta's events nest ~6 levels
+MAX_REJECTED_CHARS = 8_192  # of a rejected event's JSON kept in the dead-letter table
+
+HANDLED_KINDS = ("message", "postback", "optin", "reaction", "referral")
+#: Kinds Meta sends that otnflow does not act on; anything else is counted as `unknown` (and named in the log).
+SKIPPED_KINDS = frozenset(
+    {
+        "echo",
+        "delivery",
+        "read",
+        "account_linking",
+        "pass_thread_control",
+        "take_thread_control",
+        "request_thread_control",
+        "app_roles",
+        "policy_enforcement",
+        "policy-enforcement",
+        "message_edit",
+        "messaging_feedback",
+        "response_feedback",
+        "game_play",
+        "payment",
+        "checkout_update",
+        "pre_checkout",
+        "optin_user_ref",
+        "standby",
+        "changes",
+    }
+)
+_ENVELOPE = ("sender", "recipient", "timestamp")
+
 
 class WebhookFormatError(ValueError):
-    """The body is not a Messenger webhook; the message names where (e.g. `entry[0].messaging[2].sender`)."""
+    """The body as a whole is not a Messenger webhook; the message says why."""
+
+
+class EventError(ValueError):
+    """One event is broken; the message names where (e.g. `entry[0].messaging[2].timestamp`) and what."""
 
 
 @dataclass(frozen=True)
@@ -32,116 +80,298 @@ class InboundEvent:
         return json.dumps(self.raw, separators=(",", ":"), ensure_ascii=False)
 
 
+@dataclass(frozen=True)
+class RejectedItem:
+    """A broken event of a handled kind (or an item that is not even an object), kept for inspection."""
+
+    where: str
+    kind: str  # one of HANDLED_KINDS, or "item" for what is not an event at all: a bounded metrics label
+    reason: str
+    raw: Any = field(compare=False)
+
+    def key(self) -> str:
+        """Stable over Meta's retries of the same body: a hash of the item's own JSON."""
+        return hashlib.sha256(_dump_any(self.raw).encode()).hexdigest()
+
+    def body(self) -> str:
+        """The item's JSON, cut at MAX_REJECTED_CHARS (a dead letter must not be a way to fill the disk)."""
+        text = _dump_any(self.raw)
+        if len(text) > MAX_REJECTED_CHARS:
+            return text[:MAX_REJECTED_CHARS] + f"...[cut: {len(text)} chars]"
+        return text
+
+
+@dataclass(frozen=True)
+class PageNotice:
+    """A Page-level notice worth a WARNING: Meta blocked or restricted the Page (`policy_enforcement`)."""
+
+    page_id: str
+    action: str
+    reason: str
+
+
 @dataclass
 class ParsedWebhook:
     events: list[InboundEvent]
     skipped: Counter[str]
+    rejected: list[RejectedItem] = field(default_factory=list)
+    notices: list[PageNotice] = field(default_factory=list)
 
 
-_SKIPPED_KINDS = (
-    "delivery",
-    "read",
-    "account_linking",
-    "pass_thread_control",
-    "take_thread_control",
-    "request_thread_control",
-    "app_roles",
-    "policy-enforcement",
-    "message_edit",
-)
-
-
-def parse_body(raw: bytes) -> ParsedWebhook:
+def parse_body(raw: bytes, *, simulated_ids: bool = False) -> ParsedWebhook:
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        body = json.loads(raw, parse_constant=_refuse_constant)
+    except RecursionError:
+        raise WebhookFormatError("body is not JSON we can read: nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, over-long integers, NaN/Infinity
         raise WebhookFormatError(f"body is not JSON: {err}") from None
-    return parse_webhook(body)
+    return parse_webhook(body, simulated_ids=simulated_ids)
 
 
-def parse_webhook(body: Any) -> ParsedWebhook:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_webhook(body: Any, *, simulated_ids: bool = False) -> ParsedWebhook:
     if not isinstance(body, dict):
         raise WebhookFormatError("body must be a JSON object")
-    skipped: Counter[str] = Counter()
+    parsed = ParsedWebhook([], Counter())
     if body.get("object") != "page":
-        skipped[f"object:{body.get('object')}"] += 1
-        return ParsedWebhook([], skipped)
+        parsed.skipped[f"object:{str(body.get('object'))[:40]}"] += 1
+        return parsed
     entries = body.get("entry")
     if not isinstance(entries, list):
         raise WebhookFormatError("'entry' must be a list")
-    events: list[InboundEvent] = []
     for i, entry in enumerate(entries):
+        where = f"entry[{i}]"
         if not isinstance(entry, dict):
-            raise WebhookFormatError(f"entry[{i}] must be an object")
-        if "changes" in entry:
-            skipped["changes"] += len(entry["changes"]) if isinstance(entry["changes"], list) else 1
-        if "standby" in entry:
-            skipped["standby"] += len(entry["standby"]) if isinstance(entry["standby"], list) else 1
+            parsed.rejected.append(RejectedItem(where, "item", f"{where} must be an object", entry))
+            continue
+        for skipped_list in ("changes", "standby"):
+            if skipped_list in entry:
+                value = entry[skipped_list]
+                parsed.skipped[skipped_list] += len(value) if isinstance(value, list) else 1
         messaging = entry.get("messaging", [])
         if not isinstance(messaging, list):
-            raise WebhookFormatError(f"entry[{i}].messaging must be a list")
+            parsed.rejected.append(RejectedItem(where, "item", f"{where}.messaging must be a list", messaging))
+            continue
         for j, item in enumerate(messaging):
-            event = parse_event(item, f"entry[{i}].messaging[{j}]", skipped)
-            if event is not None:
-                events.append(event)
-    return ParsedWebhook(events, skipped)
+            _judge(item, f"{where}.messaging[{j}]", parsed, simulated_ids)
+    return parsed
 
 
-def _id(item: dict[str, Any], side: str, where: str) -> str:
-    party = item.get(side)
-    if not isinstance(party, dict) or not isinstance(party.get("id"), str | int):
-        raise WebhookFormatError(f"{where}.{side}.id is missing")
-    return str(party["id"])
-
-
-def parse_event(item: Any, where: str, skipped: Counter[str]) -> InboundEvent | None:
-    """One item of `messaging`: an InboundEvent, or None (counted in `skipped`) for what otnflow does not act on."""
+def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool) -> None:
+    """One item of `messaging`, judged alone: stored, skipped or rejected."""
     if not isinstance(item, dict):
-        raise WebhookFormatError(f"{where} must be an object")
-    timestamp = item.get("timestamp")
-    if not isinstance(timestamp, int):
-        raise WebhookFormatError(f"{where}.timestamp must be an integer (ms)")
-    sender, page = _id(item, "sender", where), _id(item, "recipient", where)
+        parsed.rejected.append(RejectedItem(where, "item", f"{where} must be an object, not {_describe(item)}", item))
+        return
+    kind = classify(item)
+    if kind not in HANDLED_KINDS:
+        parsed.skipped[kind] += 1
+        if kind in ("policy_enforcement", "policy-enforcement"):
+            parsed.notices.append(_policy_notice(item, kind))
+        return
+    try:
+        event = parse_event(item, where, parsed.skipped, simulated_ids=simulated_ids)
+    except EventError as err:
+        parsed.rejected.append(RejectedItem(where, kind, str(err), item))
+        return
+    if event is not None:
+        parsed.events.append(event)
 
-    def make(kind: str, key: str, text: str | None = None, payload: str | None = None) -> InboundEvent:
+
+def classify(item: Any) -> str:
+    """The event's kind from the key that carries it; nothing else is looked at. Not an object: `item`."""
+    if not isinstance(item, dict):
+        return "item"
+    message = item.get("message")
+    if "message" in item:
+        return "echo" if isinstance(message, dict) and message.get("is_echo") is True else "message"
+    for kind in HANDLED_KINDS[1:]:
+        if kind in item:
+            if kind == "optin" and _plugin_user_only(item):
+                return "optin_user_ref"
+            return kind
+    for key in item:
+        if key not in _ENVELOPE:
+            return str(key)[:40]
+    return "unknown"
+
+
+def _plugin_user_only(item: dict[str, Any]) -> bool:
+    """A checkbox-plugin opt-in: the user is known only by `user_ref` (no sender PSID yet)."""
+    sender = item.get("sender")
+    optin = item.get("optin")
+    has_psid = isinstance(sender, dict) and "id" in sender
+    has_ref = (isinstance(optin, dict) and "user_ref" in optin) or (isinstance(sender, dict) and "user_ref" in sender)
+    return has_ref and not has_psid
+
+
+def _policy_notice(item: dict[str, Any], kind: str) -> PageNotice:
+    notice = item.get(kind)
+    notice = notice if isinstance(notice, dict) else {}
+    recipient = item.get("recipient")
+    page = recipient.get("id") if isinstance(recipient, dict) else None
+    return PageNotice(
+        str(page)[:40] if page is not None else "?",
+        str(notice.get("action", "?"))[:100],
+        " ".join(str(notice.get("reason", "")).split())[:1000],
+    )
+
+
+def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: bool = False) -> InboundEvent | None:
+    """One item of `messaging`: an InboundEvent, None (counted in `skipped`) for what otnflow does not act on, or
+    EventError naming what is wrong with a kind otnflow handles. Ids are Meta's digits, or also readable names
+    with `simulated_ids`."""
+    kind = classify(item)
+    if kind not in HANDLED_KINDS:
+        skipped[kind] += 1
+        return None
+    assert isinstance(item, dict)
+    _check_depth(item, where)
+    item = _well_formed(item)
+    timestamp = _timestamp(item, where)
+    sender, page = _psid(item, "sender", where, simulated_ids), _psid(item, "recipient", where, simulated_ids)
+    body = _object(item, kind, where)
+
+    def make(key: str, text: str | None = None, payload: str | None = None) -> InboundEvent:
         return InboundEvent(key, sender, page, timestamp, kind, text, payload, item)
 
-    if isinstance(item.get("message"), dict):
-        message = item["message"]
-        if message.get("is_echo"):
-            skipped["echo"] += 1
-            return None
-        mid = message.get("mid")
-        if not isinstance(mid, str):
-            raise WebhookFormatError(f"{where}.message.mid is missing")
-        quick = message.get("quick_reply")
-        payload = quick.get("payload") if isinstance(quick, dict) else None
-        text = message.get("text") if isinstance(message.get("text"), str) else None
-        return make("message", mid, text, payload if isinstance(payload, str) else None)
-    if isinstance(item.get("postback"), dict):
-        postback = item["postback"]
-        payload = postback.get("payload")
-        payload = payload if isinstance(payload, str) else ""
-        mid = postback.get("mid")
-        key = mid if isinstance(mid, str) else f"{sender}:{timestamp}:postback:{payload}"
-        title = postback.get("title")
-        return make("postback", key, title if isinstance(title, str) else None, payload)
-    if isinstance(item.get("optin"), dict):
-        optin = item["optin"]
-        detail = optin.get("one_time_notif_token") or optin.get("notification_messages_token") or optin.get("ref")
-        payload = optin.get("payload")
+    if kind == "message":
+        mid = _string(body, "mid", f"{where}.message", MAX_KEY_CHARS, required=True)
+        text = _string(body, "text", f"{where}.message", MAX_TEXT_CHARS)
+        quick = body.get("quick_reply")
+        payload = None
+        if quick is not None:
+            payload = _string(
+                _object(body, "quick_reply", f"{where}.message"), "payload", f"{where}.message.quick_reply"
+            )
+        assert mid is not None
+        return make(mid, text, payload)
+    if kind == "postback":
+        payload = _string(body, "payload", f"{where}.postback") or ""
+        title = _string(body, "title", f"{where}.postback")
+        mid = _string(body, "mid", f"{where}.postback", MAX_KEY_CHARS)
         return make(
-            "optin", f"{sender}:{timestamp}:optin:{detail}", None, payload if isinstance(payload, str) else None
+            mid if mid is not None else f"{sender}:{timestamp}:postback:{payload[:MAX_KEY_CHARS]}", title, payload
         )
-    if isinstance(item.get("reaction"), dict):
-        reaction = item["reaction"]
-        return make("reaction", f"{sender}:{timestamp}:reaction:{reaction.get('action')}:{reaction.get('mid')}")
-    if isinstance(item.get("referral"), dict):
-        ref = item["referral"].get("ref")
-        return make("referral", f"{sender}:{timestamp}:referral:{ref}", None, ref if isinstance(ref, str) else None)
-    for kind in _SKIPPED_KINDS:
-        if kind in item:
-            skipped[kind] += 1
-            return None
-    skipped["unknown"] += 1
-    return None
+    if kind == "optin":
+        details = [
+            _string(body, name, f"{where}.optin", MAX_KEY_CHARS)
+            for name in ("one_time_notif_token", "notification_messages_token", "ref")
+        ]
+        payload = _string(body, "payload", f"{where}.optin")
+        detail = next((d for d in details if d), None)
+        return make(f"{sender}:{timestamp}:optin:{detail}", None, payload)
+    if kind == "reaction":
+        action = _string(body, "action", f"{where}.reaction", MAX_KEY_CHARS)
+        target = _string(body, "mid", f"{where}.reaction", MAX_KEY_CHARS)
+        return make(f"{sender}:{timestamp}:reaction:{action}:{target}")
+    ref = _string(body, "ref", f"{where}.referral", MAX_KEY_CHARS)
+    return make(f"{sender}:{timestamp}:referral:{ref}", None, ref)
+
+
+def _timestamp(item: dict[str, Any], where: str) -> int:
+    value = item.get("timestamp")
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise EventError(f"{where}.timestamp must be an integer (ms), not {_describe(value)}")
+    if not MIN_TIMESTAMP_MS <= value <= MAX_TIMESTAMP_MS:
+        raise EventError(f"{where}.timestamp {_clip(value)} is outside 2004..9999 (ms since 1970)")
+    return value
+
+
+def _psid(item: dict[str, Any], side: str, where: str, simulated: bool = False) -> str:
+    party = item.get(side)
+    if not isinstance(party, dict) or "id" not in party:
+        raise EventError(f"{where}.{side}.id is missing")
+    value = party["id"]
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 10**MAX_ID_DIGITS:
+        return str(value)
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_DIGITS and value.isascii() and value.isdigit():
+        return value
+    if simulated and isinstance(value, str) and SIMULATED_ID.fullmatch(value):
+        return value
+    raise EventError(f"{where}.{side}.id must be digits (a string or an integer), not {_describe(value)}")
+
+
+def _object(parent: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    value = parent.get(name)
+    if not isinstance(value, dict):
+        raise EventError(f"{where}.{name} must be an object, not {_describe(value)}")
+    return value
+
+
+def _string(
+    parent: dict[str, Any], name: str, where: str, cap: int = MAX_TEXT_CHARS, required: bool = False
+) -> str | None:
+    value = parent.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or (required and not value):
+        raise EventError(f"{where}.{name} must be a{' non-empty' if required else ''} string, not {_describe(value)}")
+    if len(value) > cap:
+        raise EventError(f"{where}.{name} is {len(value)} characters long (at most {cap})")
+    return value
+
+
+def _check_depth(item: Any, where: str) -> None:
+    """Iteratively, so a hostile nesting cannot exhaust the stack here or when the event is serialised."""
+    stack: list[tuple[Any, int]] = [(item, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise EventError(f"{where} is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _well_formed(item: dict[str, Any]) -> dict[str, Any]:
+    """The event with every lone UTF-16 surrogate (`"\\ud83d"` without its pair: JSON allows it, UTF-8 cannot
+    encode it) replaced by U+FFFD, Unicode's replacement character. The event is kept: a damaged emoji in a text
+    must not cost the user their answer. Events without one (nearly all) are returned as they are."""
+    try:
+        json.dumps(item, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        repaired = _repair(item)
+        assert isinstance(repaired, dict)
+        return repaired
+    return item
+
+
+def _repair(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_repair(k): _repair(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_repair(v) for v in value]
+    return value
+
+
+def _dump_any(value: Any) -> str:
+    """Any parsed JSON value as ASCII JSON (lone surrogates escaped, so always storable), or a placeholder."""
+    try:
+        return json.dumps(value, separators=(",", ":"), sort_keys=True)
+    except (RecursionError, ValueError):
+        return '"<not serialisable: nested too deeply>"'
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "missing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int | float):
+        return f"{type(value).__name__} {_clip(value)}"
+    if isinstance(value, str):
+        return f"string {value[:40]!r}" + ("..." if len(value) > 40 else "")
+    if isinstance(value, dict):
+        return "an object"
+    return "a list" if isinstance(value, list) else type(value).__name__
+
+
+def _clip(value: float) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else text[:20] + f"...({len(text)} digits)"

@@ -95,7 +95,7 @@ class ConversationHandler:
         `send_now` the first allowed reply is recorded as `sending` in that same write, because the caller sends
         it at once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
         `user` is the record this worker itself just committed for the same user, when it has one: no read back."""
-        event = parse_event(json.loads(stored.body), stored.key, Counter())
+        event = parse_event(json.loads(stored.body), stored.key, Counter(), simulated_ids=True)  # judged on receipt
         armed: list[tuple[str, str]] = []
         if user is None or user.user_id != stored.user_id:
             user, armed = await self.store.load_for_step(stored.user_id)

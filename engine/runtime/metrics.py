@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_MAX_KINDS_REMEMBERED = 1_000
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._kinds_seen: set[str] = set()
         self.events_received = Counter(
             "otnflow_events_received", "Webhook events stored, by kind", ["kind"], registry=self.registry
         )
@@ -18,6 +23,12 @@ class Metrics:
             "otnflow_events_skipped",
             "Webhook items not acted on (echo, receipts, ...)",
             ["reason"],
+            registry=self.registry,
+        )
+        self.events_rejected = Counter(
+            "otnflow_events_rejected",
+            "Webhook events kept in the dead-letter table (a signed body's broken event), by kind",
+            ["kind"],
             registry=self.registry,
         )
         self.events_failed = Counter(
@@ -45,6 +56,15 @@ class Metrics:
             ["topic", "figure"],
             registry=self.registry,
         )
+
+    def count_skipped(self, kind: str, count: int, known: Collection[str]) -> bool:
+        """Count skipped webhook items; the label is the kind when it is a known one, else `unknown` (a body's keys
+        must not grow the label set). True the first time this process sees the kind: worth a log line."""
+        self.events_skipped.labels(kind if kind in known else "unknown").inc(count)
+        if kind in self._kinds_seen or len(self._kinds_seen) >= _MAX_KINDS_REMEMBERED:
+            return False
+        self._kinds_seen.add(kind)
+        return True
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord, UserView
+from .base import (
+    Campaign,
+    Delivery,
+    Finished,
+    OutboxItem,
+    RejectedEvent,
+    StepWrite,
+    Store,
+    StoredEvent,
+    Token,
+    UserRecord,
+    UserView,
+)
 
 
 def open_store(url: str, inbox_retention_days: float = 7.0) -> Store:
@@ -27,6 +39,7 @@ __all__ = [
     "Delivery",
     "Finished",
     "OutboxItem",
+    "RejectedEvent",
     "StepWrite",
     "Store",
     "StoredEvent",

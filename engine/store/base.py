@@ -54,6 +54,19 @@ class StoredEvent:
     received_ms: int = 0
 
 
+@dataclass(frozen=True)
+class RejectedEvent:
+    """A dead letter: one event of a signed, well-formed body that could not be accepted, kept with the reason so
+    that an operator can see what Meta sent (the body was answered 200: Meta would resend it forever)."""
+
+    key: str  # a hash of the event's JSON: Meta's retries of the same body add nothing
+    where: str  # e.g. entry[0].messaging[2]
+    kind: str
+    reason: str
+    body: str  # the event's JSON, size-capped
+    received_ms: int = 0
+
+
 @dataclass
 class OutboxItem:
     """One message to send. `message` is the Send API `message` object; how it goes (messaging type, tag, OTN
@@ -145,6 +158,14 @@ class Store(Protocol):
         """Insert the events not stored yet, in one atomic write; return those that were new."""
         ...
 
+    async def add_rejected(self, rejected: Sequence[RejectedEvent]) -> int:
+        """Keep dead letters, insert-if-absent by key; return how many were new."""
+        ...
+
+    async def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
+        """The newest dead letters first."""
+        ...
+
     async def pending_events(self, user_id: str, limit: int = 100) -> list[StoredEvent]:
         """The user's unhandled events, oldest timestamp first."""
         ...
@@ -196,7 +217,7 @@ class Store(Protocol):
         ...
 
     async def counts(self) -> dict[str, int]:
-        """Row counts by table and status, for health checks, metrics and tests."""
+        """Row counts by table and status (and `rejected`: the dead letters), for health checks, metrics, tests."""
         ...
 
     # leases: one process at a time per user, across processes sharing the store

@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -36,6 +36,7 @@ from .base import (
     Delivery,
     Finished,
     OutboxItem,
+    RejectedEvent,
     StepWrite,
     StoredEvent,
     Token,
@@ -144,6 +145,7 @@ class MongoStore:
             [("campaign_id", ASCENDING), ("status", ASCENDING), ("user_id", ASCENDING)], name="by_status"
         )
         await db.leases.create_index("until_ms", name="by_expiry")
+        await db.rejected.create_index("received_ms", name="by_time")
         await db.meta.update_one({"_id": "schema_version"}, {"$setOnInsert": {"value": SCHEMA_VERSION}}, upsert=True)
 
     async def close(self) -> None:
@@ -194,6 +196,35 @@ class MongoStore:
                 seen.add(event.key)
                 new.append(event)
         return new
+
+    async def add_rejected(self, rejected: Sequence[RejectedEvent]) -> int:
+        new = 0
+        for r in rejected:  # a handful at most: one upsert each keeps insert-if-absent simple
+            try:
+                result = await self.db.rejected.update_one(
+                    {"_id": r.key},
+                    {
+                        "$setOnInsert": {
+                            "where": r.where,
+                            "kind": r.kind,
+                            "reason": r.reason,
+                            "body": r.body,
+                            "received_ms": r.received_ms,
+                        }
+                    },
+                    upsert=True,
+                )
+            except DuplicateKeyError:  # the same dead letter stored at the same moment by another request
+                continue
+            new += result.upserted_id is not None
+        return new
+
+    async def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
+        cursor = self.db.rejected.find().sort([("received_ms", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return [
+            RejectedEvent(d["_id"], d["where"], d["kind"], d["reason"], d["body"], d["received_ms"])
+            async for d in cursor
+        ]
 
     async def pending_events(self, user_id: str, limit: int = 100) -> list[StoredEvent]:
         cursor = (
@@ -338,6 +369,7 @@ class MongoStore:
             "inbox_pending": await db.inbox.count_documents({"handled_ms": None}),
             "inbox_handled": await db.inbox.count_documents({"handled_ms": {"$ne": None}}),
             "inbox_failed": await db.inbox.count_documents({"error": {"$exists": True}}),
+            "rejected": await db.rejected.count_documents({}),
         }
         async for row in await db.outbox.aggregate([{"$group": {"_id": "$status", "n": {"$sum": 1}}}]):
             out[f"outbox_{row['_id']}"] = row["n"]

@@ -18,7 +18,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .base import Campaign, Delivery, Finished, OutboxItem, StepWrite, StoredEvent, Token, UserRecord, UserView
+from .base import (
+    Campaign,
+    Delivery,
+    Finished,
+    OutboxItem,
+    RejectedEvent,
+    StepWrite,
+    StoredEvent,
+    Token,
+    UserRecord,
+    UserView,
+)
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -38,6 +49,15 @@ CREATE TABLE IF NOT EXISTS inbox (
 );
 CREATE INDEX IF NOT EXISTS inbox_pending ON inbox (user_id, timestamp) WHERE handled_ms IS NULL;
 CREATE INDEX IF NOT EXISTS inbox_handled ON inbox (handled_ms) WHERE handled_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS rejected (
+    key TEXT PRIMARY KEY,
+    location TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    body TEXT NOT NULL,
+    received_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rejected_by_time ON rejected (received_ms);
 CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, data TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -286,6 +306,30 @@ class SqliteStore:
 
         return await self._write(work)
 
+    async def add_rejected(self, rejected: Sequence[RejectedEvent]) -> int:
+        def work(db: sqlite3.Connection) -> int:
+            return sum(
+                db.execute(
+                    "INSERT OR IGNORE INTO rejected (key, location, kind, reason, body, received_ms) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (r.key, r.where, r.kind, r.reason, r.body, r.received_ms),
+                ).rowcount
+                for r in rejected
+            )
+
+        return await self._write(work)
+
+    async def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
+        def work(db: sqlite3.Connection) -> list[RejectedEvent]:
+            rows = db.execute(
+                "SELECT key, location, kind, reason, body, received_ms FROM rejected "
+                "ORDER BY received_ms DESC, rowid DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [RejectedEvent(*row) for row in rows]
+
+        return await self._read(work)
+
     async def pending_events(self, user_id: str, limit: int = 100) -> list[StoredEvent]:
         def work(db: sqlite3.Connection) -> list[StoredEvent]:
             rows = db.execute(
@@ -453,6 +497,7 @@ class SqliteStore:
             out["inbox_pending"] = db.execute("SELECT count(*) FROM inbox WHERE handled_ms IS NULL").fetchone()[0]
             out["inbox_handled"] = db.execute("SELECT count(*) FROM inbox WHERE handled_ms IS NOT NULL").fetchone()[0]
             out["inbox_failed"] = db.execute("SELECT count(*) FROM inbox WHERE error IS NOT NULL").fetchone()[0]
+            out["rejected"] = db.execute("SELECT count(*) FROM rejected").fetchone()[0]
             for status, n in db.execute("SELECT status, count(*) FROM outbox GROUP BY status"):
                 out[f"outbox_{status}"] = n
             return out

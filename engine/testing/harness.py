@@ -249,6 +249,7 @@ class Bot:
                 "OTNFLOW_FLOWS_TEMPLATES": str(Path(templates).resolve()),
                 "OTNFLOW_STORE_URL": f"sqlite:///{folder / 'harness.sqlite3'}",
                 "OTNFLOW_LOG_LEVEL": "WARNING",
+                "OTNFLOW_SERVER_SIMULATED_USER_IDS": "true",  # users are called alice, not 7100000000000001
                 "OTNFLOW_GRAPH_BACKOFF_BASE_SECONDS": "0.001",
                 "OTNFLOW_GRAPH_BACKOFF_MAX_SECONDS": "0.005",
             }

@@ -1,20 +1,23 @@
 """The Messenger webhook: verification handshake and event intake.
 
-POST answers 200 only once every event of the body is stored durably; handling happens after, in the dispatcher.
+POST answers 200 only once every good event of the body is stored durably (and every broken one kept in the
+dead-letter table); handling happens after, in the dispatcher. Only whole-body problems get another answer:
+413 (too large), 403 (signature), 400 (not a JSON object with an `entry` list). Never a 500: Meta would resend the
+same body for hours.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 
 from aiohttp import web
 
 from ..messenger.signature import verify
-from ..messenger.webhook import WebhookFormatError, parse_body
-from ..store import StoredEvent
-from .keys import CLOCK, DISPATCHER, METRICS, SETTINGS, STORE
+from ..messenger.webhook import SKIPPED_KINDS, ParsedWebhook, WebhookFormatError, parse_body
+from ..runtime.metrics import Metrics
+from ..store import RejectedEvent, StoredEvent
+from .keys import CLOCK, DISPATCHER, FAKE_GRAPH, METRICS, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.webhook")
 
@@ -48,27 +51,27 @@ async def receive(request: web.Request) -> web.Response:
         log.warning("webhook signature missing or invalid: %d bytes refused, nothing stored", len(raw))
         return web.Response(status=403, text="invalid signature")
     try:
-        parsed = parse_body(raw)
+        simulated = settings["server.simulated_user_ids"] or FAKE_GRAPH in app  # local mode: named users
+        parsed = parse_body(raw, simulated_ids=simulated)
     except WebhookFormatError as err:
         metrics.webhook_rejected.labels("400").inc()
         log.warning("malformed webhook body: %s", err)
         return web.Response(status=400, text=f"malformed webhook body: {err}")
-    for reason, count in parsed.skipped.items():
-        metrics.events_skipped.labels(reason).inc(count)
+    _report_skipped(parsed, metrics)
     received = app[CLOCK].now_ms()
     stored = [
-        StoredEvent(
-            e.key,
-            e.user_id,
-            e.page_id,
-            e.timestamp,
-            e.kind,
-            json.dumps(e.raw, separators=(",", ":"), ensure_ascii=False),
-            received,
-        )
-        for e in parsed.events
+        StoredEvent(e.key, e.user_id, e.page_id, e.timestamp, e.kind, e.to_json(), received) for e in parsed.events
     ]
     new = await app[STORE].add_events(stored) if stored else []
+    if parsed.rejected:
+        await app[STORE].add_rejected(
+            [RejectedEvent(r.key(), r.where, r.kind, r.reason, r.body(), received) for r in parsed.rejected]
+        )
+        for r in parsed.rejected:
+            metrics.events_rejected.labels(r.kind).inc()
+            log.warning(
+                "webhook event rejected, kept in the dead-letter table (otnflow inbox --rejected): %s", r.reason
+            )
     metrics.events_duplicate.inc(len(stored) - len(new))
     by_user: dict[str, list[StoredEvent]] = defaultdict(list)
     for event in new:
@@ -77,3 +80,18 @@ async def receive(request: web.Request) -> web.Response:
     for user_id, events in by_user.items():
         app[DISPATCHER].wake(user_id, events)
     return web.Response(text="EVENT_RECEIVED")
+
+
+def _report_skipped(parsed: ParsedWebhook, metrics: Metrics) -> None:
+    """Skipped kinds are counted; the first sighting of each is logged, and a Page notice always is (WARNING)."""
+    for kind, count in parsed.skipped.items():
+        if metrics.count_skipped(kind, count, SKIPPED_KINDS):
+            log.info("webhook events of kind %r are not acted on: skipped (otnflow_events_skipped_total)", kind)
+    for notice in parsed.notices:
+        log.warning(
+            "Meta reported a policy enforcement on page %s: action %r, reason: %s "
+            "(see the Page's Support Inbox; a blocked Page cannot send)",
+            notice.page_id,
+            notice.action,
+            notice.reason or "none given",
+        )

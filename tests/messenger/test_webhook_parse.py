@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import functools
 import json
+import re
+from typing import Any
 
 import pytest
 
 from engine.messenger.signature import sign, verify
-from engine.messenger.webhook import WebhookFormatError, parse_body, parse_webhook
+from engine.messenger.webhook import (
+    PageNotice,
+    ParsedWebhook,
+    RejectedItem,
+    WebhookFormatError,
+    parse_body,
+    parse_webhook,
+)
 from tests.conftest import webhook_fixture
 
 
@@ -63,27 +73,124 @@ def test_other_objects_are_skipped() -> None:
     assert parse_webhook({"object": "instagram", "entry": []}).skipped["object:instagram"] == 1
 
 
-def test_malformed_bodies_name_where() -> None:
-    with pytest.raises(WebhookFormatError, match=r"entry\[0\]\.messaging\[0\]\.message\.mid is missing"):
-        parse_body(
-            json.dumps(
-                {
-                    "object": "page",
-                    "entry": [
-                        {
-                            "messaging": [
-                                {
-                                    "sender": {"id": "1"},
-                                    "recipient": {"id": "2"},
-                                    "timestamp": 1,
-                                    "message": {"text": "x"},
-                                }
-                            ]
-                        }
-                    ],
-                }
-            ).encode()
-        )
+GOOD = {"sender": {"id": "7100000000000001"}, "recipient": {"id": "106000000000001"}, "timestamp": 1764240000000}
+
+
+def _one(item: Any) -> ParsedWebhook:
+    return parse_webhook({"object": "page", "entry": [{"id": "106000000000001", "time": 1, "messaging": [item]}]})
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            {"message": {"text": "x"}},
+            r"entry\[0\]\.messaging\[0\]\.message\.mid must be a non-empty string, not missing",
+        ),
+        ({"message": {"mid": "m", "text": 5}}, r"message\.text must be a string, not int 5"),
+        ({"message": "hello"}, r"\.message must be an object"),
+        ({"timestamp": True}, r"timestamp must be an integer \(ms\), not a boolean"),
+        ({"timestamp": -5}, r"timestamp -5 is outside 2004\.\.9999"),
+        ({"timestamp": 10**30}, r"timestamp 10{19}\.\.\.\(31 digits\) is outside"),
+        ({"timestamp": 1_000_000_000_000}, r"is outside 2004\.\.9999"),  # 2001
+        ({"timestamp": 1764240000000.0}, r"timestamp must be an integer \(ms\), not float"),
+        ({"sender": {"id": "USER_ID"}}, r"sender\.id must be digits"),
+        ({"sender": {"id": "１２３"}}, r"sender\.id must be digits"),  # fullwidth digits: isdigit() but not ASCII
+        ({"sender": {"id": 10**40}}, r"sender\.id must be digits"),
+        ({"sender": {"id": -1}}, r"sender\.id must be digits"),
+        ({"sender": {}}, r"sender\.id is missing"),
+        ({"recipient": None}, r"recipient\.id is missing"),
+        ({"message": {"mid": "m", "text": "x" * 20_001}}, r"message\.text is 20001 characters long \(at most 20000\)"),
+        ({"message": {"mid": "m" * 1025}}, r"message\.mid is 1025 characters long"),
+        ({"postback": {"payload": ["A"]}}, r"postback\.payload must be a string, not a list"),
+        ({"message": {"mid": "m", "x": functools.reduce(lambda a, _: [a], range(40), [])}}, r"nested more than 32"),
+    ],
+)
+def test_a_broken_event_is_rejected_alone_with_its_place_and_reason(change: dict[str, Any], reason: str) -> None:
+    good = {**GOOD, "message": {"mid": "m_good", "text": "hi"}}
+    kind = {} if "postback" in change else {"message": {"mid": "m_bad"}}
+    bad = {**GOOD, **kind, **change}
+    parsed = parse_webhook({"object": "page", "entry": [{"id": "1", "time": 1, "messaging": [bad, good]}]})
+    assert [e.key for e in parsed.events] == ["m_good"]
+    (rejected,) = parsed.rejected
+    assert re.search(reason, rejected.reason), rejected.reason
+    assert rejected.where == "entry[0].messaging[0]"
+    assert len(rejected.body()) <= 8_192 + 40
+    assert rejected.key() == RejectedItem("elsewhere", "x", "y", json.loads(json.dumps(bad))).key()  # content hash
+
+
+def test_items_that_are_not_events_are_rejected_not_fatal() -> None:
+    parsed = parse_webhook({"object": "page", "entry": [5, {"messaging": {}}, {"messaging": [None, "x"]}]})
+    assert [r.where for r in parsed.rejected] == [
+        "entry[0]",
+        "entry[1]",
+        "entry[2].messaging[0]",
+        "entry[2].messaging[1]",
+    ]
+    assert {r.kind for r in parsed.rejected} == {"item"}
+
+
+def test_a_lone_surrogate_is_replaced_and_the_event_kept() -> None:
+    raw = (
+        b'{"object":"page","entry":[{"messaging":[{"sender":{"id":"1"},"recipient":{"id":"2"},'
+        b'"timestamp":1764240000000,"message":{"mid":"m_\\ud83d","text":"x\\ud83d","quick_reply":{"payload":"\\udc00"}}}]}]}'
+    )
+    (event,) = parse_body(raw).events
+    assert (event.key, event.text, event.payload) == ("m_\ufffd", "x\ufffd", "\ufffd")
+    event.to_json().encode()  # storable as UTF-8
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"object":"page","entry":[{"messaging":[{"message":{"text":Infinity}}]}]}', "Infinity is not JSON"),
+        (b'{"object":"page","entry":[],"x":NaN}', "NaN is not JSON"),
+        (b'{"object":"page","entry":[],"x":' + b"1" * 5000 + b"}", "body is not JSON"),
+        (b'\xff{"object":"page"}', "body is not JSON"),
+    ],
+)
+def test_bodies_that_are_not_json_raise_the_format_error(raw: bytes, message: str) -> None:
+    with pytest.raises(WebhookFormatError, match=message):
+        parse_body(raw)
+
+
+@pytest.mark.parametrize(
+    ("item", "kind"),
+    [
+        # a delivery receipt carries no timestamp (Meta's own message_deliveries example)
+        ({"sender": {"id": "1"}, "recipient": {"id": "2"}, "delivery": {"mids": ["m"], "watermark": 1}}, "delivery"),
+        # checkbox plugin: the user is known by user_ref only, no sender
+        (
+            {"recipient": {"id": "2"}, "timestamp": 1764240000000, "optin": {"ref": "r", "user_ref": "u1"}},
+            "optin_user_ref",
+        ),
+        ({"recipient": {"id": "2"}, "timestamp": 1, "app_roles": {"123": ["automation"]}}, "app_roles"),
+        (
+            {"recipient": {"id": "2"}, "timestamp": 1, "policy_enforcement": {"action": "block", "reason": "spam"}},
+            "policy_enforcement",
+        ),
+        ({"recipient": {"id": "2"}, "timestamp": 1, "policy-enforcement": {"action": "block"}}, "policy-enforcement"),
+        ({"sender": {"id": "1"}, "recipient": {"id": "2"}, "message": {"is_echo": True}}, "echo"),
+        ({"sender": {"id": "1"}, "brand_new_kind": {}}, "brand_new_kind"),
+        ({"sender": {"id": "1"}}, "unknown"),
+    ],
+)
+def test_kinds_not_acted_on_are_skipped_without_validation(item: dict[str, Any], kind: str) -> None:
+    parsed = _one(item)
+    assert (parsed.events, parsed.rejected) == ([], [])
+    assert parsed.skipped == {kind: 1}
+
+
+def test_a_policy_enforcement_notice_says_what_meta_reported() -> None:
+    parsed = _one(
+        {
+            "recipient": {"id": "106"},
+            "timestamp": 1,
+            "policy_enforcement": {"action": "block", "reason": "too\n  spammy"},
+        }
+    )
+    assert parsed.notices == [PageNotice("106", "block", "too spammy")]
 
 
 def test_signature_roundtrip_and_tamper() -> None:
@@ -93,3 +200,14 @@ def test_signature_roundtrip_and_tamper() -> None:
     assert not verify(body + b" ", "s3cret", header)
     assert not verify(body, "s3cret", None, sign(body, "s3cret", "sha1"), allow_sha1=False)
     assert verify(body, "s3cret", None, sign(body, "s3cret", "sha1"), allow_sha1=True)
+
+
+def test_readable_user_ids_only_for_simulated_users() -> None:
+    item = {**GOOD, "sender": {"id": "alice"}, "message": {"mid": "m"}}
+    assert (
+        _one(item).rejected[0].reason.endswith("sender.id must be digits (a string or an integer), not string 'alice'")
+    )
+    body = {"object": "page", "entry": [{"messaging": [item, {**item, "sender": {"id": "al ice"}}]}]}
+    parsed = parse_webhook(body, simulated_ids=True)
+    assert [e.user_id for e in parsed.events] == ["alice"]
+    assert [r.where for r in parsed.rejected] == ["entry[0].messaging[1]"]

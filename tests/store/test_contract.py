@@ -15,6 +15,7 @@ from engine.store import (
     Campaign,
     Finished,
     OutboxItem,
+    RejectedEvent,
     StepWrite,
     Store,
     StoredEvent,
@@ -237,3 +238,13 @@ async def test_handled_events_are_pruned_after_the_retention_pending_ones_never(
     assert await store.prune_inbox(1_000 + week + 1) == 1
     assert [e.key for e in await store.pending_events("u1")] == ["pending"]
     assert await store.add_events([event("old")]) != []  # forgotten: only within the retention is a retry a no-op
+
+
+async def test_dead_letters_are_kept_once_newest_first_and_counted(store: Store) -> None:
+    first = RejectedEvent("k1", "entry[0].messaging[1]", "message", "message.mid is missing", '{"message":{}}', 10)
+    second = RejectedEvent("k2", "entry[0].messaging[0]", "postback", "timestamp out of range", '{"x":"\\ud83d"}', 20)
+    assert await store.add_rejected([first, second]) == 2
+    assert await store.add_rejected([first]) == 0  # Meta's retry of the same body adds nothing
+    assert await store.rejected_events() == [second, first]
+    assert await store.rejected_events(limit=1) == [second]
+    assert (await store.counts())["rejected"] == 2

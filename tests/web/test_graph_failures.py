@@ -53,10 +53,10 @@ async def test_unreachable_user_is_marked_and_never_messaged_again(server: Serve
     await server.idle()
     assert server.fake.sent == []
     await server.post(hello("m2", 2, "menu"))
-    await server.post(hello("x1", 3, "hi", user="other-user"))
+    await server.post(hello("x1", 3, "hi", user="7100000000000002"))
     await server.idle()
     assert server.fake.messages_to(USER) == []
-    assert len(server.fake.messages_to("other-user")) == 1  # others are unaffected
+    assert len(server.fake.messages_to("7100000000000002")) == 1  # others are unaffected
     counts = await server.counts()
     # the policy gate refuses anything for an unreachable user before it reaches the outbox queue
     assert counts["outbox_refused"] == 1 and counts["outbox_failed"] == 1
@@ -78,16 +78,16 @@ async def test_invalid_page_token_stops_sending_loudly_and_keeps_replies(server:
 
 
 async def test_profile_is_fetched_once_and_its_failure_never_blocks_a_reply(server: Server) -> None:
-    server.fake.profiles["p-ok"] = {"first_name": "Alice"}
-    server.fake.profiles["p-down"] = {"fail": True}
+    server.fake.profiles["7100000000000003"] = {"first_name": "Alice"}
+    server.fake.profiles["7100000000000004"] = {"fail": True}
     for i in range(3):
-        await server.post(hello(f"ok{i}", i + 1, "menu", user="p-ok"))
+        await server.post(hello(f"ok{i}", i + 1, "menu", user="7100000000000003"))
         await server.idle()
     assert server.fake.profile_requests == 1
-    assert server.texts_to("p-ok")[0] == "Hi Alice! Welcome to the cellar. Red or white tonight?"
-    await server.post(hello("down1", 10, "hi", user="p-down"))
+    assert server.texts_to("7100000000000003")[0] == "Hi Alice! Welcome to the cellar. Red or white tonight?"
+    await server.post(hello("down1", 10, "hi", user="7100000000000004"))
     await server.idle()
-    assert server.texts_to("p-down") == ["Hi there! Welcome to the cellar. Red or white tonight?"]
+    assert server.texts_to("7100000000000004") == ["Hi there! Welcome to the cellar. Red or white tonight?"]
 
 
 async def test_replies_of_one_user_go_out_in_order(server: Server) -> None:
