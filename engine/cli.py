@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ def _flow_options(args: argparse.Namespace) -> FlowOptions:
             raise
         options = FlowOptions()
     templates = Path(args.templates) if args.templates else options.templates_dir or Path("templates")
-    return FlowOptions(templates, options.limits, options.otn_available)
+    return dataclasses.replace(options, templates_dir=templates)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

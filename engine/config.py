@@ -135,6 +135,7 @@ class Settings:
             templates_dir=self.path("flows.templates"),
             limits=Limits(allowed_tags=policy.allowed_tags),
             otn_available=policy.otn_enabled,
+            tags_set_elsewhere=frozenset({str(self.values["policy.eu_user_tag"])}),
         )
 
     @property

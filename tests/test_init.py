@@ -153,3 +153,28 @@ def test_the_package_ships_the_project(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {str(p).replace(".gitignore", "gitignore") for p in project_files() if p.name != "flow.schema.json"}
     assert {f"engine/starter/project/{name}" for name in shipped} <= names
+
+
+def test_check_catches_the_bakery_authors_mistakes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 15's shop owner: `user.firstname`, a misspelt tag in a variant, a broken line in a template."""
+    from engine.cli import main
+    from engine.starter import create_project
+
+    create_project(tmp_path)
+    flow = tmp_path / "flows" / "bakery.toml"
+    flow.write_text(
+        flow.read_text()
+        .replace("Good morning {{ user.first_name", "Good morning {{ user.firstname")
+        .replace('when = "sweet_tooth"', 'when = "sweet_toth and not churned"')
+    )
+    (tmp_path / "templates" / "bakery" / "back_in_stock.j2").write_text("Good news:\nthe {{ item }} is {% if %}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    lines = {line.split(": ", 1)[0]: line for line in out}
+    assert "did you mean 'first_name'?" in lines["flows/bakery.toml:37"]
+    assert any("tag 'sweet_toth' is never set by any flow; did you mean 'sweet_tooth'?" in line for line in out)
+    assert any("tag 'churned' is never set" in line for line in out)
+    assert lines["templates/bakery/back_in_stock.j2:2"].startswith("templates/bakery/back_in_stock.j2:2: error: ")

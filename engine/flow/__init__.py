@@ -9,10 +9,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import Limits, check_flow
+from .checks import Limits, check_flow, check_tags_set
 from .compiler import CompiledFlow, Reply, Snapshot, StepResult, UserInput
 from .diagnostics import Diagnostic, FlowError, Severity
-from .loader import read_flow
+from .loader import Reporter, read_flow
 from .spec import FlowSpec
 from .templates import make_environment
 
@@ -40,18 +40,23 @@ class FlowOptions:
     templates_dir: Path | None = None
     limits: Limits = field(default_factory=Limits)
     otn_available: bool = True
+    tags_set_elsewhere: frozenset[str] = frozenset()  # set outside any flow (the EU tag): never "unset"
 
 
 def load_flow(path: Path, options: FlowOptions = FlowOptions()) -> tuple[CompiledFlow | None, list[Diagnostic]]:
     """Load, check and compile one flow file. The flow is None when any error was found."""
+    _, flow, report = _load(path, options)
+    return flow, sorted(report.diagnostics)
+
+
+def _load(path: Path, options: FlowOptions) -> tuple[FlowSpec | None, CompiledFlow | None, Reporter]:
     spec, report = read_flow(path)
     env = make_environment(options.templates_dir)
     if spec is not None:
         check_flow(spec, report, env, options.limits, options.otn_available)
-    diagnostics = sorted(report.diagnostics)
-    if spec is None or any(d.is_error for d in diagnostics):
-        return None, diagnostics
-    return CompiledFlow(spec, env), diagnostics
+    if spec is None or any(d.is_error for d in report.diagnostics):
+        return spec, None, report
+    return spec, CompiledFlow(spec, env), report
 
 
 def flow_files(paths: Iterable[Path]) -> list[Path]:
@@ -65,24 +70,29 @@ def flow_files(paths: Iterable[Path]) -> list[Path]:
 def check_paths(
     paths: Iterable[Path], options: FlowOptions = FlowOptions()
 ) -> tuple[dict[str, CompiledFlow], list[Diagnostic]]:
-    """Load every flow under `paths`; also report flow names used twice."""
+    """Load every flow under `paths`; also report flow names used twice, and tags some flow tests that no flow
+    ever sets."""
     flows: dict[str, CompiledFlow] = {}
     first_file: dict[str, str] = {}
-    diagnostics: list[Diagnostic] = []
+    loaded: list[tuple[FlowSpec, Reporter]] = []
+    reports: list[Reporter] = []
     for file in flow_files(paths):
-        flow, found = load_flow(file, options)
-        diagnostics.extend(found)
+        spec, flow, report = _load(file, options)
+        reports.append(report)
+        if spec is not None:
+            loaded.append((spec, report))
         if flow is None:
             continue
         name = flow.spec.name
         if name in first_file:
-            diagnostics.append(
+            report.diagnostics.append(
                 Diagnostic(str(file), 1, f"flow name '{name}' is already used by {first_file[name]}", "flow.name")
             )
             continue
         first_file[name] = str(file)
         flows[name] = flow
-    return flows, diagnostics
+    check_tags_set(loaded, options.tags_set_elsewhere)
+    return flows, [d for report in reports for d in sorted(report.diagnostics)]
 
 
 def load_flows(paths: Iterable[Path], options: FlowOptions = FlowOptions()) -> dict[str, CompiledFlow]:

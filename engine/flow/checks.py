@@ -5,6 +5,7 @@ Each check reports through the file's Reporter, so every finding carries the fil
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import deque
 from collections.abc import Iterator
@@ -14,9 +15,18 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from .diagnostics import KeyPath, dotted
 from .loader import Reporter
+from .segments import tags_in
 from .shapes import suggest
 from .spec import Choice, FlowSpec, Message
-from .templates import CONVERSATION_NAMES, NOTIFICATION_NAMES, TemplateProblem, template_source, undeclared_names
+from .templates import (
+    CONVERSATION_NAMES,
+    NOTIFICATION_NAMES,
+    USER_FIELDS,
+    TemplateProblem,
+    template_reads,
+    template_source,
+    undeclared_names,
+)
 
 
 @dataclass(frozen=True)
@@ -118,6 +128,38 @@ def _check_reachability(spec: FlowSpec, report: Reporter) -> None:
             )
 
 
+# -- tags across flows ---------------------------------------------------------------------------------------
+def _tags_set(spec: FlowSpec) -> set[str]:
+    """Every tag something in the flow adds: states, their choices and rules, keywords, notification replies."""
+    effects = [keyword.effects for keyword in spec.keywords]
+    for state in spec.states.values():
+        effects += [state.effects, *(c.effects for c in state.choices), *(r.effects for r in state.rules)]
+    for topic in spec.topics.values():
+        effects += [c.effects for c in topic.quick_replies]
+    return {tag for effect in effects for tag in effect.tag}
+
+
+def _tags_tested(spec: FlowSpec) -> Iterator[tuple[KeyPath, set[str]]]:
+    for name, state in spec.states.items():
+        for i, rule in enumerate(state.rules):
+            yield ("states", name, "on", i, "when"), tags_in(rule.when)
+    for name, topic in spec.topics.items():
+        for i, variant in enumerate(topic.variants):
+            yield ("topics", name, "variants", i, "when"), tags_in(variant.when)
+
+
+def check_tags_set(flows: list[tuple[FlowSpec, Reporter]], set_elsewhere: frozenset[str] = frozenset()) -> None:
+    """A guard or variant testing a tag that nothing ever sets is almost always a typo ("sweet_toth"): warn, with
+    the closest tag that is set. Across all the flows checked together, since a user carries tags between them."""
+    known = set(set_elsewhere).union(*(_tags_set(spec) for spec, _ in flows))
+    for spec, report in flows:
+        for path, tags in _tags_tested(spec):
+            for tag in sorted(tags - known):
+                close = difflib.get_close_matches(tag, sorted(known), n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else f"; tags that are set: {', '.join(sorted(known))}"
+                report.warning(path, f"tag '{tag}' is never set by any flow{hint if known else ''}")
+
+
 # -- Messenger's limits ------------------------------------------------------------------------------------
 def _check_choices(choices: tuple[Choice, ...], path: KeyPath, report: Reporter, limits: Limits) -> None:
     if len(choices) > limits.quick_replies:
@@ -217,16 +259,17 @@ _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
 def _message_source(
     message: Message, env: SandboxedEnvironment, path: KeyPath, report: Reporter
-) -> tuple[str, str | None] | None:
-    """The template text and its file name (None for inline text), or None after reporting why not."""
+) -> tuple[str, str | None, str | None] | None:
+    """The template text, its name and its file (both None for inline text), or None after reporting why not."""
     if message.text is not None:
-        return message.text, None
+        return message.text, None, None
     assert message.template is not None
     try:
-        return template_source(env, message.template), message.template
+        source, file = template_source(env, message.template)
     except TemplateProblem as problem:
         report.error((*path, "template"), problem.message)
         return None
+    return source, message.template, file
 
 
 def _check_message(
@@ -237,21 +280,36 @@ def _check_message(
     report: Reporter,
     max_static: int | None = None,
 ) -> None:
+    """Report a message's mistakes at the flow's key; a template file's own mistakes also at the template's file
+    and line, so an editor can jump there."""
     if message is None:
         return
     found = _message_source(message, env, path, report)
     if found is None:
         return
-    source, file_name = found
-    key = (*path, "say" if file_name is None else "template")
-    where = f"template '{file_name}'" if file_name else "text"
+    source, name, file = found
+    key = (*path, "say" if name is None else "template")
+    where = f"template '{name}'" if name else "text"
+
+    def also_in_template(line: int, message: str) -> None:
+        if file is not None:
+            report.elsewhere(file, line, message)
+
     try:
-        names = undeclared_names(env, source, file_name)
+        reads = template_reads(env, source, name)
     except TemplateProblem as problem:
         report.error(key, f"{where} line {problem.line}: {problem.message}")
+        also_in_template(problem.line or 1, problem.message)
         return
-    for unknown in sorted(names - allowed):
-        report.error(key, f"{where} uses undefined variable '{unknown}' (known: {', '.join(sorted(allowed))})")
+    for unknown in sorted(set(reads.names) - allowed):
+        known = ", ".join(sorted(allowed))
+        report.error(key, f"{where} uses undefined variable '{unknown}' (known: {known})")
+        also_in_template(reads.names[unknown], f"undefined variable '{unknown}' (known: {known})")
+    for field in sorted(set(reads.user_fields) - USER_FIELDS):
+        unknown_field = f"unknown field 'user.{field}'{suggest(field, sorted(USER_FIELDS))}"
+        unknown_field = unknown_field.replace("known keys", "user has")
+        report.error(key, f"{where} uses {unknown_field}")
+        also_in_template(reads.user_fields[field], unknown_field)
     static = _JINJA.sub("", source).strip()
     if max_static is not None and len(static) > max_static:
         report.error(key, f"{where} is at least {len(static)} characters; a button message allows at most {max_static}")

@@ -32,6 +32,12 @@ class Reporter:
     def warning(self, path: KeyPath, message: str) -> None:
         self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path), Severity.WARNING))
 
+    def elsewhere(self, file: str, line: int, message: str) -> None:
+        """An error in another file this one uses (a template), once however many times it is used."""
+        found = Diagnostic(file, line, message)
+        if found not in self.diagnostics:
+            self.diagnostics.append(found)
+
 
 def default_payload(title: str) -> str:
     """'Red wine' -> 'RED_WINE': readable in logs and stable across edits of other choices."""

@@ -5,15 +5,20 @@ User text only ever enters a template as data (the `text` variable); it is never
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, meta
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 #: Names every conversation template may use.
 CONVERSATION_NAMES = frozenset({"user", "vars", "text"})
 #: Names every notification template may use, besides the topic's params.
 NOTIFICATION_NAMES = frozenset({"user", "vars"})
+#: What `user` holds: the User Profile fields the Graph client asks for (messenger/client.py, PROFILE_FIELDS; a
+#: test keeps the two equal) and the user's tags. A missing one renders empty, so a typo is caught here.
+USER_FIELDS = frozenset({"first_name", "last_name", "profile_pic", "tags"})
+_DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
 def make_environment(templates_dir: Path | None) -> SandboxedEnvironment:
@@ -38,21 +43,67 @@ class TemplateProblem(Exception):
         self.line = line
 
 
-def template_source(env: SandboxedEnvironment, name: str) -> str:
+def template_source(env: SandboxedEnvironment, name: str) -> tuple[str, str]:
+    """The template's text and its file's path (for diagnostics an editor can jump to)."""
     if env.loader is None:
         raise TemplateProblem(f"template file '{name}' cannot be used: no templates folder is configured")
     try:
-        source, _, _ = env.loader.get_source(env, name)
+        source, filename, _ = env.loader.get_source(env, name)
     except TemplateNotFound:
         folder = getattr(env.loader, "searchpath", ["?"])[0]
         raise TemplateProblem(f"template file '{name}' not found in {folder}") from None
-    return source
+    return source, _shown(filename or name)
 
 
-def undeclared_names(env: SandboxedEnvironment, source: str, name: str | None = None) -> set[str]:
-    """Top-level names a template reads; raises TemplateProblem on a syntax error (with its line)."""
+def _shown(file: str) -> str:
+    """A path as an author types it: relative when under the working folder."""
+    path = Path(file)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else file
+
+
+@dataclass(frozen=True)
+class TemplateReads:
+    """What a template reads, each with the first line (of the template) that reads it."""
+
+    names: dict[str, int]  # top-level names it does not set itself
+    user_fields: dict[str, int]  # attributes of `user` (user.first_name, user["tags"])
+
+
+def template_reads(env: SandboxedEnvironment, source: str, name: str | None = None) -> TemplateReads:
+    """Parse a template and list what it reads; TemplateProblem on a syntax error (with its line)."""
     try:
         ast = env.parse(source, name=name)
     except TemplateSyntaxError as err:
         raise TemplateProblem(err.message or "syntax error", err.lineno) from None
-    return set(meta.find_undeclared_variables(ast))
+    undeclared = meta.find_undeclared_variables(ast)
+    names: dict[str, int] = {}
+    for node in ast.find_all(nodes.Name):
+        if node.name in undeclared:
+            names.setdefault(node.name, node.lineno)
+    fields: dict[str, int] = {}
+    if "user" in undeclared:
+        for access in ast.find_all((nodes.Getattr, nodes.Getitem)):
+            field = _user_field(access)
+            if field is not None and field not in _DICT_METHODS:
+                fields.setdefault(field, access.lineno)
+    return TemplateReads(names, fields)
+
+
+def _user_field(access: nodes.Node) -> str | None:
+    """'first_name' for `user.first_name` or `user["first_name"]`; None for anything else (user[expr] too)."""
+    if isinstance(access, nodes.Getattr) and isinstance(access.node, nodes.Name) and access.node.name == "user":
+        return str(access.attr)
+    if (
+        isinstance(access, nodes.Getitem)
+        and isinstance(access.node, nodes.Name)
+        and access.node.name == "user"
+        and isinstance(access.arg, nodes.Const)
+        and isinstance(access.arg.value, str)
+    ):
+        return access.arg.value
+    return None
+
+
+def undeclared_names(env: SandboxedEnvironment, source: str, name: str | None = None) -> set[str]:
+    """Top-level names a template reads; raises TemplateProblem on a syntax error (with its line)."""
+    return set(template_reads(env, source, name).names)

@@ -19,6 +19,9 @@ from .errors import GraphError, Outcome, classify
 from .signature import appsecret_proof
 
 log = logging.getLogger("otnflow.graph")
+#: The User Profile fields asked for once per user; templates read them as `user.<field>` (the flow checker's
+#: USER_FIELDS lists them too).
+PROFILE_FIELDS = ("first_name", "last_name", "profile_pic")
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -108,7 +111,7 @@ class GraphClient:
         """The User Profile API, once, short timeout; None on any failure (a reply never waits on it)."""
         try:
             status, answer = await self._request(
-                "GET", user_id, params={"fields": "first_name,last_name,profile_pic"}, timeout=timeout
+                "GET", user_id, params={"fields": ",".join(PROFILE_FIELDS)}, timeout=timeout
             )
         except (TimeoutError, aiohttp.ClientError) as err:
             log.info("profile of a user unavailable: %s", type(err).__name__)
@@ -116,7 +119,7 @@ class GraphClient:
         if status != 200 or not isinstance(answer, dict):
             log.info("profile of a user unavailable: HTTP %s", status)
             return None
-        return {k: answer[k] for k in ("first_name", "last_name", "profile_pic") if isinstance(answer.get(k), str)}
+        return {k: answer[k] for k in PROFILE_FIELDS if isinstance(answer.get(k), str)}
 
     async def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
         return await self._request("GET", path, params=params)

@@ -1,8 +1,9 @@
 """Every checker rule, asserted exactly: each broken file says, next to the offending line, what must be reported.
 
 `# expect-error: MESSAGE` (or `expect-warning`) on a line expects that diagnostic on that line;
-`# expect-error@N: MESSAGE` expects it on line N. The set of diagnostics must match exactly: nothing missing,
-nothing extra.
+`# expect-error@N: MESSAGE` expects it on line N. Templates the flow names carry theirs in jinja comments,
+`{# expect-error: MESSAGE #}`: a template's own mistakes are reported at its file and line too. The set of
+diagnostics must match exactly: nothing missing, nothing extra.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from engine.flow import FlowOptions, load_flow
 
 BROKEN = Path(__file__).parent / "broken"
 TEMPLATES = BROKEN / "templates"
-EXPECT = re.compile(r"#\s*expect-(error|warning)(?:@(\d+))?:\s*(.+?)\s*$")
+EXPECT = re.compile(r"#\s*expect-(error|warning)(?:@(\d+))?:\s*(.+?)\s*(?:#\})?$")
+TEMPLATE = re.compile(r'template = "([^"]+)"')
 
 
 def expected(path: Path) -> list[tuple[str, int, str, str]]:
@@ -37,7 +39,8 @@ def relative(path: Path) -> Path:
 def test_broken_flow_reports_exact_file_line_and_message(path: Path) -> None:
     path = relative(path)
     flow, diagnostics = load_flow(path, FlowOptions(templates_dir=relative(TEMPLATES)))
-    want = expected(path)
+    used = {relative(TEMPLATES) / name for name in TEMPLATE.findall(path.read_text())}
+    want = sorted(expected(path) + [e for template in sorted(used) if template.exists() for e in expected(template)])
     assert want, f"{path} declares no expectations"
     got = sorted((d.file, d.line, d.severity.value, d.message) for d in diagnostics)
     assert got == want
