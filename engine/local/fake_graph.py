@@ -37,6 +37,7 @@ class SentMessage:
     message_id: str
     at: float = field(default_factory=time.time)  # when the fake received it (wall clock, for latency figures)
     token_user: str | None = None  # for a send with an OTN token: the user the token belongs to
+    at_ms: int = 0  # when Meta received it, on the fake's clock (0 without one)
 
     @property
     def user_id(self) -> str | None:
@@ -180,7 +181,7 @@ class FakeGraph:
         if failure is None and self.clock is not None:
             refusal = self._policy_refusal(body)
             if refusal:
-                self.rejected.append({"body": body, "error": refusal})
+                self.rejected.append({"body": body, "error": refusal, "at_ms": int(self.clock())})
                 return _error(400, 10, 2018278, f"(#10) {refusal}")
         if failure is not None:
             if failure.kind == "timeout":
@@ -195,7 +196,8 @@ class FakeGraph:
             issued.used = True
             token_user = issued.user_id
         if "sender_action" not in body:
-            self.sent.append(SentMessage(recipient, body, message_id, token_user=token_user))
+            at_ms = int(self.clock()) if self.clock is not None else 0
+            self.sent.append(SentMessage(recipient, body, message_id, token_user=token_user, at_ms=at_ms))
         return web.json_response({"recipient_id": str(recipient.get("id", "")), "message_id": message_id})
 
     def _over_rate_limit(self) -> bool:

@@ -15,6 +15,7 @@ dispatcher, the flow, the policy gate, the outbox, the Send API client, the fake
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import itertools
 import json
@@ -34,10 +35,10 @@ from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
 from ..runtime.engine import no_such_flow
 from ..runtime.notify import CampaignReport
-from ..store import Token, UserRecord
+from ..store import Store, Token, UserRecord
 from ..web import create_app
 from ..web.app import load_configured_flows
-from ..web.keys import CAMPAIGNS, DISPATCHER, STORE
+from ..web.keys import CAMPAIGNS, DISPATCHER, GRAPH, STORE
 from .clock import ManualClock
 
 PAGE_ID = "106000000000001"
@@ -202,6 +203,17 @@ class BotUser:
         return list(self._refused)
 
 
+#: What a killed process can no longer do: every store operation but open/close (those the harness itself runs).
+STORE_OPERATIONS = tuple(
+    name for name in vars(Store) if not name.startswith("_") and name not in ("open", "close") and callable(vars(Store)[name])
+)
+
+
+async def _dead(*args: Any, **kwargs: Any) -> Any:
+    """The process is gone: whatever called this stops here, as it would under SIGKILL."""
+    raise asyncio.CancelledError
+
+
 class Bot:
     def __init__(self, settings: Settings, clock: ManualClock, fake: FakeGraph) -> None:
         self.settings = settings
@@ -212,6 +224,9 @@ class Bot:
         self.app: web.Application
         self.url = ""
         self.session: aiohttp.ClientSession
+        self._runner: web.AppRunner | None = None
+        self._compiled: dict[str, CompiledFlow] | None = None
+        self.restarts = 0
 
     @classmethod
     @asynccontextmanager
@@ -272,19 +287,57 @@ class Bot:
             try:
                 env["OTNFLOW_GRAPH_URL"] = f"http://127.0.0.1:{fake_runner.addresses[0][1]}"
                 bot = cls(load_settings(config_path, env), clock, fake)
-                bot.app = create_app(bot.settings, flows=compiled, clock=clock)
-                runner = web.AppRunner(bot.app, access_log=None)
-                await runner.setup()
-                await web.TCPSite(runner, "127.0.0.1", 0).start()
-                bot.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+                bot._compiled = compiled
+                await bot._serve()
                 bot.session = aiohttp.ClientSession()
                 try:
                     yield bot
                 finally:
                     await bot.session.close()
-                    await runner.cleanup()
+                    await bot._shut()
             finally:
                 await fake_runner.cleanup()
+
+    async def _serve(self) -> None:
+        self.app = create_app(self.settings, flows=self._compiled, clock=self.clock)
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+
+    async def _shut(self) -> None:
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    async def restart(self, kill: bool = False) -> None:
+        """Stop the server and start a new one on the same store, with the same fake Graph API and clock.
+
+        With `kill`, the old server dies the way a SIGKILL would kill it: from this instant it writes nothing more
+        to the store and sends nothing more to the Graph API. Writes and sends already under way land or not, as
+        they would (a send the fake received counts as having reached Meta); nothing is shut down gracefully
+        (queued status writes, batched campaign outcomes and armed requests not yet written are lost). A dead
+        process keeps its users' leases and its campaign claims until they expire, so the clock then moves on by
+        `dispatcher.lease_seconds` (with leases on) and `notify.claim_seconds`. Work in flight that the test
+        awaits (a campaign run) should be cancelled by the test."""
+        if kill:
+            store, graph = self.app[STORE], self.app[GRAPH]
+            for name in STORE_OPERATIONS:
+                setattr(store, name, _dead)
+            graph.send = _dead  # type: ignore[method-assign]
+            graph.profile = _dead  # type: ignore[method-assign]
+            await asyncio.sleep(0)  # let the old server's tasks run into the wall before the shutdown
+        await self._shut()
+        if kill:
+            held = float(self.settings["notify.claim_seconds"])
+            if self.settings.leases:
+                held = max(held, float(self.settings["dispatcher.lease_seconds"]))
+            self.clock.advance(seconds=held)
+        self.restarts += 1
+        await self._serve()
+        await self.settle()
+        for user in self.users.values():
+            await user.refresh()
 
     def user(self, user_id: str, first_name: str | None = None, last_name: str | None = None) -> BotUser:
         if first_name is not None or last_name is not None:
