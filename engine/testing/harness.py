@@ -205,7 +205,9 @@ class BotUser:
 
 #: What a killed process can no longer do: every store operation but open/close (those the harness itself runs).
 STORE_OPERATIONS = tuple(
-    name for name in vars(Store) if not name.startswith("_") and name not in ("open", "close") and callable(vars(Store)[name])
+    name
+    for name in vars(Store)
+    if not name.startswith("_") and name not in ("open", "close") and callable(vars(Store)[name])
 )
 
 

@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from engine.config import load_settings
 from engine.flow import load_flows
 from engine.flow.segments import parse_segment
+from engine.local.fake_graph import SentMessage
 from engine.runtime.notify import CampaignError
-from engine.testing.fake_graph import SentMessage
 from engine.testing.harness import PAGE_ID, Bot, BotUser, HarnessError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,6 +60,7 @@ class Checks:
 
     request_variables: bool = True  # issue 11 §1: a token serves only its own request's variables
     consent: bool = True  # issue 11 §2: "stop" revokes tokens, keeps the user out of campaigns and requests
+    tap_at_once: bool = True  # issue 11 §3.1: a tap on the notification the moment it arrives is re-asked
 
 
 @dataclass
@@ -129,8 +130,15 @@ class OtnMachine(RuleBasedStateMachine):
         self.current_campaign: tuple[str, str, dict[str, str]] | None = None
 
     # -- set-up ------------------------------------------------------------------------------------------------
-    @initialize(otn_on=st.sampled_from([True, True, True, True, False]), max_requests=st.sampled_from([1, 1, 1, 2]))
-    def start(self, otn_on: bool, max_requests: int) -> None:
+    @initialize(
+        otn_on=st.sampled_from([True, True, True, True, False]),
+        max_requests=st.sampled_from([1, 1, 1, 2]),
+        visits=st.lists(
+            st.tuples(st.sampled_from(USERS), st.sampled_from(["Red", "White", "News"]), st.booleans()), max_size=4
+        ),
+    )
+    def start(self, otn_on: bool, max_requests: int, visits: list[tuple[str, str, bool]] = []) -> None:  # noqa: B006
+        """A bot with the drawn settings; the users the examples start with have browsed (and often opted in)."""
         type(self)._runs += 1
         self.otn_on, self.max_requests = otn_on, max_requests
         settings: dict[str, Any] = {
@@ -148,6 +156,8 @@ class OtnMachine(RuleBasedStateMachine):
         for user in USERS:
             self.bot.user(user)
         self.step_started_ms = self.bot.clock.now_ms()
+        for name, choice, opt_in in visits:
+            self.browses(name, choice, opt_in)
 
     def teardown(self) -> None:
         try:
@@ -277,6 +287,7 @@ class OtnMachine(RuleBasedStateMachine):
         with contextlib.suppress(CampaignError):
             self.run(self.running.notify(campaign[0], campaign[1], **campaign[2]))
 
+    @precondition(lambda self: self.checks.tap_at_once)
     @rule(campaign=campaigns, name=st.sampled_from(USERS))
     def notify_and_tap_at_once(self, campaign: tuple[str, str, dict[str, str]], name: str) -> None:
         """A campaign runs; the moment the user's notification arrives, they tap its quick reply."""
@@ -475,9 +486,7 @@ class OtnMachine(RuleBasedStateMachine):
         if (variant == "news") != (topic == "news"):
             raise Violation(f"a {topic} token carried another topic's notification: {sent.text!r}")
         if self.checks.request_variables and topic == "restock" and said != product:
-            raise Violation(
-                f"{sent.user_id} asked to hear about the {product} and got a notification about the {said}"
-            )
+            raise Violation(f"{sent.user_id} asked to hear about the {product} and got a notification about the {said}")
         if self.current_campaign and self.current_campaign[1]:
             segment = parse_segment(self.current_campaign[1])
             if not segment.matches(frozenset(self.models[sent.user_id or ""].tags), {}):
@@ -595,5 +604,3 @@ def compiled_flows() -> dict[str, Any]:
         settings = load_settings(ROOT / "config.toml", {"OTNFLOW_FLOWS_TEMPLATES": str(FLOWS)})
         _compiled.update(load_flows([FLOWS], settings.flow_options()))
     return _compiled
-
-

@@ -1,16 +1,21 @@
-"""The OTN loop's promises (issue 11), checked by a Hypothesis state machine driving the real engine on SQLite and
-on MongoDB (SecantusDB). Bounded for CI; `OTNFLOW_MODEL_PROFILE=long` runs the longer profile of
-docs/testing-flows.md."""
+"""The OTN loop's promises (issue 11), checked by a Hypothesis state machine (tests/model/otn_machine.py) that
+drives the real engine on SQLite and on MongoDB (SecantusDB). Bounded for CI and derandomized (the same examples
+every run); `OTNFLOW_MODEL_PROFILE=long` runs the longer, random profile of docs/testing-flows.md.
+
+A promise whose fix has not landed yet is left out of the machine's checks (`LANDED`) and shown instead by a short
+replay of the machine's steps, marked xfail with the missing fix's name."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from tests.conftest import mongo_database_url
-from tests.model.otn_machine import Checks, OtnMachine
+from tests.model.otn_machine import DAY_MS, Checks, OtnMachine, Violation
 
 SLOW_OK = [HealthCheck.too_slow, HealthCheck.filter_too_much]
 PROFILES = {
@@ -20,17 +25,71 @@ PROFILES = {
     "long": settings(max_examples=400, stateful_step_count=60, deadline=None, suppress_health_check=SLOW_OK),
 }
 PROFILE = PROFILES[os.environ.get("OTNFLOW_MODEL_PROFILE", "ci")]
-CHECKS = Checks(request_variables=False, consent=False)
+#: SQLite runs are cheap (~0.15 s an example): more of them.
+SQLITE = settings(PROFILE, max_examples=PROFILE.max_examples * 5)
+#: Every promise whose fix is on main.
+LANDED = Checks(request_variables=False, consent=False, tap_at_once=False)
 
 
-def machine(store_url: str | None, checks: Checks) -> type[OtnMachine]:
+def machine(checks: Checks, store_url: str | None = None) -> type[OtnMachine]:
     return type("Machine", (OtnMachine,), {"store_url": store_url, "checks": checks})
 
 
 def test_otn_loop_promises_on_sqlite() -> None:
-    run_state_machine_as_test(machine(None, CHECKS), settings=PROFILE)
+    run_state_machine_as_test(machine(LANDED), settings=SQLITE)
 
 
 def test_otn_loop_promises_on_mongodb(mongo_server: str) -> None:
     url = mongo_database_url(mongo_server, "model_{run}")
-    run_state_machine_as_test(machine(url, CHECKS), settings=PROFILE)
+    run_state_machine_as_test(machine(LANDED, url), settings=PROFILE)
+
+
+def replay(checks: Checks, steps: Callable[[OtnMachine], None]) -> None:
+    """Run `steps` on a fresh machine, checking every promise after each, as Hypothesis would."""
+    state = machine(checks)()
+    try:
+        state.start(otn_on=True, max_requests=1)
+        state.promises_hold()
+        steps(state)
+    finally:
+        state.teardown()
+
+
+@pytest.mark.xfail(raises=Violation, reason="issue 11 §1: tokens carry no request variables until `otnvars` lands")
+def test_a_token_serves_only_its_own_requests_variables() -> None:
+    def steps(state: OtnMachine) -> None:
+        state.browses(name="ann", choice="White", opt_in=True)
+        state.browses(name="bob", choice="Red", opt_in=True)
+        state.time_passes(jump=3 * DAY_MS)
+        state.notify(campaign=("restock", "", {"product": "Sauvignon"}))
+        state.promises_hold()  # bob asked about the Rioja
+
+    replay(Checks(consent=False, tap_at_once=False), steps)
+
+
+@pytest.mark.xfail(raises=Violation, reason="issue 11 §2: 'stop' unsubscribes nobody until `otnvars` lands")
+def test_stop_stops_everything() -> None:
+    def steps(state: OtnMachine) -> None:
+        state.browses(name="ann", choice="White", opt_in=True)
+        state.says(name="ann", text="stop")
+        state.promises_hold()
+        state.time_passes(jump=3 * DAY_MS)
+        state.notify(campaign=("restock", "", {"product": "Sauvignon"}))
+        state.promises_hold()
+
+    replay(Checks(request_variables=False, tap_at_once=False), steps)
+
+
+@pytest.mark.xfail(
+    raises=Violation, strict=False, reason="issue 11 §3.1: the arm is written in a batch until `otnloop` fixes it"
+)
+def test_a_tap_on_the_notification_at_once_is_re_asked() -> None:
+    def steps(state: OtnMachine) -> None:
+        for name in ("ann", "bob", "cat"):
+            state.browses(name=name, choice="News", opt_in=True)
+        state.time_passes(jump=3 * DAY_MS)
+        state.promises_hold()
+        state.notify_and_tap_at_once(campaign=("news", "", {}), name="ann")
+        state.promises_hold()
+
+    replay(Checks(request_variables=False, consent=False), steps)
