@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
@@ -42,7 +42,6 @@ RunForUser = Callable[[str, Callable[[], Awaitable[Any]]], Awaitable[Any]]
 Progress = Callable[[int, int], None]
 PAGE = 500
 CHUNK = 64  # tokens claimed per write
-FINISH_BATCH = 64  # deliveries recorded per write
 
 
 class CampaignError(ValueError):
@@ -128,8 +127,6 @@ class CampaignRunner:
         self.limiter = RateLimiter(rate_per_second)
         self.run_for_user = run_for_user  # in the server: through the user's worker, so events and sends interleave
         self.claim_ms = int(claim_seconds * 1000)  # how long a claimed item is this run's before others settle it
-        self._pending_writes: set[asyncio.Task[None]] = set()
-        self._finished: list[Finished] = []
 
     def flow_for_topic(self, topic: str) -> CompiledFlow:
         for flow in self.flows.values():
@@ -182,6 +179,7 @@ class CampaignRunner:
         stopped = await self._deliver_all(flow, campaign, progress)
         if not stopped:
             await self._settle_expired_claims(flow, campaign, wait=True)
+        await self.sender.flush()  # the loop's requests' status writes: the report and `done` are final
         counts = await self.store.campaign_counts(campaign.id)
         if not stopped:
             await self.store.finish_campaign(campaign.id, self.clock.now_ms())
@@ -196,7 +194,6 @@ class CampaignRunner:
             expired, later = await self.store.uncertain_deliveries(campaign.id, self.clock.now_ms())
             for delivery in expired:
                 await self.run_for_user(delivery.user_id, partial(self._settle_uncertain, flow, campaign, delivery))
-            await self._record_finished(force=True)
             if not wait or later is None:
                 return
             # another live run's claims: look again shortly (it may finish them well before they expire)
@@ -227,7 +224,8 @@ class CampaignRunner:
     async def _deliver_all(self, flow: CompiledFlow, campaign: Campaign, progress: Progress | None) -> str:
         """Pending items page by page (keyset on user id: memory stays flat whatever the audience), each page's
         users read in one go, tokens claimed a chunk at a time in one write each, `concurrency` sends in flight,
-        outcomes recorded in batches."""
+        each outcome written in the user's turn (with SQLite's group commit, concurrent outcomes share a
+        transaction)."""
         queue: asyncio.Queue[tuple[UserRecord, Delivery] | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         done = 0
         total = (await self.store.campaign_counts(campaign.id)).get("pending", 0)
@@ -261,9 +259,6 @@ class CampaignRunner:
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)
-        await self._record_finished(force=True)
-        await asyncio.gather(*list(self._pending_writes))
-        await self.sender.flush()
         return self.sender.state.stopped_reason
 
     async def _claim(
@@ -294,12 +289,6 @@ class CampaignRunner:
                 return
             delivery = claimed[0]
 
-    async def _record_finished(self, force: bool = False) -> None:
-        """Write the finished deliveries in one batch once enough have piled up (or at the end)."""
-        if self._finished and (force or len(self._finished) >= FINISH_BATCH):
-            batch, self._finished = self._finished, []
-            await self.store.finish_deliveries(batch, self.clock.now_ms())
-
     async def _settle_uncertain(self, flow: CompiledFlow, campaign: Campaign, delivery: Delivery) -> None:
         user = await self.store.load_user(delivery.user_id)
         if user is not None:
@@ -325,11 +314,12 @@ class CampaignRunner:
             topic = flow.next_topic(campaign.topic)
             window = window_open(self.gate.facts(user), now, self.gate.settings)
             arm = None if window else (topic, delivery.token.source_state)
-            # Recorded in a batch, later: until then the item stays `sending`, and a resumed campaign resends it
+            # Written before the user's turn ends (this runs in it): their next event finds the request armed.
+            # Should the process die before the write, the item stays `sending`, and a resumed campaign resends it
             # with the same token, which Meta refuses if it was used: the item then counts delivered, never twice.
-            self._finished.append(Finished(delivery, "delivered", reason, "spent", result.message_id or "", arm))
-            if len(self._finished) >= FINISH_BATCH:
-                self._background(self._record_finished())
+            await self.store.finish_deliveries(
+                [Finished(delivery, "delivered", reason, "spent", result.message_id or "", arm)], now
+            )
             if window:  # the loop: the window is open, so the next request goes at once
                 await self._request_again(flow, campaign, user, topic, delivery.token.source_state, now)
             return True
@@ -363,8 +353,3 @@ class CampaignRunner:
         await self.store.add_outbox(item, now)
         if decision.allowed:
             await self.sender.send(user, [item])
-
-    def _background(self, write: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(write)
-        self._pending_writes.add(task)
-        task.add_done_callback(self._pending_writes.discard)

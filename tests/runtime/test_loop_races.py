@@ -3,6 +3,7 @@ the harness's server on loopback, a real store, the fake Graph API enforcing Met
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -12,7 +13,9 @@ from typing import Any
 import pytest
 
 from engine.testing.harness import PAGE_ID, Bot, BotUser
-from tests.conftest import mongo_database_url
+from engine.store import StepWrite, StoredEvent, Token, UserRecord
+from engine.web.keys import CAMPAIGNS, STORE
+from tests.conftest import mongo_database_url, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR_MS = 3_600_000
@@ -116,3 +119,48 @@ async def test_the_quick_reply_payload_of_white_is_what_the_batch_test_taps(bot:
     replies = await user.says("hi")
     quick = replies[-1].raw["message"]["quick_replies"]
     assert {q["title"]: q["payload"] for q in quick}["White"] == "WHITE"
+
+
+# -- 1. the first engagement after a delivery is re-asked -------------------------------------------------------
+async def test_a_tap_on_the_notification_at_once_gets_the_next_request() -> None:
+    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", notify_concurrency=1) as bot:
+        users = [await white_lover_with_token(bot, f"fan{i}") for i in range(5)]
+        bot.clock.advance(hours=30)  # every window has closed: each delivery arms the next request
+        bot.fake.delay = 0.1  # Meta's latency: the campaign is still sending to the others when fan0 taps
+        campaign = asyncio.create_task(bot.app[CAMPAIGNS].run("restock", "", {"product": "Sauvignon 2024"}))
+        await wait_until(lambda: any(m.otn_token for m in bot.fake.messages_to("fan0")), what="fan0's notification")
+        replies = await users[0].taps("Show me")
+        assert [r.otn_topic for r in replies] == ["restock", None]
+        report = await campaign
+        assert report.delivered == 5
+        assert bot.fake.rejected == []
+
+
+async def holders_with_claims_left_by_a_dead_run(bot: Bot, count: int, claim_ms: int) -> None:
+    """`count` users holding a restock token, each claimed by a run that died before sending (items `sending`)."""
+    store, now = bot.app[STORE], bot.clock.now_ms()
+    for i in range(count):
+        user_id = f"h{i:03d}"
+        payload = "otn:restock:sold_out:seed"
+        token = bot.fake.issue_token(user_id, payload, now - HOUR_MS)
+        user = UserRecord(user_id, PAGE_ID, "wine_shop", "optin_thanks", {"likes_white"}, last_interaction_ms=1)
+        await store.add_events([StoredEvent(f"seed-{i}", user_id, PAGE_ID, now, "optin", "{}")])
+        tokens = [Token(token, user_id, "restock", payload, now - HOUR_MS, now + 300 * 24 * HOUR_MS, "sold_out")]
+        await store.commit_step(StepWrite(f"seed-{i}", user, tokens=tokens), now)
+    campaign = await bot.app[CAMPAIGNS].open("restock", "", {"product": "Sauvignon 2024"}, None)
+    users = [f"h{i:03d}" for i in range(count)]
+    await store.add_campaign_items(campaign.id, users, {}, now)
+    await store.begin_deliveries(campaign.id, "restock", [(u, {"text": "back!"}) for u in users], now, claim_ms)
+
+
+async def test_a_resumed_campaign_is_done_only_once_every_outcome_is_written(bot: Bot) -> None:
+    await holders_with_claims_left_by_a_dead_run(bot, 64, claim_ms=60_000)  # one full batch
+    run = asyncio.create_task(bot.app[CAMPAIGNS].run("restock", "", {"product": "Sauvignon 2024"}))
+    await asyncio.sleep(0.3)  # the resumed run finds the dead run's claims still live: it waits for them
+    bot.clock.advance(minutes=2)  # they expire: the run settles them (same token, once)
+    report = await asyncio.wait_for(run, 30)
+    assert report.counts == {"delivered": 64}
+    (campaign,) = await bot.app[STORE].campaigns(report.campaign.id)
+    assert campaign.status == "done"
+    assert await bot.app[STORE].campaign_counts(campaign.id) == {"delivered": 64}
+    assert len(bot.fake.tokens_used()) == 64 and bot.fake.rejected == []
