@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from engine.testing.harness import PAGE_ID, Bot, BotUser
 from engine.store import StepWrite, StoredEvent, Token, UserRecord
+from engine.testing.harness import PAGE_ID, Bot, BotUser
 from engine.web.keys import CAMPAIGNS, STORE
 from tests.conftest import mongo_database_url, wait_until
 
