@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from .flow import FlowOptions, check_paths, flow_files
-from .flow.graph import to_mermaid
 from .flow.loader import read_flow
+from .flow.mermaid import to_mermaid
 from .flow.shapes import schema_text
 
 if TYPE_CHECKING:

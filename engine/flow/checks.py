@@ -8,7 +8,6 @@ from __future__ import annotations
 import difflib
 import re
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from jinja2.sandbox import SandboxedEnvironment
@@ -54,29 +53,6 @@ def check_flow(
 
 
 # -- targets and graph -------------------------------------------------------------------------------------
-def _edges(spec: FlowSpec) -> Iterator[tuple[KeyPath, str | None, str]]:
-    """Every (key path, source state or None for 'anywhere', target state) the flow names."""
-    for name, state in spec.states.items():
-        for kind, choices in (("quick_replies", state.quick_replies), ("buttons", state.buttons)):
-            for i, choice in enumerate(choices):
-                if choice.goto is not None:
-                    yield ("states", name, kind, i, "goto"), name, choice.goto
-        for i, rule in enumerate(state.rules):
-            yield ("states", name, "on", i, "goto"), name, rule.goto
-        if state.then is not None:
-            yield ("states", name, "then"), name, state.then
-    for i, keyword in enumerate(spec.keywords):
-        yield ("keywords", i, "goto"), None, keyword.goto
-    if spec.fallback and spec.fallback.goto:
-        yield ("fallback", "goto"), None, spec.fallback.goto
-    for topic in spec.topics.values():
-        for i, choice in enumerate(topic.quick_replies):
-            if choice.goto is not None:
-                yield ("topics", topic.name, "quick_replies", i, "goto"), None, choice.goto
-        if topic.on_optin:
-            yield ("topics", topic.name, "on_optin"), None, topic.on_optin
-
-
 def _unknown_state(spec: FlowSpec, name: str) -> str:
     hint = suggest(name, list(spec.states)).replace("known keys", "known states")
     return f"unknown state '{name}'{hint}"
@@ -87,9 +63,9 @@ def _check_targets(spec: FlowSpec, report: Reporter) -> None:
         report.error(("flow", "name"), "the flow needs a non-empty name")
     if spec.start not in spec.states:
         report.error(("flow", "start"), f"start state: {_unknown_state(spec, spec.start)}")
-    for path, _, target in _edges(spec):
-        if target not in spec.states:
-            report.error(path, _unknown_state(spec, target))
+    for edge in spec.edges():
+        if edge.target not in spec.states:
+            report.error(edge.key, _unknown_state(spec, edge.target))
     for name, state in spec.states.items():
         seen = [name]
         nxt = state.then
@@ -104,8 +80,8 @@ def _check_reachability(spec: FlowSpec, report: Reporter) -> None:
     if spec.start not in spec.states:
         return
     outgoing: dict[str | None, set[str]] = {}
-    for _, source, target in _edges(spec):
-        outgoing.setdefault(source, set()).add(target)
+    for edge in spec.edges():
+        outgoing.setdefault(edge.source, set()).add(edge.target)
     reached = {spec.start} | outgoing.get(None, set())
     queue = deque(reached)
     while queue:

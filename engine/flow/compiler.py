@@ -19,9 +19,10 @@ from jinja2.sandbox import SandboxedEnvironment
 from transitions import EventData, Machine
 
 from .segments import ALWAYS, Segment
-from .spec import Choice, Effects, FlowSpec, Message, Rule, Scalar, State
+from .spec import Cause, Choice, Edge, Effects, FlowSpec, Message, Rule, Scalar, State
 
 NEW_USER = "__new__"
+TAPS = (Cause.QUICK_REPLY, Cause.BUTTON, Cause.NOTIFICATION_REPLY)
 MAX_THEN_CHAIN = 25
 DEFAULT_FALLBACK = "Sorry, I didn't get that."
 
@@ -121,51 +122,22 @@ class CompiledFlow:
         for state in spec.states.values():
             machine.add_state(state.name, on_enter=[partial(self._on_enter, state)])
         machine.add_transition("begin", NEW_USER, spec.start)
-        for state in spec.states.values():
-            for choice in state.choices:
-                if choice.goto is not None:
-                    machine.add_transition(
-                        f"tap:{choice.payload}",
-                        state.name,
-                        choice.goto,
-                        before=[partial(_apply_effects, choice.effects)],
-                    )
-            for index, rule in enumerate(state.rules):
-                machine.add_transition(
-                    f"rule:{index}",
-                    state.name,
-                    rule.goto,
-                    conditions=_guard(rule.when),
-                    before=[partial(_apply_rule, rule)],
-                )
-            if state.then is not None:
-                machine.add_transition("then", state.name, state.then)
-        for index, keyword in enumerate(spec.keywords):
+        for edge in spec.edges():
             machine.add_transition(
-                f"keyword:{index}", "*", keyword.goto, before=[partial(_apply_effects, keyword.effects)]
+                _trigger(edge),
+                edge.source or "*",
+                edge.target,
+                conditions=_guard(edge.when),
+                before=[partial(_take_edge, edge)] if edge.effects or edge.capture else [],
             )
-        if spec.fallback and spec.fallback.goto:
-            machine.add_transition("fallback", "*", spec.fallback.goto)
-        for topic in spec.topics.values():
-            if topic.on_optin:
-                machine.add_transition(f"optin:{topic.name}", "*", topic.on_optin)
-            for choice in topic.quick_replies:
-                if choice.goto is not None:
-                    machine.add_transition(
-                        f"tap:{notification_payload(topic.name, choice)}",
-                        "*",
-                        choice.goto,
-                        before=[partial(_apply_effects, choice.effects)],
-                    )
         return machine
 
     def _index_late_taps(self) -> dict[str, str]:
         """Payload -> the one state offering it, for taps on a button from an earlier message."""
         offered: dict[str, list[str]] = {}
-        for state in self.spec.states.values():
-            for choice in state.choices:
-                if choice.goto is not None:
-                    offered.setdefault(choice.payload, []).append(state.name)
+        for edge in self.spec.edges():
+            if edge.cause in (Cause.QUICK_REPLY, Cause.BUTTON) and edge.choice and edge.source:
+                offered.setdefault(edge.choice.payload, []).append(edge.source)
         return {payload: states[0] for payload, states in offered.items() if len(states) == 1}
 
     def _on_enter(self, state: State, event: EventData) -> None:
@@ -344,15 +316,26 @@ def notification_payload(topic: str, choice: Choice) -> str:
     return f"otn:{topic}:{choice.payload}"
 
 
-def _apply_effects(effects: Effects, event: EventData) -> None:
-    cast(_Conversation, event.model).apply(effects)
+def _trigger(edge: Edge) -> str:
+    """The machine event that takes an edge; `_match` fires the same names for the input it reads."""
+    if edge.cause in TAPS:
+        assert edge.choice is not None  # every tap edge carries its choice
+        payload = edge.choice.payload if edge.topic is None else notification_payload(edge.topic, edge.choice)
+        return f"tap:{payload}"
+    if edge.cause is Cause.RULE:
+        return f"rule:{edge.index}"
+    if edge.cause is Cause.KEYWORD:
+        return f"keyword:{edge.index}"
+    if edge.cause is Cause.OPTIN:
+        return f"optin:{edge.topic}"
+    return "then" if edge.cause is Cause.THEN else "fallback"
 
 
-def _apply_rule(rule: Rule, event: EventData) -> None:
+def _take_edge(edge: Edge, event: EventData) -> None:
     convo = cast(_Conversation, event.model)
-    convo.apply(rule.effects)
-    if rule.capture and convo.text is not None:
-        convo.variables[rule.capture] = convo.text
+    convo.apply(edge.effects)
+    if edge.capture and convo.text is not None:
+        convo.variables[edge.capture] = convo.text
 
 
 def _guard(segment: Segment) -> list[str | Callable[..., bool | None]]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 
+from .diagnostics import KeyPath
 from .segments import ALWAYS, Segment
 
 Scalar = str | int | float | bool
@@ -115,6 +117,48 @@ class Fallback:
     goto: str | None = None
 
 
+class Cause(StrEnum):
+    """What takes a user along an edge."""
+
+    QUICK_REPLY = "quick_reply"  # a state's quick reply, tapped or its title typed
+    BUTTON = "button"  # a state's postback button
+    RULE = "rule"  # one of a state's `on` rules: payload, keywords or regex, behind its guard
+    THEN = "then"  # nothing: the state moves on by itself
+    KEYWORD = "keyword"  # a global keyword, from any state
+    FALLBACK = "fallback"  # input nothing else matched, from any state
+    NOTIFICATION_REPLY = "notification_reply"  # a quick reply under a topic's notification, from any state
+    OPTIN = "optin"  # Notify Me tapped: the topic's `on_optin`, from any state
+
+
+@dataclass(frozen=True, kw_only=True)
+class Edge:
+    """One way from a state to another, as the author wrote it: what the checker walks, the compiler wires into
+    the machine and the diagrams draw, from the one list `FlowSpec.edges()` makes."""
+
+    source: str | None  # None: from any state
+    target: str  # as written: the checker reports targets that name no state
+    cause: Cause
+    label: str  # what takes the user along it, for people: the quick-reply title, the keyword, `then`, ...
+    key: KeyPath  # where the flow file says it
+    index: int = 0  # position among its siblings (the state's rules, the flow's keywords, the choices)
+    choice: Choice | None = None  # the quick reply or button tapped
+    topic: str | None = None  # the topic of a notification's quick reply or of an opt-in
+    when: Segment = ALWAYS  # a rule's guard
+    capture: str | None = None  # a rule's variable that keeps the text typed
+    effects: Effects = Effects()  # tags and variables changed on the way
+
+
+def rule_label(rule: Rule) -> str:
+    """What a rule matches, as an author reads it: `payload SIZE_L`, `yes / y`, `/\\d+/`, then its guard."""
+    parts = [f"payload {rule.payload}"] if rule.payload is not None else []
+    if rule.keywords:
+        parts.append(" / ".join(rule.keywords))
+    if rule.regex is not None:
+        parts.append(f"/{rule.regex.pattern}/")
+    guard = f" if {rule.when_source}" if rule.when_source else ""
+    return " / ".join(parts) + guard
+
+
 @dataclass(frozen=True)
 class FlowSpec:
     name: str
@@ -125,3 +169,87 @@ class FlowSpec:
     keywords: tuple[Keyword, ...] = ()
     fallback: Fallback | None = None
     description: str = ""
+
+    def edges(self) -> tuple[Edge, ...]:
+        """Every edge of the flow, in file order: states (quick replies, buttons, rules, then), then global
+        keywords, the fallback, and each topic's notification quick replies and opt-in."""
+        edges: list[Edge] = []
+        for name, state in self.states.items():
+            edges += _choice_edges(Cause.QUICK_REPLY, state.quick_replies, name, ("states", name, "quick_replies"))
+            edges += _choice_edges(Cause.BUTTON, state.buttons, name, ("states", name, "buttons"))
+            edges += [
+                Edge(
+                    source=name,
+                    target=r.goto,
+                    cause=Cause.RULE,
+                    label=rule_label(r),
+                    key=("states", name, "on", i, "goto"),
+                    index=i,
+                    when=r.when,
+                    capture=r.capture,
+                    effects=r.effects,
+                )
+                for i, r in enumerate(state.rules)
+            ]
+            if state.then is not None:
+                edges.append(
+                    Edge(source=name, target=state.then, cause=Cause.THEN, label="then", key=("states", name, "then"))
+                )
+        edges += [
+            Edge(
+                source=None,
+                target=k.goto,
+                cause=Cause.KEYWORD,
+                label=" / ".join(k.words),
+                key=("keywords", i, "goto"),
+                index=i,
+                effects=k.effects,
+            )
+            for i, k in enumerate(self.keywords)
+        ]
+        if self.fallback is not None and self.fallback.goto is not None:
+            edges.append(
+                Edge(
+                    source=None,
+                    target=self.fallback.goto,
+                    cause=Cause.FALLBACK,
+                    label="not understood",
+                    key=("fallback", "goto"),
+                )
+            )
+        for topic in self.topics.values():
+            where: KeyPath = ("topics", topic.name, "quick_replies")
+            edges += _choice_edges(Cause.NOTIFICATION_REPLY, topic.quick_replies, None, where, topic.name)
+            if topic.on_optin:
+                edges.append(
+                    Edge(
+                        source=None,
+                        target=topic.on_optin,
+                        cause=Cause.OPTIN,
+                        label=f"Notify Me ({topic.name})",
+                        key=("topics", topic.name, "on_optin"),
+                        topic=topic.name,
+                    )
+                )
+        return tuple(edges)
+
+
+def _choice_edges(
+    cause: Cause, choices: tuple[Choice, ...], source: str | None, where: KeyPath, topic: str | None = None
+) -> list[Edge]:
+    """The edges of quick replies or buttons that lead somewhere (a `url` button or a reply without `goto` does not)."""
+    return [
+        Edge(
+            source=source,
+            target=c.goto,
+            cause=cause,
+            label=c.title if topic is None else f"{c.title} ({topic} notification)",
+            key=(*where, i, "goto"),
+            index=i,
+            choice=c,
+            topic=topic,
+            effects=c.effects,
+        )
+        for i, c in enumerate(choices)
+        if c.goto is not None
+    ]

@@ -25,7 +25,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..flow.diagram import to_svg
+from ..flow.svg import to_svg
 from ..local.fake_graph import SentMessage
 from ..messenger.signature import sign
 from ..policy import Facts, window_open
