@@ -8,6 +8,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from jinja2.sandbox import SandboxedEnvironment
