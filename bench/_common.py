@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -41,3 +43,19 @@ def start_fake_graph(port: int, root: Path) -> subprocess.Popen[bytes]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def start_secantus() -> tuple[str, subprocess.Popen[bytes] | None]:
+    """SecantusDB (a MongoDB-wire server) on a loopback port, unless OTNFLOW_BENCH_MONGODB_URL names one."""
+    given = os.environ.get("OTNFLOW_BENCH_MONGODB_URL")
+    if given:
+        return given.rstrip("/"), None
+    server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+    port = free_port()
+    process = subprocess.Popen(
+        [server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(3)
+    return f"mongodb://127.0.0.1:{port}", process

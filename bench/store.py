@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import free_port, start_fake_graph, wait_http  # noqa: E402
+from _common import free_port, start_fake_graph, start_secantus, wait_http  # noqa: E402
 
 from engine.messenger.signature import sign  # noqa: E402
 from engine.store import StepWrite, StoredEvent, UserRecord, open_store  # noqa: E402
@@ -142,21 +141,6 @@ async def whole_path(store_url: str, processes: int, users: int, events: int, gr
             server.send_signal(signal.SIGTERM)
         for server in servers:
             server.wait(timeout=30)
-
-
-def start_secantus() -> tuple[str, subprocess.Popen[bytes] | None]:
-    given = os.environ.get("OTNFLOW_BENCH_MONGODB_URL")
-    if given:
-        return given.rstrip("/"), None
-    server = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
-    port = free_port()
-    process = subprocess.Popen(
-        [server, "--host", "127.0.0.1", "--port", str(port), "--storage-path", ":memory:", "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    time.sleep(3)
-    return f"mongodb://127.0.0.1:{port}", process
 
 
 async def main() -> None:
