@@ -130,10 +130,19 @@ def _tokenize(source: str) -> list[_Tok]:
     return tokens
 
 
+MAX_NESTING = 32  # parentheses, any(...) and `not`s inside each other: deeper is a mistake, and the parser recurses
+
+
 class _Parser:
     def __init__(self, source: str) -> None:
         self.tokens = _tokenize(source)
         self.pos = 0
+        self.depth = 0
+
+    def enter(self, tok: _Tok) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise SegmentError(f"nested more than {MAX_NESTING} levels deep", tok.column)
 
     def peek(self) -> _Tok:
         return self.tokens[self.pos]
@@ -174,23 +183,29 @@ class _Parser:
 
     def not_expr(self) -> Segment:
         if self.peek().text == "not":
-            self.take()
-            return Not(self.not_expr())
+            self.enter(self.take())
+            operand = self.not_expr()
+            self.depth -= 1
+            return Not(operand)
         return self.primary()
 
     def primary(self) -> Segment:
         tok = self.take()
         if tok.text == "(":
+            self.enter(tok)
             inner = self.or_expr()
             self.expect(")")
+            self.depth -= 1
             return inner
         if tok.text in ("any", "all", "none"):
+            self.enter(tok)
             self.expect("(")
             operands = [self.or_expr()]
             while self.peek().text == ",":
                 self.take()
                 operands.append(self.or_expr())
             self.expect(")")
+            self.depth -= 1
             return Combine(tok.text, tuple(operands))
         if tok.text in ("true", "false"):
             return Constant(tok.text == "true")
@@ -213,12 +228,12 @@ class _Parser:
         literal: Scalar
         if lit.kind == "string":
             literal = lit.text[1:-1]
-        elif lit.kind == "number":
+        elif lit.kind == "number" and len(lit.text) <= 30:
             literal = float(lit.text) if "." in lit.text else int(lit.text)
         elif lit.text in ("true", "false"):
             literal = lit.text == "true"
         else:
-            raise SegmentError("expected a quoted string, a number, true or false", lit.column)
+            raise SegmentError("expected a quoted string, a number (30 characters at most), true or false", lit.column)
         return Variable(name.text, op, literal)
 
 

@@ -45,6 +45,11 @@ def test_segment_evaluates(expression: str, tags: set[str], variables: dict[str,
         ("vars.", "expected a variable name", 6),
         ("vars.size == likes", "expected a quoted string", 14),
         ("__import__('os')", "unexpected '('", 11),
+        # found by fuzzing: these raised RecursionError / a bare ValueError instead of a located error
+        ("(" * 300 + "a" + ")" * 300, "nested more than 32 levels deep", 33),
+        ("not " * 2000 + "a", "nested more than 32 levels deep", 129),
+        ("any(" * 40 + "a" + ")" * 40, "nested more than 32 levels deep", 129),
+        ("vars.n == " + "9" * 5000, "a number (30 characters at most)", 11),
     ],
 )
 def test_segment_errors_name_the_column(expression: str, message: str, column: int) -> None:
