@@ -1,29 +1,56 @@
 """The admin API: start a notification campaign, follow it, read the OTN loop figures.
 
-Every route needs `Authorization: Bearer $OTNFLOW_API_TOKEN` (401 otherwise), compared in constant time.
+Described by the OpenAPI document `openapi.json` (served at /api/openapi.json); request bodies are checked
+against it. Every other route needs `Authorization: Bearer $OTNFLOW_API_TOKEN` (401 otherwise), compared in
+constant time. Every error under /api/ is JSON, aiohttp's own (404, 405, 413) included.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ..runtime.notify import CampaignError, CampaignReport
 from ..runtime.stats import loop_stats
+from .bodies import BadBody, api_schema, checked_body, openapi_document
+from .guard import same_secret
 from .keys import CAMPAIGNS, CLOCK, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.api")
 RUNNING: web.AppKey[dict[str, asyncio.Task[CampaignReport]]] = web.AppKey("running_campaigns")
 
 
+async def campaigns_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Campaigns started through the API run in the server; at shutdown they stop before the engine does (what
+    they left `sending` is settled by the next run, as after a crash)."""
+    app[RUNNING] = {}
+    yield
+    tasks = [task for task in app[RUNNING].values() if not task.done()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp answers its own errors (no route, wrong method, body too large) in text; under /api/, JSON."""
+    try:
+        return await handler(request)
+    except web.HTTPException as err:
+        if err.status < 400 or not request.path.startswith("/api/"):
+            raise
+        headers = {k: v for k, v in err.headers.items() if k.lower() not in ("content-type", "content-length")}
+        return web.json_response({"error": err.reason}, status=err.status, headers=headers)
+
+
 def _authorized(request: web.Request) -> bool:
     expected = request.app[SETTINGS].api_token
-    given = request.headers.get("Authorization", "")
-    return bool(expected) and hmac.compare_digest(given.encode(), f"Bearer {expected}".encode())
+    return bool(expected) and same_secret(request.headers.get("Authorization", ""), f"Bearer {expected}")
 
 
 def _unauthorized() -> web.Response:
@@ -35,23 +62,17 @@ def _unauthorized() -> web.Response:
 
 
 async def notify(request: web.Request) -> web.Response:
-    """POST {"topic": ..., "segment": ..., "vars": {...}, "campaign": optional name} -> 202 {"campaign": id}."""
+    """POST a NotifyRequest (openapi.json) -> 202 {"campaign": id, "status": url}."""
     if not _authorized(request):
         return _unauthorized()
     try:
-        body: Any = await request.json()
-    except ValueError:
-        return web.json_response({"error": "body must be JSON"}, status=400)
-    if not isinstance(body, dict) or not isinstance(body.get("topic"), str):
-        return web.json_response({"error": "'topic' (a string) is required"}, status=400)
-    variables = body.get("vars", {})
-    if not isinstance(variables, dict):
-        return web.json_response({"error": "'vars' must be an object"}, status=400)
+        body = await checked_body(request, api_schema("NotifyRequest"))
+    except BadBody as bad:
+        return bad.response()
     runner = request.app[CAMPAIGNS]
-    segment = str(body.get("segment", ""))
     running = request.app[RUNNING]
     try:
-        campaign = await runner.open(body["topic"], segment, variables, body.get("campaign"))
+        campaign = await runner.open(body["topic"], body.get("segment", ""), body.get("vars", {}), body.get("campaign"))
     except CampaignError as err:
         return web.json_response({"error": str(err)}, status=400)
     if campaign.id not in running or running[campaign.id].done():
@@ -74,6 +95,10 @@ async def campaign(request: web.Request) -> web.Response:
         else:
             body.update(task.result().as_dict())
     return web.json_response(body)
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.json_response(openapi_document())
 
 
 async def stats(request: web.Request) -> web.Response:

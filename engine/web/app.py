@@ -47,7 +47,7 @@ def create_app(
     drives the store it is given, and a live store holds real users and their tokens."""
     if playground and not settings.local_mode:
         raise ValueError(PLAYGROUND_REFUSED)
-    app = web.Application(client_max_size=int(settings["server.max_body_bytes"]))
+    app = web.Application(client_max_size=int(settings["server.max_body_bytes"]), middlewares=[api.json_errors])
     app[SETTINGS] = settings
     loaded = dict(flows) if flows is not None else load_configured_flows(settings)
     app[FLOWS] = loaded
@@ -55,11 +55,10 @@ def create_app(
     app[CLOCK] = clock or (OffsetClock() if local else SystemClock())
     app[METRICS] = Metrics()
     app[SENDING] = SendingState()
-    app[api.RUNNING] = {}
     if fake_graph is not None or local:
         app[FAKE_GRAPH] = fake_graph or FakeGraph()
     default_flow_name(settings, loaded)  # fail now, with one clear line, rather than at the first event
-    app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine])
+    app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine, api.campaigns_ctx])
     app.router.add_get("/webhook", webhook.verify_subscription)
     app.router.add_post("/webhook", webhook.receive)
     app.router.add_get("/healthz", ops.healthz)
@@ -67,6 +66,7 @@ def create_app(
     app.router.add_post("/api/notify", api.notify)
     app.router.add_get("/api/campaigns/{id}", api.campaign)
     app.router.add_get("/api/stats", api.stats)
+    app.router.add_get("/api/openapi.json", api.openapi)
     if local:
         playground_routes.setup(app)
         app.cleanup_ctx.append(reload.watch_ctx)

@@ -16,8 +16,11 @@ from typing import Any
 from aiohttp import web
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 MAX_MESSAGE = 300
+OPENAPI_URI = "urn:otnflow:admin-api"  # how schemas here refer to the OpenAPI document's components
 
 
 class BadBody(Exception):
@@ -63,6 +66,10 @@ def problem(schema: Mapping[str, Any], instance: Any) -> BadBody | None:
     if error is None:
         return None
     field = _field(error)
+    if error.validator == "required":
+        return BadBody(f"'{field}' is required", field)
+    if error.validator == "additionalProperties":
+        return BadBody(f"'{field}' is not a known field"[:MAX_MESSAGE], field)
     what = f"'{field}'" if field else "the body"
     return BadBody(f"{what}: {error.message}"[:MAX_MESSAGE], field)
 
@@ -71,7 +78,14 @@ def problem(schema: Mapping[str, Any], instance: Any) -> BadBody | None:
 def _validator(schema_json: str) -> Draft202012Validator:
     schema = json.loads(schema_json)
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(schema)
+    return Draft202012Validator(schema, registry=_registry())
+
+
+@cache
+def _registry() -> Registry[Any]:
+    document = Resource.from_contents(openapi_document(), default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource(OPENAPI_URI, document)
+    return registry
 
 
 async def checked_body(request: web.Request, schema: Mapping[str, Any]) -> dict[str, Any]:
@@ -94,6 +108,7 @@ def openapi_document() -> dict[str, Any]:
 
 
 def api_schema(name: str) -> dict[str, Any]:
-    """A request body schema from the OpenAPI document's components (self-contained: no $ref)."""
-    schema: dict[str, Any] = openapi_document()["components"]["schemas"][name]
-    return schema
+    """A schema of the OpenAPI document's components, by reference (so its own $refs resolve)."""
+    if name not in openapi_document()["components"]["schemas"]:
+        raise KeyError(f"no schema {name} in openapi.json")
+    return {"$ref": f"{OPENAPI_URI}#/components/schemas/{name}"}

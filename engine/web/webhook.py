@@ -17,6 +17,7 @@ from ..messenger.signature import verify
 from ..messenger.webhook import SKIPPED_KINDS, ParsedWebhook, WebhookFormatError, parse_body
 from ..runtime.metrics import Metrics
 from ..store import RejectedEvent, StoredEvent
+from .guard import same_secret
 from .keys import CLOCK, DISPATCHER, FAKE_GRAPH, METRICS, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.webhook")
@@ -25,7 +26,7 @@ log = logging.getLogger("otnflow.webhook")
 async def verify_subscription(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     query = request.query
-    if query.get("hub.mode") == "subscribe" and query.get("hub.verify_token") == settings.verify_token:
+    if query.get("hub.mode") == "subscribe" and same_secret(query.get("hub.verify_token", ""), settings.verify_token):
         return web.Response(text=query.get("hub.challenge", ""))
     log.warning("webhook verification refused: wrong mode or verify token")
     return web.Response(status=403, text="verification failed")

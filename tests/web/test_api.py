@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from engine.testing.harness import API_TOKEN, Bot
 from tests.conftest import wait_until
@@ -24,7 +28,7 @@ async def test_api_needs_the_bearer_token() -> None:
 async def test_api_validates_the_request() -> None:
     async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
         cases = [
-            ({"segment": "x"}, "'topic' (a string) is required"),
+            ({"segment": "x"}, "'topic' is required"),
             ({"topic": "nope"}, "unknown topic 'nope'; topics: restock, sl13_restock"),
             ({"topic": "restock"}, "topic 'restock' needs product: pass --var product=..."),
             ({"topic": "restock", "vars": {"product": "x"}, "segment": "a &"}, "invalid segment expression"),
@@ -64,3 +68,90 @@ async def test_api_runs_a_campaign_and_reports_it() -> None:
         async with bot.session.get(f"{bot.url}/metrics") as r:
             metrics = await r.text()
         assert 'otnflow_otn{figure="deliveries",topic="restock"} 1.0' in metrics
+
+
+async def raw_request(url: str, head: bytes) -> bytes:
+    """Send request bytes as they are (aiohttp's client refuses bytes that are not UTF-8) and read the status."""
+    import asyncio
+
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(head)
+    status = (await reader.readline()).split()[1]
+    writer.close()
+    return status
+
+
+async def test_a_header_that_is_not_utf8_is_a_401_not_a_500() -> None:
+    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+        for value in (b"Bearer \xff\xfe", b"\xc3", f"Bearer {API_TOKEN}\xe9".encode("latin-1")):
+            head = b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + value + b"\r\n\r\n"
+            assert await raw_request(bot.url, head) == b"401"
+
+
+async def test_secrets_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bearer token and the webhook verify token both go through hmac.compare_digest."""
+    import hmac
+
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        compared.append(b)
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+        async with bot.session.get(f"{bot.url}/api/stats", headers=AUTH) as r:
+            assert r.status == 200
+        verify = {"hub.mode": "subscribe", "hub.verify_token": "harness", "hub.challenge": "42"}
+        async with bot.session.get(f"{bot.url}/webhook", params=verify) as r:
+            assert r.status == 200 and await r.text() == "42"
+        async with bot.session.get(f"{bot.url}/webhook", params={**verify, "hub.verify_token": "nope"}) as r:
+            assert r.status == 403
+    assert f"Bearer {API_TOKEN}".encode() in compared
+    assert compared.count(b"harness") == 2
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "message"),
+    [
+        ([], "", "the body: [] is not of type 'object'"),
+        ({"topic": 5}, "topic", "'topic': 5 is not of type 'string'"),
+        ({"topic": ""}, "topic", "'topic': '' should be non-empty"),
+        ({"topic": "restock", "vars": 5}, "vars", "'vars': 5 is not of type 'object'"),
+        ({"topic": "restock", "vars": {"product": [1]}}, "vars.product", "'vars.product': [1] is not valid"),
+        (b'{"topic": "restock", "vars": {"product": 1e400}}', "vars.product", "'vars.product': inf is greater"),
+        ({"topic": "restock", "vars": {"product": "x"}, "campaign": 5}, "campaign", "'campaign': 5 is not of type"),
+        ({"topic": "restock", "vars": {"product": "x"}, "campaign": "a/b"}, "campaign", "does not match"),
+        ({"topic": "restock", "segment": ["likes_white"]}, "segment", "'segment': ['likes_white'] is not of type"),
+        ({"topic": "restock", "segmnet": "likes_white"}, "segmnet", "'segmnet' is not a known field"),
+    ],
+)
+async def test_notify_bodies_are_checked_against_the_openapi_document(body: Any, field: str, message: str) -> None:
+    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+        sent = {"data": body} if isinstance(body, bytes) else {"json": body}
+        async with bot.session.post(f"{bot.url}/api/notify", headers=AUTH, **sent) as r:
+            assert r.status == 400, await r.text()
+            answer = await r.json()
+        assert message in answer["error"]
+        assert answer.get("field", "") == field
+
+
+async def test_every_api_error_is_json_and_the_document_is_served() -> None:
+    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+        for raw in (b"{", b'{"topic": NaN}', b"\xff", b"[" * 100_000):
+            async with bot.session.post(f"{bot.url}/api/notify", data=raw, headers=AUTH) as r:
+                assert r.status == 400 and (await r.json())["error"].startswith("body must be JSON"), raw[:10]
+        too_large = b'{"topic": "' + b"x" * 2_000_000 + b'"}'
+        async with bot.session.post(f"{bot.url}/api/notify", data=too_large, headers=AUTH) as r:
+            assert r.status == 413 and "error" in await r.json()
+        async with bot.session.put(f"{bot.url}/api/notify", json={}, headers=AUTH) as r:
+            assert r.status == 405 and r.headers["Allow"] == "POST" and "error" in await r.json()
+        async with bot.session.get(f"{bot.url}/api/nothing-here", headers=AUTH) as r:
+            assert r.status == 404 and "error" in await r.json()
+        async with bot.session.get(f"{bot.url}/api/openapi.json") as r:  # public: it holds no secret
+            served = await r.json()
+    shipped = json.loads((ROOT / "engine" / "web" / "openapi.json").read_text())
+    assert served == shipped and served["openapi"] == "3.1.0"
+    assert set(served["paths"]) == {"/api/notify", "/api/campaigns/{id}", "/api/stats", "/api/openapi.json"}
