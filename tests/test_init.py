@@ -153,6 +153,7 @@ def test_the_package_ships_the_project(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {str(p).replace(".gitignore", "gitignore") for p in project_files() if p.name != "flow.schema.json"}
     assert {f"engine/starter/project/{name}" for name in shipped} <= names
+    assert {"engine/web/openapi.json", "engine/web/static/playground.html"} <= names  # the admin API's document
 
 
 def test_check_catches_the_bakery_authors_mistakes(
