@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,7 @@ class FakeGraph:
         default_factory=lambda: [{"feature": "one_time_notification", "status": "approved"}]
     )
     issued: dict[str, IssuedToken] = field(default_factory=dict)
+    listeners: list[Callable[[SentMessage], None]] = field(default_factory=list)  # told of every accepted message
     _second: tuple[int, int] = (0, 0)
     _failures: deque[_Failure] = field(default_factory=deque)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -197,7 +199,10 @@ class FakeGraph:
             token_user = issued.user_id
         if "sender_action" not in body:
             at_ms = int(self.clock()) if self.clock is not None else 0
-            self.sent.append(SentMessage(recipient, body, message_id, token_user=token_user, at_ms=at_ms))
+            sent = SentMessage(recipient, body, message_id, token_user=token_user, at_ms=at_ms)
+            self.sent.append(sent)
+            for listener in self.listeners:
+                listener(sent)
         return web.json_response({"recipient_id": str(recipient.get("id", "")), "message_id": message_id})
 
     def _over_rate_limit(self) -> bool:

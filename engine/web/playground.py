@@ -12,6 +12,8 @@ rebinding name cannot reach it) and, for actions, be `application/json` checked 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import itertools
 import json
@@ -35,12 +37,14 @@ from ..store import UserRecord
 from .bodies import BadBody, checked_body
 from .guard import same_secret
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, SETTINGS, STORE
+from .reload import Reloaded
 
 log = logging.getLogger("otnflow.playground")
 PAGE_ID = "106000000000001"
 MAX_TRANSCRIPT = 500
 TOKEN_HEADER = "X-Playground-Token"
 TOKEN_PLACEHOLDER = "__OTNFLOW_PLAYGROUND_TOKEN__"
+WAIT_SECONDS = 20.0  # a page's long poll; it asks again at once
 MAX_ADVANCE_DAYS = 3660  # one step of the clock: ten years and a bit, well past a token's year of life
 
 _TEXT = {"type": "string"}
@@ -70,23 +74,42 @@ class Playground:
         self.seen_sent: dict[str, int] = {}
         self.seen_refused: dict[str, int] = {}
         self.reload_status = ""
+        self.reload_errors: tuple[str, ...] = ()  # shown in a banner until a reload succeeds
         self._mids = itertools.count(1)
         self.session: aiohttp.ClientSession | None = None
         self.token = secrets.token_urlsafe(32)
+        self._news = asyncio.Event()  # set and replaced on every change a waiting page should see
+        self.closing = False
 
     def note(self, user_id: str, entry: dict[str, Any]) -> None:
         transcript = self.transcripts.setdefault(user_id, [])
         transcript.append(entry)
         del transcript[:-MAX_TRANSCRIPT]
 
+    def reloaded(self, outcome: Reloaded) -> None:
+        self.reload_status, self.reload_errors = outcome.message, outcome.errors
+        self.wake()
+
+    def wake(self, _: object = None) -> None:
+        """Something happened (a message reached the fake Graph API, a reload): every waiting page looks again."""
+        news, self._news = self._news, asyncio.Event()
+        news.set()
+
+    async def news(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._news.wait(), timeout)
+
 
 PLAYGROUND: web.AppKey[Playground] = web.AppKey("playground", Playground)
 
 
 def setup(app: web.Application) -> None:
-    app[PLAYGROUND] = Playground()
+    app[PLAYGROUND] = playground = Playground()
+    app[FAKE_GRAPH].listeners.append(playground.wake)
+    app.on_shutdown.append(_release_waiting_pages)
     app.router.add_get("/playground", _guarded(page, needs_token=False))
     app.router.add_get("/playground/api/state", _guarded(state))
+    app.router.add_get("/playground/api/wait", _guarded(wait))
     app.router.add_get("/playground/api/diagram", _guarded(diagram))
     app.router.add_post("/playground/api/{action}", _guarded(act))
     app.cleanup_ctx.append(_session_ctx)
@@ -138,6 +161,11 @@ def _ip_or_localhost(host: str) -> bool:
     except ValueError:
         return name == "localhost"
     return True
+
+
+async def _release_waiting_pages(app: web.Application) -> None:
+    app[PLAYGROUND].closing = True
+    app[PLAYGROUND].wake()
 
 
 async def _session_ctx(app: web.Application) -> Any:
@@ -270,11 +298,13 @@ async def _collect(app: web.Application, user_id: str) -> None:
         playground.note(user_id, _bot_entry(message))
     playground.seen_sent[user_id] = len(sent)
     refused = await app[STORE].refused_messages(user_id)
-    for item in refused[playground.seen_refused.get(user_id, 0) :]:
-        playground.note(
-            user_id, {"from": "policy", "text": item["text"], "reason": item["reason"], "kind": item["kind"]}
-        )
-    playground.seen_refused[user_id] = len(refused)
+    shown = playground.seen_refused.get(user_id, 0)  # read after the await: a page's poll may collect meanwhile
+    if len(refused) > shown:
+        playground.seen_refused[user_id] = len(refused)
+        for item in refused[shown:]:
+            playground.note(
+                user_id, {"from": "policy", "text": item["text"], "reason": item["reason"], "kind": item["kind"]}
+            )
 
 
 def _bot_entry(message: SentMessage) -> dict[str, Any]:
@@ -330,7 +360,18 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
         ],
         "transcript": app[PLAYGROUND].transcripts.get(user_id, []),
         "reload": app[PLAYGROUND].reload_status,
+        "reload_errors": list(app[PLAYGROUND].reload_errors),
     }
+
+
+async def wait(request: web.Request) -> web.Response:
+    """Long poll: answers once the user has messages the page has not shown (a notification sent through the API,
+    say) or something else changed, at most WAIT_SECONDS later. The page then asks for the state."""
+    app, user_id = request.app, _user(request)
+    playground = app[PLAYGROUND]
+    if len(app[FAKE_GRAPH].messages_to(user_id)) == playground.seen_sent.get(user_id, 0) and not playground.closing:
+        await playground.news(WAIT_SECONDS)
+    return web.json_response({"closing": playground.closing})
 
 
 async def state(request: web.Request) -> web.Response:

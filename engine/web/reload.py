@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
@@ -27,28 +28,39 @@ def fingerprint(folders: list[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple(found)
 
 
-def reload_flows(app: web.Application) -> str:
-    """Check the flow files; swap them in when they are clean. Returns what happened, in one line."""
+@dataclass(frozen=True)
+class Reloaded:
+    """What a reload did: one line, and every located error when the change was refused."""
+
+    message: str
+    errors: tuple[str, ...] = ()
+
+
+def reload_flows(app: web.Application) -> Reloaded:
+    """Check the flow files; swap them in when they are clean, keep the running ones otherwise."""
     settings = app[SETTINGS]
     flows, diagnostics = check_paths([settings.path("flows.dir")], settings.flow_options())
     errors = [d for d in diagnostics if d.is_error]
     default = str(settings["flows.default"])
+    listed = tuple(str(d) for d in errors)
     if not errors and default and default not in flows:
-        errors_text = f"flows.default {default!r} is no longer a flow"
+        listed = (f"flows.default {default!r} is no longer a flow",)
+        errors_text = listed[0]
     elif errors:
         errors_text = f"{len(errors)} error(s), first: {errors[0]}"
     elif not flows:
-        errors_text = "no flow files left"
+        listed = ("no flow files left",)
+        errors_text = listed[0]
     else:
         current = app[FLOWS]
         current.clear()
         current.update(flows)  # in place: the runtime holds this very mapping
         message = f"flows reloaded: {', '.join(sorted(flows))}"
         log.info(message)
-        return message
+        return Reloaded(message)
     message = f"flow change NOT loaded, keeping the previous flows: {errors_text}"
     log.warning(message)
-    return message
+    return Reloaded(message, listed)
 
 
 async def _watch(app: web.Application) -> None:
@@ -60,11 +72,11 @@ async def _watch(app: web.Application) -> None:
         now = fingerprint(folders)
         if now != seen:
             seen = now
-            status = reload_flows(app)
+            reloaded = reload_flows(app)
             from .playground import PLAYGROUND  # the playground shows the status when it is there
 
             if PLAYGROUND in app:
-                app[PLAYGROUND].reload_status = status
+                app[PLAYGROUND].reloaded(reloaded)
 
 
 async def watch_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,10 +1,14 @@
 """The playground in real headless Chromium (Debian's `chromium`, driven by Playwright): chat through the wine shop,
 tap a quick reply, opt in through Notify Me, move the clock past 24 hours, send the notification, and check the
 thread, the tags panel and the window indicator. A screenshot is saved under the test's temporary folder.
-And another web site open in the same browser cannot drive it."""
+A brand-new user on a phone-sized screen; a notification sent through the API shows at once; a broken flow edit
+shows a banner until it is fixed. And another web site open in the same browser cannot drive it.
+
+Every test fails on any error the page throws or logs (`chromium()` watches every page it opens)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,9 +33,17 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 async def playground(tmp_path: Path) -> AsyncIterator[Loopback]:
+    """The playground over a copy of the example flows (a test may break them)."""
+    shutil.copytree(ROOT / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("tests"))
+    shutil.copytree(ROOT / "templates", tmp_path / "templates")
     settings = load_settings(
         ROOT / "config.toml",
-        {"OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}", "OTNFLOW_LOG_LEVEL": "WARNING"},
+        {
+            "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}",
+            "OTNFLOW_LOG_LEVEL": "WARNING",
+            "OTNFLOW_FLOWS_DIR": str(tmp_path / "flows"),
+            "OTNFLOW_FLOWS_TEMPLATES": str(tmp_path / "templates"),
+        },
     )
     assert settings.local_mode
     served = await serve_on_loopback(create_app(settings))
@@ -39,8 +51,34 @@ async def playground(tmp_path: Path) -> AsyncIterator[Loopback]:
     await served.runner.cleanup()
 
 
+class Watched:
+    """A browser whose pages report every uncaught error and every console error; `chromium()` fails the test on
+    any (but those `expected` matches)."""
+
+    def __init__(self, browser: Any) -> None:
+        self.browser = browser
+        self.errors: list[str] = []
+
+    async def new_page(self, **options: Any) -> Any:
+        page = await self.browser.new_page(**options)
+        page.on("pageerror", lambda error: self.errors.append(f"page error on {page.url}: {error}"))
+        page.on(
+            "console",
+            lambda message: (
+                message.type == "error" and self.errors.append(f"console error on {page.url}: {message.text}")
+            ),
+        )
+        return page
+
+    def expect_error(self, pattern: str) -> None:
+        """This test causes exactly this error on purpose: take it off the list (it must be there)."""
+        found = next((e for e in self.errors if re.search(pattern, e)), None)
+        assert found is not None, f"expected an error matching {pattern!r}; got {self.errors}"
+        self.errors.remove(found)
+
+
 @asynccontextmanager
-async def chromium() -> AsyncIterator[Any]:
+async def chromium(expected: re.Pattern[str] | None = None) -> AsyncIterator[Watched]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
@@ -55,10 +93,13 @@ async def chromium() -> AsyncIterator[Any]:
                 "--disable-sync",
             ],
         )
+        watched = Watched(browser)
         try:
-            yield browser
+            yield watched
         finally:
             await browser.close()
+        unexpected = [e for e in watched.errors if not (expected and expected.search(e))]
+        assert not unexpected, "the page logged or threw errors:\n" + "\n".join(unexpected)
 
 
 async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: Loopback, tmp_path: Path) -> None:
@@ -69,6 +110,7 @@ async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: 
         await page.goto(f"{playground.url}/playground")
         untokened = "fetch('/playground/api/state?user=alice').then((r) => r.status)"
         assert await page.evaluate(untokened) == 403  # the page works because of its token
+        browser.expect_error(r"status of 403")
         await page.fill("#user", "alice")
         await page.dispatch_event("#user", "change")
 
@@ -133,8 +175,9 @@ async def test_another_web_site_cannot_drive_the_playground(playground: Loopback
     other = web.Application()
     other.router.add_get("/", evil)
     site = await serve_on_loopback(other)
+    refused = re.compile(r"^console error on .*(Failed to load resource|CORS policy|Failed to fetch)")
     try:
-        async with chromium() as browser:
+        async with chromium(expected=refused) as browser:  # the attack page's refused requests are the point
             page = await browser.new_page()
             await page.goto(site.url)
             await page.wait_for_function("document.title === 'sent'")
@@ -150,3 +193,68 @@ async def test_another_web_site_cannot_drive_the_playground(playground: Loopback
         assert state["transcript"] == [] and state["state"] is None  # alice never wrote anything
     finally:
         await site.runner.cleanup()
+
+
+async def test_a_brand_new_user_on_a_phone_sees_an_api_notification_at_once(playground: Loopback) -> None:
+    """No tokens yet (the page once threw on that), a 390 px wide screen, and a notification sent through
+    POST /api/notify (not the page) shows in the thread without the user doing anything."""
+    import aiohttp
+    from playwright.async_api import expect
+
+    async with chromium() as browser:
+        page = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        await page.goto(f"{playground.url}/playground")
+        await page.fill("#user", "newbie")
+        await page.dispatch_event("#user", "change")
+        await expect(page.locator("#state")).to_have_text("(new user)")
+        await expect(page.locator("#tokens td")).to_have_text(["none"])
+        await expect(page.locator("#flow option")).to_have_text(["sneaker_drop", "wine_shop"])
+        await expect(page.locator("#flow")).to_have_value("wine_shop")
+        overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+        assert await page.evaluate(overflow) <= 0, "the page is wider than the phone"
+        header = await page.locator("header").bounding_box()
+        assert header is not None and header["width"] <= 390
+
+        await page.fill("#text", "hi")
+        await page.click("#composer button")
+        await expect(page.locator("#thread .bot").last).to_contain_text("Hi Newbie! Welcome to the cellar.")
+        await page.click("#quick button:text-is('White')")
+        await page.locator("#thread .otn-request button.notify-me").last.click()
+        await expect(page.locator("#tokens td").first).to_have_text("restock")
+
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{playground.url}/api/notify",
+                json={"topic": "restock", "vars": {"product": "Sauvignon 2024"}},
+                headers={"Authorization": "Bearer otnflow-local"},
+            ) as response,
+        ):
+            assert response.status == 202, await response.text()
+        notification = page.locator("#thread .bot.notification")
+        await expect(notification).to_contain_text("The Sauvignon 2024 is back, Newbie!", timeout=2500)
+
+
+async def test_a_broken_flow_edit_shows_a_banner_with_the_located_errors_until_fixed(
+    playground: Loopback, tmp_path: Path
+) -> None:
+    from playwright.async_api import expect
+
+    wine = tmp_path / "flows" / "wine_shop.toml"
+    good = wine.read_text()
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{playground.url}/playground")
+        await expect(page.locator("#flow option")).to_have_count(2)
+        assert await page.locator("#banner").is_hidden()
+
+        wine.write_text(good.replace('goto = "red"', 'goto = "rde"', 1))
+        banner = page.locator("#banner")
+        await expect(banner).to_be_visible(timeout=8000)
+        line = next(n for n, text in enumerate(wine.read_text().splitlines(), 1) if 'goto = "rde"' in text)
+        await expect(banner).to_contain_text(f"wine_shop.toml:{line}: error: unknown state 'rde'; did you mean 'red'?")
+        await expect(banner).to_contain_text("NOT loaded")
+
+        wine.write_text(good)
+        await expect(banner).to_be_hidden(timeout=8000)
+        await expect(page.locator("#reload")).to_contain_text("flows reloaded")
