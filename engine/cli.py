@@ -381,14 +381,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     import asyncio
 
-    from .doctor import Doctor
+    from .doctor import Doctor, Status, summary
 
     verdicts = asyncio.run(Doctor(Path(args.config) if args.config else None, args.url).run())
     for verdict in verdicts:
         print(verdict)
-    failed = sum(v.status == "FAIL" for v in verdicts)
-    print(f"doctor: {len(verdicts) - failed} fine, {failed} to fix")
-    return 1 if failed else 0
+    print(summary(verdicts))
+    return 1 if any(v.status is Status.FAIL for v in verdicts) else 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

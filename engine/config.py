@@ -176,7 +176,11 @@ def _kind_name(kind: type) -> str:
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[kind]
 
 
-def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    config_path: Path | None = None, environ: Mapping[str, str] | None = None, *, require_secrets: bool = True
+) -> Settings:
+    """The settings; ConfigError for the first problem. `require_secrets=False` is for `otnflow doctor`, which
+    reports every missing secret itself."""
     env = os.environ if environ is None else environ
     path = config_path or Path(env.get("OTNFLOW_CONFIG", "config.toml"))
     values = {key: option.default for key, option in OPTIONS.items()}
@@ -215,7 +219,7 @@ def load_settings(config_path: Path | None = None, environ: Mapping[str, str] | 
         verify_token=env.get("OTNFLOW_VERIFY_TOKEN", ""),
         api_token=env.get("OTNFLOW_API_TOKEN", ""),
     )
-    return _check_secrets(settings)
+    return _check_secrets(settings) if require_secrets else settings
 
 
 def _check_secrets(settings: Settings) -> Settings:
@@ -228,13 +232,24 @@ def _check_secrets(settings: Settings) -> Settings:
             settings.verify_token or LOCAL_SECRET,
             settings.api_token or LOCAL_SECRET,
         )
-    for name, value in (("OTNFLOW_APP_SECRET", settings.app_secret), ("OTNFLOW_VERIFY_TOKEN", settings.verify_token)):
-        if not value:
-            raise ConfigError(
-                f"config: {name} is not set: with OTNFLOW_PAGE_TOKEN set (live mode) export {name} "
-                "too (see docs/going-live.md)"
-            )
+    missing = missing_secrets(settings)
+    if missing:
+        names = " and ".join(missing)
+        raise ConfigError(
+            f"config: {names} {'is' if len(missing) == 1 else 'are'} not set: with OTNFLOW_PAGE_TOKEN set (live "
+            f"mode) export {'it' if len(missing) == 1 else 'them'} too (see docs/going-live.md)"
+        )
     return settings
+
+
+def missing_secrets(settings: Settings) -> list[str]:
+    """The secrets live mode needs that the environment does not give, all of them (not one per run)."""
+    needed = [
+        ("OTNFLOW_PAGE_TOKEN", settings.page_token),
+        ("OTNFLOW_APP_SECRET", settings.app_secret),
+        ("OTNFLOW_VERIFY_TOKEN", settings.verify_token),
+    ]
+    return [name for name, value in needed if not value]
 
 
 def _sections() -> str:

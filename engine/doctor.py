@@ -7,14 +7,16 @@ failed). Secrets are checked for presence only and never printed.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, Settings, load_settings, missing_secrets
 from .flow import check_paths
 from .messenger.client import GraphClient
 from .runtime.engine import graph_settings
@@ -24,26 +26,38 @@ REQUIRED_FIELDS = ("messages", "messaging_postbacks", "messaging_optins")
 OPTIONAL_FIELDS = ("messaging_referrals", "message_reactions")  # used when present: they reopen the window
 
 
+class Status(StrEnum):
+    OK = "ok"
+    FAIL = "FAIL"  # something to fix: the exit status is 1
+    SKIP = "skip"  # not checked: what it needs is missing or failed
+
+
 @dataclass(frozen=True)
 class Verdict:
-    status: str  # ok, FAIL, skip
+    status: Status
     check: str
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.status:<5} {self.check}: {self.detail}"
+        return f"{self.status.value:<5} {self.check}: {self.detail}"
 
 
 def ok(check: str, detail: str) -> Verdict:
-    return Verdict("ok", check, detail)
+    return Verdict(Status.OK, check, detail)
 
 
 def fail(check: str, detail: str) -> Verdict:
-    return Verdict("FAIL", check, detail)
+    return Verdict(Status.FAIL, check, detail)
 
 
 def skip(check: str, detail: str) -> Verdict:
-    return Verdict("skip", check, detail)
+    return Verdict(Status.SKIP, check, detail)
+
+
+def summary(verdicts: list[Verdict]) -> str:
+    """One line; skipped checks are counted apart: they were not found fine, they were not looked at."""
+    count = Counter(v.status for v in verdicts)
+    return f"doctor: {count[Status.OK]} ok, {count[Status.SKIP]} skipped, {count[Status.FAIL]} to fix"
 
 
 class Doctor:
@@ -75,7 +89,7 @@ class Doctor:
     # -- local -----------------------------------------------------------------------------------------------
     def local_checks(self) -> Iterator[Verdict]:
         try:
-            self.settings = load_settings(self.config)
+            self.settings = load_settings(self.config, require_secrets=False)
         except ConfigError as err:
             yield fail("config", f"{err}")
             return
@@ -88,15 +102,7 @@ class Doctor:
             yield fail("flows", f"{len(errors)} error(s), first: {errors[0]}; run `otnflow check` and fix them")
         else:
             yield ok("flows", f"{len(flows)} flow(s) pass the checker ({len(diagnostics)} warning(s))")
-        missing = [
-            name
-            for name, value in (
-                ("OTNFLOW_PAGE_TOKEN", settings.page_token),
-                ("OTNFLOW_APP_SECRET", settings.app_secret),
-                ("OTNFLOW_VERIFY_TOKEN", settings.verify_token),
-            )
-            if not value
-        ]
+        missing = missing_secrets(settings)
         if missing:
             yield fail(
                 "secrets",
@@ -209,6 +215,8 @@ class Doctor:
         assert self.settings is not None
         if not self.url:
             return skip("webhook URL", "pass --url https://your.host/webhook to check the handshake")
+        if not self.settings.verify_token:
+            return skip("webhook URL", "needs OTNFLOW_VERIFY_TOKEN (the handshake sends it)")
         challenge = secrets.token_hex(8)
         params = {"hub.mode": "subscribe", "hub.verify_token": self.settings.verify_token, "hub.challenge": challenge}
         try:

@@ -50,7 +50,11 @@ def test_local_mode_without_a_page_token_uses_local_secrets() -> None:
         ({}, "[server]\nprot = 1\n", "unknown setting 'server.prot'; did you mean 'server.port'?"),
         ({}, '[graph]\nmax_attempts = "3"\n', "config: graph.max_attempts = '3' ("),
         ({}, '[store]\nurl = "postgres://x"\n', "store.url = 'postgres://x' must start with sqlite:/// or mongodb://"),
-        ({"OTNFLOW_PAGE_TOKEN": "EAAB"}, None, "OTNFLOW_APP_SECRET is not set: with OTNFLOW_PAGE_TOKEN set"),
+        (
+            {"OTNFLOW_PAGE_TOKEN": "EAAB"},
+            None,
+            "OTNFLOW_APP_SECRET and OTNFLOW_VERIFY_TOKEN are not set: with OTNFLOW_PAGE_TOKEN set",
+        ),
         ({}, "[server\n", "TOML syntax error"),
     ],
 )
