@@ -25,6 +25,10 @@ log = logging.getLogger("otnflow.conversation")
 
 ProfileFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
 
+#: The topic under which a token for a topic no flow declares is kept (its payload says what it was). Not a valid
+#: name for a declared topic in practice: parentheses.
+UNKNOWN_TOPIC = "(unknown)"
+
 #: Event kinds that open (or reopen) the 24h standard messaging window (messenger-platform.md). An opt-in does not.
 WINDOW_OPENERS = frozenset({"message", "postback", "reaction", "referral"})
 
@@ -82,6 +86,7 @@ class ConversationHandler:
     ) -> None:
         self.flows = flows
         self.default_flow = default_flow
+        self._unknown_topics_logged: set[str] = set()  # a warning once per topic, not per opt-in (bounded)
         self.store = store
         self.fetch_profile = fetch_profile
         self.clock = clock
@@ -162,8 +167,12 @@ class ConversationHandler:
             log.info("opt-in of another kind (%s) ignored", optin.get("type") or "plugin")
             return
         topic, source_state = parse_otn_payload(event.payload, flow.spec.topics)
-        if topic not in flow.spec.topics:
-            log.warning("OTN token for topic %r, which flow %s does not declare: kept", topic, flow.spec.name)
+        declared = any(topic in f.spec.topics for f in self.flows.values())
+        if not declared:  # no campaign can ever use it: kept for the record, under one name, with its payload
+            if len(self._unknown_topics_logged) < 1_000 and topic not in self._unknown_topics_logged:
+                self._unknown_topics_logged.add(topic)
+                log.warning("OTN token for topic %r, which no flow declares: kept as %s", topic, UNKNOWN_TOPIC)
+            topic, source_state = UNKNOWN_TOPIC, ""
         days = self.gate.settings.otn_token_days
         write.tokens.append(
             Token(
@@ -176,7 +185,8 @@ class ConversationHandler:
                 source_state,
             )
         )
-        write.otn_log.append((topic, "optin"))
+        if declared:  # the loop's figures are per declared topic (an unknown one would be a stray metrics label)
+            write.otn_log.append((topic, "optin"))
 
     def _armed_requests(
         self, flow: CompiledFlow, armed: list[tuple[str, str]], user: UserRecord, write: StepWrite
