@@ -20,6 +20,7 @@ from transitions import EventData, Machine
 
 from .segments import ALWAYS, Segment
 from .spec import Cause, Choice, Edge, Effects, FlowSpec, Message, Rule, Scalar, State
+from .words import Typed
 
 NEW_USER = "__new__"
 TAPS = (Cause.QUICK_REPLY, Cause.BUTTON, Cause.NOTIFICATION_REPLY)
@@ -222,9 +223,10 @@ class CompiledFlow:
 
     def _match(self, convo: _Conversation, user_input: UserInput) -> str:
         text = (user_input.text or "").strip()
-        folded = text.casefold()
+        typed = Typed(text)
+        folded = typed.folded
         if convo.state == NEW_USER:
-            if folded and self._match_keyword(convo, folded):
+            if folded and self._match_keyword(convo, typed):
                 return "keyword"
             self._fire(convo, "begin")
             return "start"
@@ -242,32 +244,35 @@ class CompiledFlow:
                     return "late_tap"
                 convo.state = state.name
         if folded:
-            if self._match_keyword(convo, folded):
+            if self._match_keyword(convo, typed):
                 return "keyword"
             for choice in state.choices:
                 if choice.goto is not None and choice.title.casefold() == folded:
                     self._fire(convo, f"tap:{choice.payload}")
                     return "title"
-            if self._match_rules(convo, state.rules, text=text):
+            if self._match_rules(convo, state.rules, typed=typed):
                 return "rule"
         self._fallback(convo, state)
         return "fallback"
 
-    def _match_keyword(self, convo: _Conversation, folded: str) -> bool:
+    def _match_keyword(self, convo: _Conversation, typed: Typed) -> bool:
+        """The first keyword in file order that matches wins, whatever its `match`."""
         for index, keyword in enumerate(self.spec.keywords):
-            if folded in keyword.words and self._fire(convo, f"keyword:{index}"):
+            if typed.matches(keyword.words, keyword.phrases, keyword.match) and self._fire(convo, f"keyword:{index}"):
                 return True
         return False
 
     def _match_rules(
-        self, convo: _Conversation, rules: tuple[Rule, ...], *, payload: str | None = None, text: str | None = None
+        self, convo: _Conversation, rules: tuple[Rule, ...], *, payload: str | None = None, typed: Typed | None = None
     ) -> bool:
         for index, rule in enumerate(rules):
             if payload is not None:
                 hit = rule.payload == payload
             else:
-                assert text is not None
-                hit = text.casefold() in rule.keywords or (rule.regex is not None and bool(rule.regex.search(text)))
+                assert typed is not None
+                hit = typed.matches(rule.keywords, rule.phrases, rule.match) or (
+                    rule.regex is not None and bool(rule.regex.search(typed.text))
+                )
             if hit and self._fire(convo, f"rule:{index}"):  # False when the rule's guard does not hold
                 return True
         return False

@@ -13,6 +13,7 @@ from .locate import Locator
 from .segments import ALWAYS, Segment, SegmentError, parse_segment
 from .shapes import check_shape
 from .spec import Choice, Effects, Fallback, FlowSpec, Keyword, Message, OtnAsk, Rule, State, Topic, Variant
+from .words import Match
 
 
 class Reporter:
@@ -103,6 +104,7 @@ class _Builder:
                 tuple(w.strip().casefold() for w in _words(raw.get("words"))),
                 str(raw.get("goto", "")),
                 self.effects(raw),
+                _match(raw),
             )
             for raw in _tables(doc.get("keywords"))
         )
@@ -187,6 +189,7 @@ class _Builder:
             when_source=when_source,
             capture=_opt_str(raw.get("capture")),
             effects=self.effects(raw),
+            match=_match(raw),
         )
 
     def topic(self, name: str, raw: dict[str, Any], path: KeyPath) -> Topic:
@@ -240,6 +243,11 @@ def _strs(value: Any) -> list[str]:
 
 def _words(value: Any) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(_strs(value))
+
+
+def _match(raw: dict[str, Any]) -> Match:
+    """The shape check has reported any other value."""
+    return Match.WORD if raw.get("match") == Match.WORD.value else Match.MESSAGE
 
 
 def _opt_str(value: Any) -> str | None:

@@ -25,6 +25,7 @@ class Field:
     kind: str
     doc: str
     required: bool = False
+    choices: tuple[str, ...] = ()  # for a `str`: the only values allowed
 
 
 _EFFECTS = {
@@ -32,6 +33,12 @@ _EFFECTS = {
     "untag": Field("str_list", "Tags removed from the user."),
     "set": Field("scalars", 'Variables set on the user, e.g. { size = "42" }.'),
 }
+_MATCH = Field(
+    "str",
+    'How keywords match typed text: "message" (the default: the whole message, ignoring case) or "word" (as whole '
+    "words anywhere in the message, ignoring case, accents and punctuation).",
+    choices=("message", "word"),
+)
 _SAY = {
     "say": Field("str", "Inline jinja2 text. Knows `user`, `vars` and `text` (the user's last message, as data)."),
     "template": Field("str", "A jinja2 template file in the templates folder, instead of `say`."),
@@ -55,9 +62,8 @@ SHAPES: dict[str, dict[str, Field]] = {
         "goto": Field("str", "State to move to; absent means stay (the state's quick replies are offered again)."),
     },
     "keyword": {
-        "words": Field(
-            "words", "Words that trigger it, matched on the whole message, case-insensitive.", required=True
-        ),
+        "words": Field("words", "Words that trigger it (how: `match`).", required=True),
+        "match": _MATCH,
         "goto": Field("str", "The state to move to.", required=True),
         **_EFFECTS,
     },
@@ -89,7 +95,8 @@ SHAPES: dict[str, dict[str, Field]] = {
     },
     "rule": {
         "payload": Field("str", "Matches a postback or quick-reply payload exactly."),
-        "keyword": Field("words", "Matches these words (whole message, case-insensitive)."),
+        "keyword": Field("words", "Matches these words (how: `match`)."),
+        "match": _MATCH,
         "regex": Field("str", "Matches the user's text with this Python regular expression (search)."),
         "when": Field("str", 'A segment expression that must hold, e.g. "likes_white and not churned".'),
         "capture": Field("str", "Store the user's text in this variable."),
@@ -182,6 +189,11 @@ def check_shape(
             report((*path, key), f"'{key}' must be {_type_name(field.kind)}, got {_toml_type(item)}")
             ok = False
             continue
+        if field.choices and item not in field.choices:
+            allowed = " or ".join(f'"{choice}"' for choice in field.choices)
+            report((*path, key), f"'{key}' must be {allowed}, got {item!r}")
+            ok = False
+            continue
         sub = field.kind.partition(":")[2]
         if field.kind.startswith("table:"):
             ok &= check_shape(item, sub, (*path, key), report, shapes)
@@ -225,7 +237,8 @@ def json_schema() -> dict[str, Any]:
             "tables": {"type": "array", "items": {"$ref": f"#/$defs/{sub}"}},
             "map": {"type": "object", "additionalProperties": {"$ref": f"#/$defs/{sub}"}},
         }
-        return {**by_kind[kind], "description": field.doc}
+        choices = {"enum": list(field.choices)} if field.choices else {}
+        return {**by_kind[kind], **choices, "description": field.doc}
 
     def object_schema(shape: str) -> dict[str, Any]:
         fields = SHAPES[shape]

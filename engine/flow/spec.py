@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
+from functools import cached_property
 
 from .diagnostics import KeyPath
 from .segments import ALWAYS, Segment
+from .words import Match, normalised_words
 
 Scalar = str | int | float | bool
 
@@ -47,6 +49,11 @@ class Rule:
     when_source: str = ""
     capture: str | None = None
     effects: Effects = Effects()
+    match: Match = Match.MESSAGE  # how `keywords` match typed text
+
+    @cached_property
+    def phrases(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(normalised_words(k) for k in self.keywords)
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,11 @@ class Keyword:
     words: tuple[str, ...]
     goto: str
     effects: Effects = Effects()
+    match: Match = Match.MESSAGE  # how `words` match typed text
+
+    @cached_property
+    def phrases(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(normalised_words(w) for w in self.words)
 
 
 @dataclass(frozen=True)
