@@ -262,6 +262,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .flow import FlowError
     from .logs import setup_logging
     from .web import create_app
+    from .web.deadline import server_options
     from .web.keys import FLOWS, GRAPH_URL, SETTINGS
 
     settings = _settings(args)
@@ -305,7 +306,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("\n".join(lines), flush=True)
 
     app.on_startup.append(banner)
-    web.run_app(app, host=host, port=port, print=None, access_log=None, shutdown_timeout=5.0)
+    web.run_app(
+        app, host=host, port=port, print=None, access_log=None, shutdown_timeout=5.0, **server_options(settings)
+    )
     return 0
 
 

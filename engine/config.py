@@ -36,6 +36,11 @@ OPTIONS: dict[str, Option] = {
     "server.host": Option("127.0.0.1", "Address to listen on (use 0.0.0.0 behind a proxy)."),
     "server.port": Option(8080, "Port to listen on."),
     "server.max_body_bytes": Option(1_048_576, "Larger webhook bodies are refused with 413."),
+    "server.read_timeout_seconds": Option(
+        10.0,
+        "A request's headers and body must arrive within this; slower clients are cut off (408) and idle "
+        "connections closed. A reverse proxy in front is still the first line (docs/deploying.md).",
+    ),
     "server.allow_sha1_signature": Option(False, "Accept the legacy X-Hub-Signature (SHA-1) when no SHA-256 is sent."),
     "server.simulated_user_ids": Option(
         False,

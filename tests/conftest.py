@@ -23,7 +23,8 @@ from engine.local import FakeGraph
 from engine.messenger.signature import sign
 from engine.testing import ManualClock
 from engine.web import create_app
-from engine.web.keys import DISPATCHER, STORE
+from engine.web.deadline import server_options
+from engine.web.keys import DISPATCHER, SETTINGS, STORE
 
 # --- aioresponses shim -------------------------------------------------------------------------------------
 # aioresponses 0.7.9 builds ClientResponse without the `stream_writer` argument that aiohttp 3.14 requires
@@ -78,7 +79,8 @@ class Loopback:
 
 
 async def serve_on_loopback(app: web.Application) -> Loopback:
-    runner = web.AppRunner(app, access_log=None)
+    options = server_options(app[SETTINGS]) if SETTINGS in app else {}  # the read timeout, as `otnflow serve`
+    runner = web.AppRunner(app, access_log=None, **options)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

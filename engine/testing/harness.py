@@ -38,6 +38,7 @@ from ..runtime.notify import CampaignReport
 from ..store import Store, Token, UserRecord
 from ..web import create_app
 from ..web.app import load_configured_flows
+from ..web.deadline import server_options
 from ..web.keys import CAMPAIGNS, DISPATCHER, GRAPH, STORE
 from .clock import ManualClock
 
@@ -302,7 +303,7 @@ class Bot:
 
     async def _serve(self) -> None:
         self.app = create_app(self.settings, flows=self._compiled, clock=self.clock)
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(self.app, access_log=None, **server_options(self.settings))
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"

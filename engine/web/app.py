@@ -18,7 +18,7 @@ from ..runtime.engine import assemble, default_flow_name, graph_settings
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingState
 from ..store import open_store
-from . import api, ops, reload, webhook
+from . import api, deadline, ops, reload, webhook
 from . import playground as playground_routes
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, GRAPH, GRAPH_URL, METRICS, SENDING, SETTINGS, STORE
 
@@ -47,7 +47,10 @@ def create_app(
     drives the store it is given, and a live store holds real users and their tokens."""
     if playground and not settings.local_mode:
         raise ValueError(PLAYGROUND_REFUSED)
-    app = web.Application(client_max_size=int(settings["server.max_body_bytes"]), middlewares=[api.json_errors])
+    app = web.Application(
+        client_max_size=int(settings["server.max_body_bytes"]),
+        middlewares=[api.json_errors, deadline.read_deadline],  # /api errors in JSON, the read deadline's too
+    )
     app[SETTINGS] = settings
     loaded = dict(flows) if flows is not None else load_configured_flows(settings)
     app[FLOWS] = loaded

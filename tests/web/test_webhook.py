@@ -75,6 +75,7 @@ async def test_oversized_body_is_413(server_factory) -> None:  # type: ignore[no
     status, _ = await server.post(body)
     assert status == 413
     assert (await server.counts())["inbox_pending"] == 0
+    assert 'otnflow_webhook_rejected_total{status="413"} 1.0' in (await server.get("/metrics"))[1]
 
 
 @pytest.mark.parametrize("name", FIXTURE_NAMES)

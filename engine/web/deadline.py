@@ -1,0 +1,59 @@
+"""Slow clients cannot hold the server: a request's body must arrive within `server.read_timeout_seconds`.
+
+aiohttp waits for a body as long as bytes keep coming; 300 clients sending one byte every few seconds would each
+hold a connection for good. This middleware reads every body under a deadline (408 and the connection closed when
+it passes) before any handler runs, so handlers read it from memory. Headers get the same bound from the
+keep-alive timer (`server_options`): a connection that has not sent a complete request by then is closed. A
+reverse proxy in front remains the first line (docs/deploying.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..config import Settings
+from .keys import METRICS, SETTINGS
+
+log = logging.getLogger("otnflow.web")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """Options for `web.run_app` / `web.AppRunner`: a connection idle, or still sending its headers, for longer
+    than the read timeout is closed; and no lingering: aiohttp would otherwise keep reading (and discarding) the
+    rest of a body cut off at the deadline or the size limit for another 10 s. Every body a handler sees has been
+    read in full by `read_deadline`, so lingering never had anything else to do here."""
+    return {"keepalive_timeout": float(settings["server.read_timeout_seconds"]), "lingering_time": 0.0}
+
+
+@web.middleware
+async def read_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.body_exists:
+        settings = request.app[SETTINGS]
+        timeout = float(settings["server.read_timeout_seconds"])
+        try:
+            async with asyncio.timeout(timeout):
+                await request.read()  # kept by aiohttp: the handler's read() returns it
+        except TimeoutError:
+            log.warning(
+                "%s %s: body not received within %.1f s: connection closed", request.method, request.path, timeout
+            )
+            # aiohttp closes a connection whose body was not read to the end (no lingering: `server_options`)
+            raise web.HTTPRequestTimeout(text=f"request body not received within {timeout:g} s") from None
+        except web.HTTPRequestEntityTooLarge:
+            if request.path == "/webhook":
+                request.app[METRICS].webhook_rejected.labels("413").inc()
+            log.warning(
+                "%s %s: body over server.max_body_bytes (%d): refused",
+                request.method,
+                request.path,
+                settings["server.max_body_bytes"],
+            )
+            raise
+    return await handler(request)
