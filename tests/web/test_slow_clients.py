@@ -82,7 +82,8 @@ async def test_slow_bodies_are_cut_at_the_read_timeout_and_healthz_keeps_answeri
     assert max(c for c in closed if c is not None) < READ_TIMEOUT + 3
     assert len(latencies) >= 3 and max(latencies) < 1.0, latencies
     assert (await server.post(json.loads(raw)))[0] == 200  # a normal client is served as before
-    assert (await server.counts())["inbox_pending"] + (await server.counts())["inbox_handled"] == 1
+    counts = await server.counts()
+    assert counts["inbox_pending"] + counts["inbox_handled"] == 1, counts
 
 
 async def test_slow_headers_are_cut_at_the_read_timeout(server_factory) -> None:  # type: ignore[no-untyped-def]
