@@ -67,6 +67,7 @@ class Outgoing:
     tag: str | None = None  # a message tag the flow declared for it
     promotional: bool = True  # unless the flow says otherwise, assume it is
     with_token: bool = False  # a notification sent with a claimed OTN token
+    token_expires_ms: int | None = None  # when that token expires (a token past it is never sent)
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,11 @@ def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySetting
     if message.kind in ("otn_request", "notification") and not (settings.otn_enabled and not facts.in_eu):
         return refuse("otn_unavailable")
     if message.kind == "notification":
-        return Decision(Via.OTN_TOKEN) if message.with_token else refuse("no_valid_token")
+        if not message.with_token:
+            return refuse("no_valid_token")
+        if message.token_expires_ms is not None and message.token_expires_ms <= now_ms:
+            return refuse("token_expired")
+        return Decision(Via.OTN_TOKEN)
     inside = window_open(facts, now_ms, settings)
     if message.kind == "otn_request":
         if not inside:

@@ -8,7 +8,8 @@ one) without sending anyone a second message:
   `delivered`, `failed` or `skipped`, each with a reason;
 - an item left `sending` by a crash is resent with the **same** token: Meta refuses a token's second use, so if
   the first attempt had reached Meta the retry is refused and the item counts as delivered, and if it had not,
-  the retry delivers it. Either way the user gets exactly one message and no token serves twice.
+  the retry delivers it. Either way the user gets exactly one message and no token serves twice. The resend passes
+  the policy gate again first, like every token send: an expired token is never sent.
 """
 
 from __future__ import annotations
@@ -290,9 +291,13 @@ class CampaignRunner:
             delivery = claimed[0]
 
     async def _settle_uncertain(self, flow: CompiledFlow, campaign: Campaign, delivery: Delivery) -> None:
+        """Resend an item a dead run left `sending`, with the same token, if the gate still allows it today."""
         user = await self.store.load_user(delivery.user_id)
-        if user is not None:
-            await self._send(flow, campaign, user, delivery, retry=True)
+        if user is None:  # forgotten meanwhile: nothing to send to
+            finished = Finished(delivery, "skipped", "unknown_user", "valid")
+            await self.store.finish_deliveries([finished], self.clock.now_ms())
+            return
+        await self._send(flow, campaign, user, delivery, retry=True)
 
     async def _send(
         self,
@@ -302,7 +307,19 @@ class CampaignRunner:
         delivery: Delivery,
         retry: bool,
     ) -> bool:
-        """Send one claimed token. True when the item is settled; False to try the user's next token."""
+        """Send one claimed token. True when the item is settled; False to try the user's next token. The gate
+        decides once more right before the Send API call (an item resumed after a crash may have outlived its
+        token, or its user may have become unreachable or tagged EU): a refusal settles the item `skipped` with the
+        reason and leaves the token unused by this run."""
+        decision = self.gate.check(
+            self.gate.facts(user),
+            Outgoing("notification", with_token=True, token_expires_ms=delivery.token.expires_ms),
+            self.clock.now_ms(),
+        )
+        if not decision.allowed:
+            finished = Finished(delivery, "skipped", decision.reason, "valid")
+            await self.store.finish_deliveries([finished], self.clock.now_ms())
+            return True
         await self.limiter.acquire()
         result = await self.client.send(send_body(None, delivery.message, otn_token=delivery.token.token))
         self.metrics.sends.labels(result.outcome.value).inc()

@@ -88,6 +88,9 @@ def test_notification_needs_a_token_and_ignores_the_window() -> None:
     a_year_ago = last_seen(300 * DAY_MS)
     assert decide(a_year_ago, Outgoing("notification", with_token=True), NOW, S).via is Via.OTN_TOKEN
     assert decide(a_year_ago, Outgoing("notification"), NOW, S).reason == "no_valid_token"
+    expired = Outgoing("notification", with_token=True, token_expires_ms=NOW)
+    assert decide(a_year_ago, expired, NOW, S).reason == "token_expired"
+    assert decide(a_year_ago, expired, NOW - 1, S).via is Via.OTN_TOKEN
 
 
 def test_nothing_reaches_an_unreachable_user() -> None:

@@ -136,7 +136,9 @@ async def test_a_tap_on_the_notification_at_once_gets_the_next_request() -> None
         assert bot.fake.rejected == []
 
 
-async def holders_with_claims_left_by_a_dead_run(bot: Bot, count: int, claim_ms: int) -> None:
+async def holders_with_claims_left_by_a_dead_run(
+    bot: Bot, count: int, claim_ms: int, expires_in_ms: int = 300 * 24 * HOUR_MS
+) -> None:
     """`count` users holding a restock token, each claimed by a run that died before sending (items `sending`)."""
     store, now = bot.app[STORE], bot.clock.now_ms()
     for i in range(count):
@@ -145,7 +147,7 @@ async def holders_with_claims_left_by_a_dead_run(bot: Bot, count: int, claim_ms:
         token = bot.fake.issue_token(user_id, payload, now - HOUR_MS)
         user = UserRecord(user_id, PAGE_ID, "wine_shop", "optin_thanks", {"likes_white"}, last_interaction_ms=1)
         await store.add_events([StoredEvent(f"seed-{i}", user_id, PAGE_ID, now, "optin", "{}")])
-        tokens = [Token(token, user_id, "restock", payload, now - HOUR_MS, now + 300 * 24 * HOUR_MS, "sold_out")]
+        tokens = [Token(token, user_id, "restock", payload, now - HOUR_MS, now + expires_in_ms, "sold_out")]
         await store.commit_step(StepWrite(f"seed-{i}", user, tokens=tokens), now)
     campaign = await bot.app[CAMPAIGNS].open("restock", "", {"product": "Sauvignon 2024"}, None)
     users = [f"h{i:03d}" for i in range(count)]
@@ -164,3 +166,53 @@ async def test_a_resumed_campaign_is_done_only_once_every_outcome_is_written(bot
     assert campaign.status == "done"
     assert await bot.app[STORE].campaign_counts(campaign.id) == {"delivered": 64}
     assert len(bot.fake.tokens_used()) == 64 and bot.fake.rejected == []
+
+
+# -- 4. a resumed campaign item passes the gate again ----------------------------------------------------------
+async def test_a_resumed_item_is_gated_again_and_a_refusal_recorded_with_its_reason(bot: Bot) -> None:
+    await holders_with_claims_left_by_a_dead_run(bot, 3, claim_ms=0)
+    store = bot.app[STORE]
+    tagged = await store.load_user("h000")
+    assert tagged is not None
+    tagged.tags.add("eu")  # tagged as living in the EU since the dead run claimed her token
+    await store.put_user(tagged)
+    await store.mark_unreachable("h001")  # blocked the page meanwhile
+    report = await bot.notify("restock", product="Sauvignon 2024")
+    assert report.counts == {
+        "delivered": 1,
+        "skipped": 2,
+        "skipped:otn_unavailable": 1,
+        "skipped:user_unreachable": 1,
+    }
+    assert [m.token_user for m in bot.fake.sent if m.otn_token] == ["h002"]
+    assert bot.fake.rejected == []
+
+
+async def test_a_resumed_campaign_sends_nothing_where_otn_is_off() -> None:
+    async with Bot.start(
+        ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", policy_otn_available=False
+    ) as bot:
+        await holders_with_claims_left_by_a_dead_run(bot, 2, claim_ms=0)
+        report = await bot.notify("restock", product="Sauvignon 2024")
+        assert report.counts == {"skipped": 2, "skipped:otn_unavailable": 2}
+        assert bot.fake.sent == [] and bot.fake.rejected == []
+
+
+# -- 5. an expired token is never sent, on resume either --------------------------------------------------------
+async def test_a_token_that_expired_since_its_claim_is_never_sent_nor_counted_delivered(bot: Bot) -> None:
+    await holders_with_claims_left_by_a_dead_run(bot, 1, claim_ms=60_000, expires_in_ms=HOUR_MS)
+    bot.clock.advance(hours=2)  # the dead run's claim and the token have both expired
+    report = await bot.notify("restock", product="Sauvignon 2024")
+    assert report.counts == {"skipped": 1, "skipped:token_expired": 1}
+    assert report.delivered == 0
+    assert bot.fake.sent == [] and bot.fake.rejected == []  # nothing went out, not even a refused attempt
+    assert await bot.app[STORE].armed("h000") == []  # nothing reached the user: nothing to re-ask
+
+
+async def test_a_resend_refused_for_another_reason_is_not_counted_delivered(bot: Bot) -> None:
+    await holders_with_claims_left_by_a_dead_run(bot, 1, claim_ms=0)
+    bot.fake.fail("551", user_id=None)  # the person is unavailable: not Meta's answer to a reused token
+    report = await bot.notify("restock", product="Sauvignon 2024")
+    assert report.delivered == 0
+    assert report.counts == {"failed": 1, "failed:unreachable": 1}
+    assert await bot.app[STORE].armed("h000") == []
