@@ -177,6 +177,8 @@ class FakeGraph:
         recipient = body["recipient"]
         if self.delay:
             await asyncio.sleep(self.delay)
+            if request.transport is None or request.transport.is_closing():
+                return web.Response(status=499)  # the sender died while the request travelled: it never arrived
         failure = self._take_failure(recipient.get("id"))
         if failure is None and self._over_rate_limit():
             failure = _Failure("613")

@@ -30,6 +30,7 @@ from engine.flow.segments import parse_segment
 from engine.local.fake_graph import SentMessage
 from engine.runtime.notify import CampaignError
 from engine.testing.harness import PAGE_ID, Bot, BotUser, HarnessError
+from engine.web.keys import STORE
 
 ROOT = Path(__file__).resolve().parents[2]
 FLOWS = ROOT / "tests" / "fixtures" / "model_flows"
@@ -61,6 +62,8 @@ class Checks:
     request_variables: bool = True  # issue 11 §1: a token serves only its own request's variables
     consent: bool = True  # issue 11 §2: "stop" revokes tokens, keeps the user out of campaigns and requests
     tap_at_once: bool = True  # issue 11 §3.1: a tap on the notification the moment it arrives is re-asked
+    resume_gate: bool = True  # issue 11 §3.4: a resumed campaign item passes the gate again (EU since the kill)
+    resume_expired: bool = True  # issue 11 §3.5: a token that expired since the kill is never sent on resume
 
 
 @dataclass
@@ -316,23 +319,34 @@ class OtnMachine(RuleBasedStateMachine):
         campaign=campaigns,
         names=st.lists(st.sampled_from(USERS), min_size=1, max_size=3, unique=True),
         after=st.integers(min_value=0, max_value=4),
+        meanwhile=st.sampled_from([None, None, "eu", "stop", "year"]),
     )
-    def server(self, what: str, campaign: tuple[str, str, dict[str, str]], names: list[str], after: int) -> None:
+    def server(
+        self,
+        what: str,
+        campaign: tuple[str, str, dict[str, str]],
+        names: list[str],
+        after: int,
+        meanwhile: str | None = None,
+    ) -> None:
         """The server restarts: gracefully, or killed (SIGKILL) mid-campaign (after `after` sends reached Meta;
-        the same campaign then runs again and resumes) or while users' messages are being handled."""
+        then, `meanwhile`, a user moves to the EU or says stop, or a year passes; then the same campaign runs again
+        and resumes) or while users' messages are being handled (`names`: who moves, or writes)."""
         if what == "restart":
             self.run(self.running.restart())
         elif what == "kill_campaign":
             self.current_campaign = campaign
-            self.run(self._killed_campaign(campaign, after))
+            self.run(self._killed_campaign(campaign, after, names, meanwhile))
         else:
             self.run(self._write_then_kill(names, after))
 
-    async def _killed_campaign(self, campaign: tuple[str, str, dict[str, str]], after: int) -> None:
+    async def _killed_campaign(
+        self, campaign: tuple[str, str, dict[str, str]], after: int, names: list[str], meanwhile: str | None
+    ) -> None:
         bot = self.running
         bot.clock.advance(seconds=1)
         before = len(bot.fake.sent)
-        bot.fake.delay = 0.002  # Meta's latency keeps sends in flight when the kill comes
+        bot.fake.delay = 0.005  # Meta's latency keeps sends in flight when the kill comes (those never arrive)
         task = asyncio.create_task(bot.notify(campaign[0], campaign[1], **campaign[2]))
         try:
             for _ in range(2000):
@@ -345,8 +359,23 @@ class OtnMachine(RuleBasedStateMachine):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, CampaignError):
                 await task
-        with contextlib.suppress(CampaignError):
-            await bot.notify(campaign[0], campaign[1], **campaign[2])
+        said = {"eu": ("I live in the EU", self.checks.resume_gate), "stop": ("stop", self.checks.consent)}
+        if meanwhile in said and said[meanwhile][1]:
+            for name in names:
+                await self.user(name).says(said[meanwhile][0])
+                self.engaged(name, bot.clock.now_ms(), text=said[meanwhile][0])
+        elif meanwhile == "year" and self.checks.resume_expired:
+            bot.clock.advance(days=366)
+        try:
+            report = await bot.notify(campaign[0], campaign[1], **campaign[2])
+        except CampaignError:
+            return
+        # issue 11 §3.6: a resumed campaign's report and status are final
+        if report.counts.get("sending") or report.stopped:
+            raise Violation(f"the resumed campaign ended unsettled: {report.as_dict()}")
+        stored = [c for c in await bot.app[STORE].campaigns(report.campaign.id) if c.id == report.campaign.id]
+        if [c.status for c in stored] != ["done"]:
+            raise Violation(f"the resumed campaign {report.campaign.id} is not done: {stored}")
 
     async def _write_then_kill(self, names: list[str], wait: int) -> None:
         bot = self.running
