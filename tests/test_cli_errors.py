@@ -4,12 +4,13 @@ exception escaping it is what a user would see as a traceback."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
 import pytest
 
-from engine.cli import main
+from engine.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,6 +24,8 @@ BAD_CALLS: list[tuple[str, ...]] = [
     ("serve", "--port", "99999"),
     ("notify", "restock"),  # local mode: the CLI sends real messages only
     ("stats", "--config", "nosuch.toml"),
+    ("inbox", "--config", "nosuch.toml"),
+    ("inbox", "--limit", "many"),
     ("test", "nosuch"),
     ("test", "flows/broken_tests"),
     ("chat", "bakerry"),
@@ -64,6 +67,12 @@ def test_a_bad_call_fails_with_a_line_not_a_traceback(
     assert code != 0, out + err
     assert "Traceback" not in out + err
     assert err.strip() or out.strip(), "says something"
+
+
+def test_every_command_has_a_bad_call_above() -> None:
+    parser = build_parser()
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands) <= {args[0] for args in BAD_CALLS}
 
 
 def test_an_unknown_flow_names_the_flows_there_are_not_a_setting(
