@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from jinja2.sandbox import SandboxedEnvironment
 
+from . import payloads
 from .diagnostics import KeyPath, dotted
 from .loader import Reporter
 from .segments import tags_in
@@ -152,6 +153,16 @@ def _check_choices(choices: tuple[Choice, ...], path: KeyPath, report: Reporter,
             report.error((*path, i, "title"), "quick-reply title is empty")
 
 
+def _check_payload(key: KeyPath, payload: str, report: Reporter) -> None:
+    """An author's payload may not fall in the engine's own namespace: it would be read as one of the engine's."""
+    if payloads.is_reserved(payload):
+        report.error(
+            key,
+            f"payload '{payload}' starts with '{payloads.RESERVED}', which otnflow reserves for the payloads it "
+            "makes itself (requests, notification replies): choose another",
+        )
+
+
 def _check_states(spec: FlowSpec, report: Reporter, limits: Limits) -> None:
     for name, state in spec.states.items():
         path: KeyPath = ("states", name)
@@ -176,6 +187,7 @@ def _check_states(spec: FlowSpec, report: Reporter, limits: Limits) -> None:
             ((*path, "on", i, "payload"), r.payload) for i, r in enumerate(state.rules) if r.payload is not None
         ]
         for key, payload in payload_places:
+            _check_payload(key, payload, report)
             if payload in seen:
                 report.error(
                     key,
@@ -228,6 +240,8 @@ def _check_topics(spec: FlowSpec, report: Reporter, limits: Limits, otn_availabl
         elif defaults and defaults[0] != len(topic.variants) - 1:
             report.warning((*path, "variants", defaults[0] + 1), "variants after the default can never be chosen")
         _check_choices(topic.quick_replies, (*path, "quick_replies"), report, limits)
+        for i, choice in enumerate(topic.quick_replies):
+            _check_payload((*path, "quick_replies", i, "payload"), choice.payload, report)
 
 
 # -- templates -------------------------------------------------------------------------------------------------

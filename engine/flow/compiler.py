@@ -18,8 +18,9 @@ from jinja2 import Template
 from jinja2.sandbox import SandboxedEnvironment
 from transitions import EventData, Machine
 
+from . import payloads
 from .segments import ALWAYS, Segment
-from .spec import Cause, Choice, Edge, Effects, FlowSpec, Message, Rule, Scalar, State
+from .spec import Cause, Edge, Effects, FlowSpec, Message, Rule, Scalar, State
 from .words import Typed
 
 NEW_USER = "__new__"
@@ -233,8 +234,11 @@ class CompiledFlow:
         state = self.spec.states[convo.state]
         if user_input.payload is not None:
             payload = user_input.payload
-            if payload.startswith("otn:") and payload.endswith(":ENGAGE"):
-                return "engaged"
+            tap = payloads.parse_tap(payload)
+            if tap is not None:  # a quick reply under a notification
+                if tap.choice is None:
+                    return "engaged"
+                payload = payloads.notification_reply(tap.topic, tap.choice)  # as sent now, old messages too
             if self._fire(convo, f"tap:{payload}") or self._match_rules(convo, state.rules, payload=payload):
                 return "payload"
             source = self._late_taps.get(payload)
@@ -297,8 +301,10 @@ class CompiledFlow:
         convo = _Conversation(snapshot, None, profile or {})
         variant = topic.variants[self.variant_index(topic_name, snapshot)]
         text = self.render(variant.message, {**convo.context(), **params})
-        quick = tuple(QuickReply(c.title, notification_payload(topic.name, c)) for c in topic.quick_replies)
-        return Reply(text, quick or (QuickReply(ENGAGE_TITLE, engage_payload(topic.name)),))
+        quick = tuple(
+            QuickReply(c.title, payloads.notification_reply(topic.name, c.payload)) for c in topic.quick_replies
+        )
+        return Reply(text, quick or (QuickReply(ENGAGE_TITLE, payloads.engage(topic.name)),))
 
     def variant_index(self, topic_name: str, snapshot: Snapshot) -> int:
         """First match wins; the checker guarantees a default variant, so one always matches."""
@@ -307,25 +313,18 @@ class CompiledFlow:
         return next(i for i, v in enumerate(variants) if v.when.matches(tags, snapshot.variables))
 
 
+#: The default quick reply under a notification whose topic names none: tapping it reopens the 24h window (and so
+#: lets the next OTN request go out) without moving the conversation.
 ENGAGE_TITLE = "Thanks!"
-
-
-def engage_payload(topic: str) -> str:
-    """The default quick reply under a notification whose topic names none: tapping it reopens the 24h window (and
-    so lets the next OTN request go out) without moving the conversation."""
-    return f"otn:{topic}:ENGAGE"
-
-
-def notification_payload(topic: str, choice: Choice) -> str:
-    """Quick replies under a notification belong to no state: their payload names the topic."""
-    return f"otn:{topic}:{choice.payload}"
 
 
 def _trigger(edge: Edge) -> str:
     """The machine event that takes an edge; `_match` fires the same names for the input it reads."""
     if edge.cause in TAPS:
         assert edge.choice is not None  # every tap edge carries its choice
-        payload = edge.choice.payload if edge.topic is None else notification_payload(edge.topic, edge.choice)
+        payload = (
+            edge.choice.payload if edge.topic is None else payloads.notification_reply(edge.topic, edge.choice.payload)
+        )
         return f"tap:{payload}"
     if edge.cause is Cause.RULE:
         return f"rule:{edge.index}"

@@ -4,7 +4,6 @@ atomic write."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -12,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..flow import CompiledFlow, Reply, Snapshot, StepResult, UserInput
+from ..flow import CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
 from ..messenger.webhook import InboundEvent, parse_event
 from ..policy import Outgoing
@@ -33,22 +32,6 @@ UNKNOWN_TOPIC = "(unknown)"
 WINDOW_OPENERS = frozenset({"message", "postback", "reaction", "referral"})
 
 
-def otn_payload(topic: str, source_state: str, key: str) -> str:
-    """What our Notify Me requests carry: the topic, the asking state and a request id."""
-    return f"otn:{topic}:{source_state}:{hashlib.sha1(key.encode()).hexdigest()[:12]}"
-
-
-def parse_otn_payload(payload: str | None, topics: Mapping[str, object]) -> tuple[str, str]:
-    """(topic, source state) of an opt-in. Payloads not made by otnflow name the topic before a first ':'."""
-    if not payload:
-        return "", ""
-    if payload.startswith("otn:"):
-        parts = payload.split(":", 3)
-        return parts[1], parts[2] if len(parts) > 3 else ""
-    head = payload.split(":", 1)[0]
-    return (head if head in topics else payload), ""
-
-
 def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> OutboxItem:
     """A flow reply as a Send API `message`, with what the policy gate needs to know in `meta`."""
     quick = [(q.title, q.payload) for q in reply.quick_replies]
@@ -56,7 +39,7 @@ def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> O
     if reply.message_tag:
         meta["tag"] = reply.message_tag
     if reply.otn_topic is not None:
-        message = outbound.otn_request(reply.text, otn_payload(reply.otn_topic, reply.otn_state, key))
+        message = outbound.otn_request(reply.text, payloads.request(reply.otn_topic, reply.otn_state, key))
         meta.update(kind="otn_request", topic=reply.otn_topic, source_state=reply.otn_state)
     elif reply.buttons:
         message = outbound.button_message(reply.text, [(b.title, b.payload, b.url) for b in reply.buttons], quick)
@@ -149,7 +132,7 @@ class ConversationHandler:
         if event.kind in ("message", "postback"):
             return flow.step(snapshot, UserInput(event.text, event.payload), profile)
         if event.kind == "optin":
-            topic, _ = parse_otn_payload(event.payload, flow.spec.topics)
+            topic = payloads.parse_request(event.payload, flow.spec.topics).topic
             return flow.enter_optin(snapshot, topic, profile) if topic in flow.spec.topics else None
         if event.kind == "referral" and snapshot.state is None:  # an m.me link opened by a new user: greet them
             return flow.step(snapshot, UserInput(), profile)
@@ -166,7 +149,8 @@ class ConversationHandler:
         if optin.get("type") != "one_time_notif_req" or not isinstance(token, str):
             log.info("opt-in of another kind (%s) ignored", optin.get("type") or "plugin")
             return
-        topic, source_state = parse_otn_payload(event.payload, flow.spec.topics)
+        asked = payloads.parse_request(event.payload, flow.spec.topics)
+        topic, source_state = asked.topic, asked.asking_state
         declared = any(topic in f.spec.topics for f in self.flows.values())
         if not declared:  # no campaign can ever use it: kept for the record, under one name, with its payload
             if len(self._unknown_topics_logged) < 1_000 and topic not in self._unknown_topics_logged:

@@ -30,7 +30,7 @@ import aiohttp
 from aiohttp import web
 
 from ..config import OPTIONS, Settings, load_settings
-from ..flow import CompiledFlow
+from ..flow import CompiledFlow, payloads
 from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
 from ..runtime.engine import no_such_flow
@@ -88,7 +88,7 @@ class ReplyView:
         buttons = tuple(b.get("title", "") for b in payload.get("buttons", []))
         topic = None
         if payload.get("template_type") == "one_time_notif_req":
-            topic = str(payload.get("payload", "")).split(":")[1]
+            topic = payloads.parse_request(str(payload.get("payload", "")), ()).topic
         text = message.get("text") or payload.get("text") or payload.get("title") or ""
         return cls(text, quick, buttons, topic, sent.otn_token is not None, sent.body)
 

@@ -174,9 +174,11 @@ def test_notification_variant_is_chosen_by_segment(flow: CompiledFlow) -> None:
     vip = flow.notification("news", Snapshot("welcome", frozenset({"vip"})), {"headline": "Sale"}, {"first_name": "A"})
     plain = flow.notification("news", Snapshot("welcome"), {"headline": "Sale"})
     assert (vip.text, plain.text) == ("VIP A: Sale", "Sale")
-    assert [q.payload for q in plain.quick_replies] == ["otn:news:READ"]
-    result = flow.step(Snapshot("bye"), UserInput(payload="otn:news:READ"))
+    assert [q.payload for q in plain.quick_replies] == ["otn:news:tap:READ"]
+    result = flow.step(Snapshot("bye"), UserInput(payload="otn:news:tap:READ"))
     assert result.snapshot.state == "welcome"
+    # a tap on a notification an earlier version sent (otn:<topic>:<choice>) still follows its goto
+    assert flow.step(Snapshot("bye"), UserInput(payload="otn:news:READ")).snapshot.state == "welcome"
 
 
 def test_the_shared_machine_keeps_no_user(flow: CompiledFlow) -> None:

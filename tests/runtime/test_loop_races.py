@@ -216,3 +216,44 @@ async def test_a_resend_refused_for_another_reason_is_not_counted_delivered(bot:
     assert report.delivered == 0
     assert report.counts == {"failed": 1, "failed:unreachable": 1}
     assert await bot.app[STORE].armed("h000") == []
+
+
+# -- 7. payloads are one vocabulary ------------------------------------------------------------------------------
+ENGAGE_FLOW = """
+[flow]
+name = "club"
+start = "welcome"
+
+[topics.news]
+title = "Tell me when the club has news"
+quick_replies = [{ title = "Engage", goto = "engaged" }, { title = "Later", goto = "welcome" }]
+
+[[topics.news.variants]]
+say = "The club has news!"
+
+[states.welcome]
+say = "Hi! Want our news?"
+otn = { topic = "news" }
+quick_replies = [{ title = "Menu", goto = "welcome" }]
+
+[states.engaged]
+say = "You engaged: here is the news."
+quick_replies = [{ title = "Menu", goto = "welcome" }]
+"""
+
+
+async def test_a_topic_quick_reply_titled_engage_follows_its_goto(tmp_path: Path) -> None:
+    (tmp_path / "club.toml").write_text(ENGAGE_FLOW)
+    async with Bot.start(tmp_path, tmp_path, config=ROOT / "config.toml", flows_default="club") as bot:
+        fan = bot.user("fan")
+        await fan.says("hi")
+        await fan.opts_in("news")
+        bot.clock.advance(hours=30)
+        assert (await bot.notify("news")).delivered == 1
+        replies = await fan.taps("Engage")
+        assert [(r.otn_topic, r.text) for r in replies] == [
+            ("news", "Tell me when the club has news"),  # the loop's next request, first
+            (None, "You engaged: here is the news."),
+        ]
+        assert fan.state == "engaged"
+        assert bot.fake.rejected == []

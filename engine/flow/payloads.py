@@ -1,0 +1,81 @@
+"""Every payload otnflow makes itself, encoded and decoded here and nowhere else.
+
+They live in a namespace reserved for them, `otn:`; the checker refuses an author's payload there, so an engine
+payload can never be mistaken for an author's, nor one kind of engine payload for another:
+- a Notify Me request: `otn:<topic>:<asking state>:<request id>`; Meta hands it back in the opt-in event;
+- a quick reply under a notification: `otn:<topic>:tap:<the author's choice payload>`;
+- the default quick reply under a notification whose topic offers none: `otn:<topic>:ENGAGE`.
+Decoding also accepts what earlier versions sent (`otn:<topic>:<choice payload>` under notifications), so a tap on
+an old message still works after an upgrade.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Container
+from dataclasses import dataclass
+
+RESERVED = "otn:"
+_TAP = "tap"
+_ENGAGE = "ENGAGE"
+
+
+def is_reserved(payload: str) -> bool:
+    """Whether an author's payload would fall in the engine's namespace (the checker refuses it)."""
+    return payload.startswith(RESERVED)
+
+
+def request(topic: str, asking_state: str, request_key: str) -> str:
+    """A Notify Me request's payload: the topic, the asking state and a short id of the request."""
+    return f"{RESERVED}{topic}:{asking_state}:{hashlib.sha1(request_key.encode()).hexdigest()[:12]}"
+
+
+def notification_reply(topic: str, choice_payload: str) -> str:
+    """A quick reply under a notification: it belongs to no state, so its payload names the topic."""
+    return f"{RESERVED}{topic}:{_TAP}:{choice_payload}"
+
+
+def engage(topic: str) -> str:
+    """The default quick reply under a notification: tapping it reopens the window, moving nothing."""
+    return f"{RESERVED}{topic}:{_ENGAGE}"
+
+
+@dataclass(frozen=True)
+class OptIn:
+    topic: str
+    asking_state: str = ""
+
+
+def parse_request(payload: str | None, topics: Container[str]) -> OptIn:
+    """The topic (and asking state) of an opt-in's payload. A payload otnflow did not make (a request sent by
+    other software for the page) names its topic before a first ':', or is the topic itself."""
+    if not payload:
+        return OptIn("")
+    if is_reserved(payload):
+        parts = payload.split(":", 3)
+        return OptIn(parts[1], parts[2] if len(parts) > 3 else "")
+    head = payload.split(":", 1)[0]
+    return OptIn(head if head in topics else payload)
+
+
+@dataclass(frozen=True)
+class NotificationTap:
+    """A tap on a notification's quick reply: `choice` is the author's choice payload, None for the default."""
+
+    topic: str
+    choice: str | None
+
+
+def parse_tap(payload: str | None) -> NotificationTap | None:
+    """A quick-reply payload from under a notification, or None for any other payload."""
+    if payload is None or not is_reserved(payload):
+        return None
+    parts = payload.split(":", 2)
+    if len(parts) < 3:
+        return None
+    topic, rest = parts[1], parts[2]
+    if rest == _ENGAGE:
+        return NotificationTap(topic, None)
+    if rest.startswith(f"{_TAP}:"):
+        return NotificationTap(topic, rest.removeprefix(f"{_TAP}:"))
+    return NotificationTap(topic, rest)  # sent by an earlier version: otn:<topic>:<choice payload>
