@@ -103,7 +103,7 @@ def _box(state: State | None, at: Point, current: str | None) -> str:
             ANYWHERE_LABEL,
         )
     else:
-        group = f'class="state" data-state="{escape(state.name)}"'
+        group = f'class="state{" current" if state.name == current else ""}" data-state="{escape(state.name)}"'
         fill = "#2563eb" if state.name == current else ("#fde68a" if state.otn else "#f1f5f9")
         ink = "#ffffff" if state.name == current else "#0f172a"
         dash, text = "", escape(state.name) + (" (OTN)" if state.otn else "")

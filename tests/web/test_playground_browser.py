@@ -149,6 +149,11 @@ async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: 
         await expect(page.locator("#diagram g.state[data-state='back_in_stock'] rect")).to_have_attribute(
             "fill", "#2563eb"
         )  # the user's current state is highlighted
+        await expect(page.locator("#diagram g.edge text", has_text="Show me (restock notification)")).to_have_count(1)
+        current = await page.locator("#diagram g.state.current rect").bounding_box()
+        panel = await page.locator("#diagram").bounding_box()
+        assert current and panel  # the diagram is scrolled to the current state, far right in the wine shop
+        assert panel["x"] <= current["x"] and current["x"] + current["width"] <= panel["x"] + panel["width"]
         await page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
