@@ -194,6 +194,8 @@ def load_settings(
             document = tomli.loads(path.read_text(encoding="utf-8"))
         except tomli.TOMLDecodeError as err:
             raise ConfigError(f"config: {path}:{err.lineno}: TOML syntax error: {err.msg}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"config: {path}: cannot read it: {err}") from None
         for section, table in document.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"config: {path}: '{section}' must be a [section]; known: {_sections()}")

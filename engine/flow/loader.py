@@ -55,14 +55,21 @@ def parse_toml(text: str, report: Reporter) -> dict[str, Any] | None:
         return None
 
 
+def read_source(path: Path, report: Reporter, what: str) -> str | None:
+    """The file's text, or None with the reason reported at line 1 (unreadable, not UTF-8)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        report.diagnostics.append(Diagnostic(report.file, 1, f"cannot read {what}: {err}"))
+        return None
+
+
 def read_flow(path: Path, display: str | None = None) -> tuple[FlowSpec | None, Reporter]:
     """Parse and shape-check a flow file, and build its spec. The spec is None when the file cannot be used."""
     name = display or str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
-        report = Reporter(name, None)
-        report.diagnostics.append(Diagnostic(name, 1, f"cannot read flow file: {err}"))
+    report = Reporter(name, None)
+    text = read_source(path, report, "flow file")
+    if text is None:
         return None, report
     return build_spec(text, name)
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import load_settings
+from ..config import ConfigError, load_settings
 from ..flow import CompiledFlow, Diagnostic, FlowError, FlowOptions, load_flows
 from ..flow.diagnostics import KeyPath
-from ..flow.loader import Reporter, parse_toml
+from ..flow.loader import Reporter, parse_toml, read_source
 from ..flow.locate import Locator
 from ..flow.shapes import Field, check_shape
 from ..runtime.engine import no_such_flow
@@ -163,10 +163,10 @@ def _find_config(start: Path) -> Path | None:
 
 def load_conversations(path: Path) -> ConversationFile:
     """Read and check a conversation file; FlowError lists every problem, with lines."""
-    text = path.read_text(encoding="utf-8")
     report = Reporter(str(path), None)
-    document = parse_toml(text, report)
-    if document is None:
+    text = read_source(path, report, "conversation file")
+    document = parse_toml(text, report) if text is not None else None
+    if text is None or document is None:
         raise FlowError(report.diagnostics)
     report.locator = Locator(text)
     check_shape(document, "file", (), report.error, SHAPES)
@@ -175,8 +175,13 @@ def load_conversations(path: Path) -> ConversationFile:
     config = here / meta["config"] if isinstance(meta.get("config"), str) else _find_config(here.resolve())
     settings_dir, flows_dir, templates_dir = None, None, None
     if config is not None and config.exists():
-        loaded = load_settings(config, {})
-        settings_dir = (loaded.path("flows.dir"), loaded.path("flows.templates"))
+        try:
+            loaded = load_settings(config, {})
+            settings_dir = (loaded.path("flows.dir"), loaded.path("flows.templates"))
+        except ConfigError as err:
+            report.error(("conversation", "config"), f"cannot use {config}: {err}")
+    elif config is not None:
+        report.error(("conversation", "config"), f"config file {config} not found")
     flows_dir = (
         here / meta["flows"]
         if isinstance(meta.get("flows"), str)
@@ -192,7 +197,9 @@ def load_conversations(path: Path) -> ConversationFile:
         if problem := unknown_setting(name):
             report.error(("conversation", "settings", name), problem)
     flow = meta["flow"] if isinstance(meta.get("flow"), str) else None
-    tests = [_test(raw, ("test", i), report) for i, raw in enumerate(document.get("test", [])) if isinstance(raw, dict)]
+    tests = [
+        _test(raw, ("test", i), report) for i, raw in enumerate(_listed(document.get("test"))) if isinstance(raw, dict)
+    ]
     errors = [d for d in report.diagnostics if d.is_error]
     if errors:
         raise FlowError(errors)
@@ -208,15 +215,20 @@ def load_conversations(path: Path) -> ConversationFile:
     )
 
 
+def _listed(value: Any) -> list[Any]:
+    """A list the shape check asked for, or nothing when it is something else (the shape check reported it)."""
+    return value if isinstance(value, list) else []
+
+
 def _test(raw: dict[str, Any], path: KeyPath, report: Reporter) -> ConversationTest:
     users: dict[str, dict[str, str]] = {}
-    for profile in ([raw["user"]] if isinstance(raw.get("user"), dict) else []) + list(raw.get("users", [])):
+    for profile in ([raw["user"]] if isinstance(raw.get("user"), dict) else []) + _listed(raw.get("users")):
         if isinstance(profile, dict) and isinstance(profile.get("id"), str):
             users[profile["id"]] = {k: v for k, v in profile.items() if k != "id" and isinstance(v, str)}
     default_user = next(iter(users), "user")
     users.setdefault(default_user, {})
     steps = []
-    for i, step in enumerate(raw.get("steps", [])):
+    for i, step in enumerate(_listed(raw.get("steps"))):
         if not isinstance(step, dict):
             continue
         where = (*path, "steps", i)
@@ -235,9 +247,13 @@ def _test(raw: dict[str, Any], path: KeyPath, report: Reporter) -> ConversationT
             except ValueError as err:
                 report.error((*where, "advance"), str(err))
         user = step.get("user", default_user)
-        if user not in users:
+        if isinstance(user, str) and user not in users:  # (a user that is not a string: the shape check said so)
             report.error((*where, "user"), f"unknown user '{user}'; the test's users: {', '.join(users)}")
-        if action == "expect" and isinstance(step["expect"], dict) and "reply_matches" in step["expect"]:
+        if (
+            action == "expect"
+            and isinstance(step["expect"], dict)
+            and isinstance(step["expect"].get("reply_matches"), str)
+        ):
             try:
                 re.compile(step["expect"]["reply_matches"])
             except re.error as err:

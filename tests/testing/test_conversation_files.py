@@ -96,3 +96,27 @@ def test_malformed_conversation_files_list_every_problem_with_its_line(tmp_path:
         (7, "unknown user 'bob'; the test's users: user"),
         (8, "'segment' and 'vars' go with 'notify'"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("contents", "line", "message"),
+    [
+        # found by tests/testing/test_conversations_fuzz.py: each raised something else than FlowError
+        (b"\xff\xfe[[test]]\n", 1, "cannot read conversation file"),
+        (b'[[test]]\nname = "t"\nsteps = [{ says = "hi", user = ["a"] }]\n', 3, "must be a string"),
+        (b'[[test]]\nname = "t"\nsteps = [{ expect = { reply_matches = 5 } }]\n', 3, "must be a string"),
+        (b'[[test]]\nname = "t"\nusers = 5\nsteps = [{ says = "hi" }]\n', 3, "must be an array of tables"),
+        (b'[[test]]\nname = "t"\nsteps = 5\n', 3, "must be an array of tables"),
+        (b"test = 5\n", 1, "must be"),
+        (b'[conversation]\nconfig = "."\n[[test]]\nname = "t"\nsteps = [{ says = "hi" }]\n', 2, "cannot use"),
+        (b'[conversation]\nconfig = "a\\u0000b"\n[[test]]\nname = "t"\nsteps = [{ says = "hi" }]\n', 2, "not found"),
+    ],
+)
+def test_broken_conversation_files_get_located_errors_not_exceptions(
+    tmp_path: Path, contents: bytes, line: int, message: str
+) -> None:
+    path = tmp_path / "test_broken.toml"
+    path.write_bytes(contents)
+    with pytest.raises(FlowError) as caught:
+        load_conversations(path)
+    assert any(d.line == line and message in d.message for d in caught.value.diagnostics), caught.value.diagnostics
