@@ -74,3 +74,10 @@ def test_relative_sqlite_path_is_relative_to_the_config_file(tmp_path: Path) -> 
     path = tmp_path / "config.toml"
     path.write_text('[store]\nurl = "sqlite:///data/x.sqlite3"\n')
     assert load_settings(path, {}).store_url == f"sqlite:///{tmp_path}/data/x.sqlite3"
+
+
+def test_a_config_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe[server]\n")
+    for path, reason in ((tmp_path, "Is a directory"), (tmp_path / "binary.toml", "can.t decode")):
+        with pytest.raises(ConfigError, match=f"cannot read it: .*{reason}"):
+            load_settings(path, {})
