@@ -28,7 +28,7 @@ PROFILE = PROFILES[os.environ.get("OTNFLOW_MODEL_PROFILE", "ci")]
 #: SQLite runs are cheap (~0.15 s an example): more of them.
 SQLITE = settings(PROFILE, max_examples=PROFILE.max_examples * 5)
 #: Every promise whose fix is on main.
-LANDED = Checks(request_variables=False, consent=False, resume_gate=False, resume_expired=False)
+LANDED = Checks(request_variables=False, consent=False)
 
 
 def machine(checks: Checks, store_url: str | None = None) -> type[OtnMachine]:
@@ -64,7 +64,7 @@ def test_a_token_serves_only_its_own_requests_variables() -> None:
         state.notify(campaign=("restock", "", {"product": "Sauvignon"}))
         state.promises_hold()  # bob asked about the Rioja
 
-    replay(Checks(consent=False, resume_gate=False, resume_expired=False), steps)
+    replay(Checks(consent=False), steps)
 
 
 @pytest.mark.xfail(raises=Violation, reason="issue 11 §2: 'stop' unsubscribes nobody until `otnvars` lands")
@@ -77,7 +77,7 @@ def test_stop_stops_everything() -> None:
         state.notify(campaign=("restock", "", {"product": "Sauvignon"}))
         state.promises_hold()
 
-    replay(Checks(request_variables=False, resume_gate=False, resume_expired=False), steps)
+    replay(Checks(request_variables=False), steps)
 
 
 def test_a_tap_on_the_notification_at_once_is_re_asked() -> None:
@@ -94,8 +94,9 @@ def test_a_tap_on_the_notification_at_once_is_re_asked() -> None:
     replay(LANDED, steps)
 
 
-@pytest.mark.xfail(raises=Violation, reason="issue 11 §3.4: a resumed item skips the gate until `otnloop` fixes it")
 def test_a_resumed_campaign_item_passes_the_gate_again() -> None:
+    """issue 11 §3.4, as the machine found it before the fix: a claimed item was resent to a user now in the EU."""
+
     def steps(state: OtnMachine) -> None:
         for name in ("ann", "bob", "cat"):
             state.browses(name=name, choice="News", opt_in=True)
@@ -104,13 +105,12 @@ def test_a_resumed_campaign_item_passes_the_gate_again() -> None:
         state.server(what="kill_campaign", campaign=("news", "", {}), names=list(USERS), after=1, meanwhile="eu")
         state.promises_hold()
 
-    replay(Checks(request_variables=False, consent=False, resume_expired=False), steps)
+    replay(LANDED, steps)
 
 
-@pytest.mark.xfail(
-    raises=Violation, reason="issue 11 §3.5: expired tokens are resent on resume until `otnloop` fixes it"
-)
 def test_a_token_expired_since_the_kill_is_never_sent() -> None:
+    """issue 11 §3.5, as the machine found it before the fix: Meta refused the expired token resent on resume."""
+
     def steps(state: OtnMachine) -> None:
         for name in ("ann", "bob", "cat"):
             state.browses(name=name, choice="News", opt_in=True)
@@ -119,4 +119,4 @@ def test_a_token_expired_since_the_kill_is_never_sent() -> None:
         state.server(what="kill_campaign", campaign=("news", "", {}), names=["ann"], after=1, meanwhile="year")
         state.promises_hold()
 
-    replay(Checks(request_variables=False, consent=False, resume_gate=False), steps)
+    replay(LANDED, steps)
