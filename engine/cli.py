@@ -18,6 +18,7 @@ from .flow.shapes import schema_text
 if TYPE_CHECKING:
     from .config import Settings
     from .flow import CompiledFlow
+    from .runtime.audience import Audience
 
 
 def _flow_options(args: argparse.Namespace) -> FlowOptions:
@@ -75,7 +76,7 @@ def cmd_notify(args: argparse.Namespace) -> int:
     settings = _settings(args)
     flows = _flows(settings)
     variables = _parse_vars(args.var)
-    return asyncio.run(_notify(settings, flows, args.topic, args.segment or "", variables, args.campaign))
+    return asyncio.run(_notify(settings, flows, args.topic, args.segment or "", variables, args.campaign, args.dry_run))
 
 
 async def _notify(
@@ -85,6 +86,7 @@ async def _notify(
     segment: str,
     variables: dict[str, str],
     name: str | None,
+    dry_run: bool = False,
 ) -> int:
     import aiohttp
 
@@ -96,7 +98,7 @@ async def _notify(
     from .runtime.sender import SendingState
     from .store import open_store
 
-    if settings.local_mode and not os.environ.get("OTNFLOW_GRAPH_URL"):
+    if settings.local_mode and not os.environ.get("OTNFLOW_GRAPH_URL") and not dry_run:
         print(
             "otnflow: notify sends real messages: set OTNFLOW_PAGE_TOKEN (or OTNFLOW_GRAPH_URL for a fake)",
             file=sys.stderr,
@@ -119,6 +121,10 @@ async def _notify(
             )
             bar = ProgressBar(sys.stderr)
             try:
+                if dry_run:
+                    audience = await engine.campaigns.dry_run(topic, segment, variables)
+                    print(audience_table(audience, segment))
+                    return 0
                 report = await engine.campaigns.run(topic, segment, variables, name, progress=bar.update)
             except CampaignError as err:
                 print(f"otnflow: {err}", file=sys.stderr)
@@ -159,6 +165,20 @@ class ProgressBar:
             self.stream.write("\n")
 
 
+def audience_table(audience: Audience, segment: str) -> str:
+    """What `notify --dry-run` prints: who would get which variant; nothing was sent or claimed."""
+    from .runtime.audience import held_listing
+
+    rows: list[tuple[str, object]] = [("topic", audience.topic), ("segment", segment or "(all)")]
+    rows.append(("requests reached", held_listing(audience.reached)))
+    rows += [(f"variant {v.index + 1} ({v.when or 'default'})", v.users) for v in audience.variants]
+    rows += [(f"skipped:{reason}", n) for reason, n in sorted(audience.refused.items())]
+    rows.append(("would receive", audience.users))
+    width = max(len(key) for key, _ in rows)
+    lines = [f"{key.ljust(width)}  {value}" for key, value in rows]
+    return "\n".join([*lines, "dry run: nothing was sent or claimed"])
+
+
 def campaign_table(report: dict[str, Any]) -> str:
     counts: dict[str, int] = report["counts"]
     rows = [
@@ -178,16 +198,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     import json
 
     from .runtime.clock import SystemClock
-    from .runtime.stats import loop_stats, table
+    from .runtime.stats import stats_report, table
     from .store import open_store
 
     settings = _settings(args)
 
-    async def run() -> dict[str, dict[str, float]]:
+    async def run() -> dict[str, dict[str, Any]]:
         store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
         await store.open()
         try:
-            return await loop_stats(store, SystemClock().now_ms(), float(settings["notify.expiring_soon_days"]))
+            return await stats_report(store, SystemClock().now_ms(), float(settings["notify.expiring_soon_days"]))
         finally:
             await store.close()
 
@@ -453,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     notify.add_argument("--segment", help='only users matching this segment expression, e.g. "likes_white"')
     notify.add_argument("--var", action="append", default=[], metavar="KEY=VALUE", help="a template variable")
     notify.add_argument("--campaign", help="campaign name (default: derived from topic, segment and vars)")
+    notify.add_argument("--dry-run", action="store_true", help="print the audience per variant; send and claim nothing")
     notify.add_argument("--config", help="config file (default: config.toml, or $OTNFLOW_CONFIG)")
     notify.set_defaults(run=cmd_notify)
 

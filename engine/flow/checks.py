@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from jinja2.sandbox import SandboxedEnvironment
@@ -349,6 +349,8 @@ def _check_otn_titles(
                 f"{'it' if len(missing) == 1 else 'them'} in otn.vars",
             )
             continue
+        if not _check_request_vars(given, ask_path, env, report):
+            continue  # a variable is a template: depends on the user, checked when rendered, at run time
         if names & CONVERSATION_NAMES:
             continue  # depends on the user: checked when rendered, at run time
         title = template.render(**given)
@@ -358,3 +360,24 @@ def _check_otn_titles(
                 f"Notify Me title {title!r} is {len(title)} characters once rendered; Messenger "
                 f"allows at most {limits.otn_title}",
             )
+
+
+def _check_request_vars(
+    given: Mapping[str, object], ask_path: KeyPath, env: SandboxedEnvironment, report: Reporter
+) -> bool:
+    """otn.vars values are templates over the conversation (`size = "{{ vars.size }}"`), rendered when the request
+    is made and kept with the token. True when every value is plain text (the title can be checked now)."""
+    plain = True
+    for name, value in given.items():
+        if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
+            continue
+        plain = False
+        try:
+            unknown = sorted(undeclared_names(env, value) - CONVERSATION_NAMES)
+        except TemplateProblem as problem:
+            report.error((*ask_path, "vars", name), f"line {problem.line}: {problem.message}")
+            continue
+        for word in unknown:
+            known = ", ".join(sorted(CONVERSATION_NAMES))
+            report.error((*ask_path, "vars", name), f"uses undefined variable '{word}' (known: {known})")
+    return plain

@@ -52,6 +52,7 @@ class Reply:
     buttons: tuple[Button, ...] = ()
     otn_topic: str | None = None
     otn_state: str = ""  # the state whose `otn` asked (its vars title the topic's next requests)
+    otn_vars: tuple[tuple[str, str], ...] = ()  # what the request is about: the asking state's otn.vars, rendered
     message_tag: str | None = None  # lets the message go outside the 24h window (never promotional)
     promotional: bool = True
 
@@ -163,9 +164,16 @@ class CompiledFlow:
     ) -> Reply:
         topic = self.spec.topics[topic_name]
         asked = self.spec.states.get(source_state)
-        given = dict(asked.otn.vars) if asked and asked.otn and asked.otn.topic == topic_name else {}
+        given: dict[str, str] = {}
+        if asked and asked.otn and asked.otn.topic == topic_name:
+            given = {name: self.render_value(value, context) for name, value in asked.otn.vars}
         title = self.render(Message(text=topic.title), {**context, **extra, **given})
-        return Reply(title, otn_topic=topic.name, otn_state=source_state)
+        return Reply(title, otn_topic=topic.name, otn_state=source_state, otn_vars=tuple(sorted(given.items())))
+
+    def render_value(self, value: Scalar, context: Mapping[str, Any]) -> str:
+        """A request variable as text: a string is a template (`"{{ vars.size }}"`), other values as TOML
+        writes them. Notifications are matched to requests on these texts."""
+        return self.render(Message(text=value), context) if isinstance(value, str) else scalar_text(value)
 
     def otn_request(
         self,
@@ -316,6 +324,13 @@ class CompiledFlow:
 #: The default quick reply under a notification whose topic names none: tapping it reopens the 24h window (and so
 #: lets the next OTN request go out) without moving the conversation.
 ENGAGE_TITLE = "Thanks!"
+
+
+def scalar_text(value: Scalar) -> str:
+    """How a plain value is compared between a request and a notification: `true`, `42`, `19.5`, or the text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _trigger(edge: Edge) -> str:

@@ -105,7 +105,11 @@ SHAPES: dict[str, dict[str, Field]] = {
     },
     "otn": {
         "topic": Field("str", "The topic to ask about (declared under [topics]).", required=True),
-        "vars": Field("scalars", 'Values for the topic title\'s variables, e.g. { product = "SL13" }.'),
+        "vars": Field(
+            "scalars",
+            'What the request is about, e.g. { product = "SL13" }: the title\'s variables, kept with the token; '
+            "a notification reaches the token only with the same values.",
+        ),
     },
     "topic": {
         "title": Field("str", "The Notify Me title (jinja2; at most 65 characters once rendered).", required=True),

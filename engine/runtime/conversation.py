@@ -16,7 +16,7 @@ from ..messenger import outbound
 from ..messenger.webhook import InboundEvent, parse_event
 from ..policy import Outgoing
 from ..policy.gate import DAY_MS
-from ..store import OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord
+from ..store import OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
 from .clock import Clock
 from .gate import Gate
 
@@ -39,7 +39,8 @@ def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> O
     if reply.message_tag:
         meta["tag"] = reply.message_tag
     if reply.otn_topic is not None:
-        message = outbound.otn_request(reply.text, payloads.request(reply.otn_topic, reply.otn_state, key))
+        payload = payloads.request(reply.otn_topic, reply.otn_state, key, dict(reply.otn_vars), reply.text)
+        message = outbound.otn_request(reply.text, payload)
         meta.update(kind="otn_request", topic=reply.otn_topic, source_state=reply.otn_state)
     elif reply.buttons:
         message = outbound.button_message(reply.text, [(b.title, b.payload, b.url) for b in reply.buttons], quick)
@@ -150,13 +151,13 @@ class ConversationHandler:
             log.info("opt-in of another kind (%s) ignored", optin.get("type") or "plugin")
             return
         asked = payloads.parse_request(event.payload, flow.spec.topics)
-        topic, source_state = asked.topic, asked.asking_state
+        topic, source_state, about, title = asked.topic, asked.asking_state, dict(asked.vars), asked.title
         declared = any(topic in f.spec.topics for f in self.flows.values())
         if not declared:  # no campaign can ever use it: kept for the record, under one name, with its payload
             if len(self._unknown_topics_logged) < 1_000 and topic not in self._unknown_topics_logged:
                 self._unknown_topics_logged.add(topic)
                 log.warning("OTN token for topic %r, which no flow declares: kept as %s", topic, UNKNOWN_TOPIC)
-            topic, source_state = UNKNOWN_TOPIC, ""
+            topic, source_state, about, title = UNKNOWN_TOPIC, "", {}, ""
         days = self.gate.settings.otn_token_days
         write.tokens.append(
             Token(
@@ -167,6 +168,8 @@ class ConversationHandler:
                 event.timestamp,
                 event.timestamp + int(days * DAY_MS),
                 source_state,
+                request_vars=about,
+                title=title,
             )
         )
         if declared:  # the loop's figures are per declared topic (an unknown one would be a stray metrics label)
@@ -197,9 +200,10 @@ class ConversationHandler:
             item = reply_to_outbox(reply, f"{key}#{i}", user.user_id, responding)
             facts = self.gate.facts(user)
             if reply.otn_topic is not None:
-                received = sum(1 for t in write.tokens if t.topic == reply.otn_topic)
+                asked = request_key(dict(reply.otn_vars))
+                received = sum(1 for t in write.tokens if t.topic == reply.otn_topic and t.request_key == asked)
                 facts = await self.gate.request_facts(
-                    self.store, user, reply.otn_topic, now, queued[reply.otn_topic], received
+                    self.store, user, reply.otn_topic, now, queued[reply.otn_topic], received, asked
                 )
             decision = self.gate.check(
                 facts, Outgoing(str(item.meta["kind"]), responding, reply.message_tag, reply.promotional), now

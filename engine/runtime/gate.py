@@ -33,15 +33,23 @@ class Gate:
         )
 
     async def request_facts(
-        self, store: Store, user: UserRecord, topic: str, now_ms: int, queued: int = 0, received: int = 0
+        self,
+        store: Store,
+        user: UserRecord,
+        topic: str,
+        now_ms: int,
+        queued: int = 0,
+        received: int = 0,
+        request_key: str = "",
     ) -> Facts:
-        """Facts for an OTN request: also the tokens held, and the requests still unanswered (made within the
+        """Facts for an OTN request: also the tokens held for the same request (`request_key`: a token for the
+        Sauvignon does not answer a request about the Rioja), and the requests still unanswered (made within the
         anti-nagging period and after the user's last opt-in to the topic: an accepted request is not nagging).
         The store counts requests from the outbox (queued, in flight or sent); `queued` adds those the caller is
         about to commit in the same write, `received` the tokens it is about to store. A user's steps run one at
         a time (the dispatcher, and leases across processes), so read-then-commit cannot interleave."""
         period_start = now_ms - int(self.settings.otn_request_period_hours * HOUR_MS)
-        held, recent = await store.request_counts(user.user_id, topic, period_start, now_ms)
+        held, recent = await store.request_counts(user.user_id, topic, period_start, now_ms, request_key)
         return self.facts(user, held + received, recent + queued)
 
     def check(self, facts: Facts, message: Outgoing, now_ms: int) -> Decision:

@@ -30,7 +30,8 @@ from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
 from ..policy import Outgoing, window_open
-from ..store import Campaign, Delivery, Finished, Store, UserRecord
+from ..store import Campaign, Delivery, Finished, Store, UserRecord, request_key
+from .audience import Audience, holder_pages, notification_audience, spell_api, spell_cli
 from .clock import Clock
 from .conversation import reply_to_outbox
 from .gate import Gate
@@ -46,7 +47,12 @@ CHUNK = 64  # tokens claimed per write
 
 
 class CampaignError(ValueError):
-    """The campaign cannot start: unknown topic, bad segment, missing variables. The message says which."""
+    """The campaign cannot start: unknown topic, bad segment, missing variables, a value nobody holds. The message
+    says which, worded for the command line; `api_message` says the same for the admin API and the playground."""
+
+    def __init__(self, message: str, api_message: str | None = None) -> None:
+        super().__init__(message)
+        self.api_message = api_message or message
 
 
 @dataclass
@@ -98,6 +104,19 @@ def campaign_id(topic: str, segment: str, variables: Mapping[str, Any]) -> str:
     return f"{topic}-{digest}"
 
 
+def _refuse(audience: Audience) -> None:
+    """A notification that is about no held request (a variable missing, a value nobody holds) does not start."""
+    if audience.problem():
+        raise CampaignError(audience.problem(spell_cli), audience.problem(spell_api))
+
+
+def _check_params(flow: CompiledFlow, topic: str, variables: Mapping[str, Any]) -> None:
+    missing = [p for p in flow.spec.topics[topic].params if p not in variables]
+    if missing:
+        needs = f"topic '{topic}' needs {', '.join(missing)}"
+        raise CampaignError(f"{needs}: pass {spell_cli(missing[0])}", f"{needs}: give {spell_api(missing[0])}")
+
+
 async def _direct(user_id: str, job: Callable[[], Awaitable[T]]) -> T:
     return await job()
 
@@ -144,9 +163,6 @@ class CampaignRunner:
             chosen = parse_segment(segment) if segment else ALWAYS
         except ValueError as err:
             raise CampaignError(f"invalid segment expression {segment!r}: {err}") from None
-        missing = [p for p in flow.spec.topics[topic].params if p not in variables]
-        if missing:
-            raise CampaignError(f"topic '{topic}' needs {', '.join(missing)}: pass --var {missing[0]}=...")
         campaign = Campaign(
             name or campaign_id(topic, segment, variables), topic, segment, dict(variables), self.clock.now_ms()
         )
@@ -165,9 +181,38 @@ class CampaignRunner:
         return await self.execute(await self.open(topic, segment, variables or {}, name), progress, only_users)
 
     async def open(self, topic: str, segment: str, variables: Mapping[str, Any], name: str | None) -> Campaign:
-        """Check the request and store the campaign (or find the unfinished one to resume)."""
-        _, _, campaign = self.prepare(topic, segment, variables, name)
-        return await self.store.open_campaign(await self._resume_or_new(campaign))
+        """Check the request and store the campaign (or find the unfinished one to resume). A new campaign must be
+        about requests someone holds (`notification_audience`); a resumed one carries on regardless."""
+        flow, _, campaign = self.prepare(topic, segment, variables, name)
+        campaign, resumed = await self._resume_or_new(campaign)
+        if not resumed:
+            _refuse(await notification_audience(self.store, flow, topic, variables, self.clock.now_ms()))
+        _check_params(flow, topic, variables)
+        return await self.store.open_campaign(campaign)
+
+    async def dry_run(
+        self,
+        topic: str,
+        segment: str = "",
+        variables: Mapping[str, Any] | None = None,
+        only_users: Sequence[str] | None = None,
+    ) -> Audience:
+        """The audience per variant of a notification, nothing sent, claimed or stored (`notify --dry-run`)."""
+        flow, chosen, _ = self.prepare(topic, segment, variables or {}, None)
+        audience = await notification_audience(
+            self.store,
+            flow,
+            topic,
+            variables or {},
+            self.clock.now_ms(),
+            segment=chosen,
+            only_users=only_users,
+            count_variants=True,
+            gate=self.gate,
+        )
+        _refuse(audience)
+        _check_params(flow, topic, variables or {})
+        return audience
 
     async def execute(
         self, campaign: Campaign, progress: Progress | None = None, only_users: Sequence[str] | None = None
@@ -176,8 +221,9 @@ class CampaignRunner:
         flow = self.flow_for_topic(campaign.topic)
         chosen = parse_segment(campaign.segment) if campaign.segment else ALWAYS
         await self._settle_expired_claims(flow, campaign, wait=False)
-        eligible = await self._select_audience(campaign, chosen, only_users)
-        stopped = await self._deliver_all(flow, campaign, progress)
+        audience = await notification_audience(self.store, flow, campaign.topic, campaign.vars, self.clock.now_ms())
+        eligible = await self._select_audience(campaign, audience.keys, chosen, only_users)
+        stopped = await self._deliver_all(flow, campaign, audience.keys, progress)
         if not stopped:
             await self._settle_expired_claims(flow, campaign, wait=True)
         await self.sender.flush()  # the loop's requests' status writes: the report and `done` are final
@@ -200,20 +246,23 @@ class CampaignRunner:
             # another live run's claims: look again shortly (it may finish them well before they expire)
             await asyncio.sleep(min(max(later - self.clock.now_ms(), 0) / 1000 + 0.05, 0.5))
 
-    async def _resume_or_new(self, campaign: Campaign) -> Campaign:
-        """The same notification run again resumes its unfinished campaign; once finished, a run starts anew."""
+    async def _resume_or_new(self, campaign: Campaign) -> tuple[Campaign, bool]:
+        """The same notification run again resumes its unfinished campaign (True); once finished, a run starts
+        anew."""
         earlier = await self.store.campaigns(campaign.id)
         if earlier and earlier[-1].status == "running":
-            return earlier[-1]
+            return earlier[-1], True
         if earlier:
             campaign.id = f"{campaign.id}.{len(earlier) + 1}"
-        return campaign
+        return campaign, False
 
-    async def _select_audience(self, campaign: Campaign, segment: Segment, only: Sequence[str] | None) -> int:
-        """Items for every token holder in the segment, one index range page at a time (never a full scan)."""
-        after, eligible, now = "", 0, self.clock.now_ms()
-        while page := await self.store.token_holders(campaign.topic, now, after, PAGE):
-            after = page[-1]
+    async def _select_audience(
+        self, campaign: Campaign, keys: Sequence[str], segment: Segment, only: Sequence[str] | None
+    ) -> int:
+        """Items for every holder of a request the campaign is about, in the segment, one page of index ranges at
+        a time (never a full scan)."""
+        eligible, now = 0, self.clock.now_ms()
+        async for page in holder_pages(self.store, campaign.topic, keys, now, PAGE):
             if only is not None:
                 page = [u for u in page if u in only]
             users = await self.store.load_users(page)
@@ -222,7 +271,9 @@ class CampaignRunner:
             await self.store.add_campaign_items(campaign.id, chosen, {}, now)
         return eligible
 
-    async def _deliver_all(self, flow: CompiledFlow, campaign: Campaign, progress: Progress | None) -> str:
+    async def _deliver_all(
+        self, flow: CompiledFlow, campaign: Campaign, keys: Sequence[str], progress: Progress | None
+    ) -> str:
         """Pending items page by page (keyset on user id: memory stays flat whatever the audience), each page's
         users read in one go, tokens claimed a chunk at a time in one write each, `concurrency` sends in flight,
         each outcome written in the user's turn (with SQLite's group commit, concurrent outcomes share a
@@ -241,7 +292,8 @@ class CampaignRunner:
             while (item := await queue.get()) is not None:
                 user, delivery = item
                 if not self.sender.state.stopped_reason:
-                    await self.run_for_user(user.user_id, partial(self._deliver, flow, campaign, user, delivery))
+                    job = partial(self._deliver, flow, campaign, keys, user, delivery)
+                    await self.run_for_user(user.user_id, job)
                 advance(1)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
@@ -253,7 +305,7 @@ class CampaignRunner:
             users = await self.store.load_users(page)
             for start in range(0, len(page), CHUNK):
                 chunk = page[start : start + CHUNK]
-                claimed = await self._claim(flow, campaign, chunk, users)
+                claimed = await self._claim(flow, campaign, keys, chunk, users)
                 advance(len(chunk) - len(claimed))
                 for delivery in claimed:
                     await queue.put((users[delivery.user_id], delivery))
@@ -263,7 +315,12 @@ class CampaignRunner:
         return self.sender.state.stopped_reason
 
     async def _claim(
-        self, flow: CompiledFlow, campaign: Campaign, user_ids: list[str], users: Mapping[str, UserRecord]
+        self,
+        flow: CompiledFlow,
+        campaign: Campaign,
+        keys: Sequence[str],
+        user_ids: list[str],
+        users: Mapping[str, UserRecord],
     ) -> list[Delivery]:
         """Gate and render each user's notification, then claim their tokens in one write."""
         now = self.clock.now_ms()
@@ -277,14 +334,18 @@ class CampaignRunner:
             snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
             reply = flow.notification(campaign.topic, snapshot, campaign.vars, user.profile)
             requests.append((user_id, reply_to_outbox(reply, "", user_id, responding=False).message))
-        return await self.store.begin_deliveries(campaign.id, campaign.topic, requests, now, self.claim_ms)
+        return await self.store.begin_deliveries(
+            campaign.id, campaign.topic, requests, now, self.claim_ms, request_keys=keys
+        )
 
-    async def _deliver(self, flow: CompiledFlow, campaign: Campaign, user: UserRecord, delivery: Delivery) -> None:
+    async def _deliver(
+        self, flow: CompiledFlow, campaign: Campaign, keys: Sequence[str], user: UserRecord, delivery: Delivery
+    ) -> None:
         """Send a claimed token; when Meta says it is invalid, claim the user's next one and try again."""
         while not await self._send(flow, campaign, user, delivery, retry=False):
             now = self.clock.now_ms()
             claimed = await self.store.begin_deliveries(
-                campaign.id, campaign.topic, [(user.user_id, delivery.message)], now, self.claim_ms
+                campaign.id, campaign.topic, [(user.user_id, delivery.message)], now, self.claim_ms, request_keys=keys
             )
             if not claimed:
                 return
@@ -363,7 +424,8 @@ class CampaignRunner:
         request = flow.otn_request(topic, source_state, snapshot, user.profile, campaign.vars)
         item = reply_to_outbox(request, f"campaign:{campaign.id}:{user.user_id}:request", user.user_id, False)
         item.meta["re_request"] = True
-        facts = await self.gate.request_facts(self.store, user, topic, now)
+        asked = request_key(dict(request.otn_vars))
+        facts = await self.gate.request_facts(self.store, user, topic, now, request_key=asked)
         decision = self.gate.check(facts, Outgoing("otn_request"), now)
         if not decision.allowed:
             item.status, item.detail = "refused", decision.reason

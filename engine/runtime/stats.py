@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from ..policy.gate import DAY_MS
 from ..store import Store
+from .audience import held_requests
 
-FIGURES = ("requests", "optins", "optin_rate", "deliveries", "re_requests", "tokens_held", "tokens_expiring_soon")
+FIGURES = (
+    "requests",
+    "optins",
+    "optin_rate",
+    "deliveries",
+    "re_requests",
+    "tokens_held",
+    "holders",
+    "tokens_expiring_soon",
+)
 
 
 async def loop_stats(store: Store, now_ms: int, soon_days: float) -> dict[str, dict[str, float]]:
@@ -21,13 +34,24 @@ async def loop_stats(store: Store, now_ms: int, soon_days: float) -> dict[str, d
             "deliveries": counts.get("delivery", 0),
             "re_requests": counts.get("re_request", 0),
             "tokens_held": counts.get("tokens_held", 0),
+            "holders": counts.get("token_holders", 0),
             "tokens_expiring_soon": counts.get("tokens_expiring_soon", 0),
         }
     return out
 
 
-def table(figures: dict[str, dict[str, float]]) -> str:
-    """A plain text table, one row per topic."""
+async def stats_report(store: Store, now_ms: int, soon_days: float) -> dict[str, dict[str, Any]]:
+    """`loop_stats` plus, per topic, the holders of each request (by the variables it was made with): what
+    `otnflow stats` and `/api/stats` show."""
+    figures: dict[str, dict[str, Any]] = dict(await loop_stats(store, now_ms, soon_days))
+    for topic, values in figures.items():
+        held = await held_requests(store, topic, now_ms) if values["tokens_held"] else ()
+        values["by_request"] = [{"vars": dict(r.vars), "holders": r.holders} for r in held]
+    return figures
+
+
+def table(figures: dict[str, dict[str, Any]]) -> str:
+    """A plain text table, one row per topic, and under it one line per request variables with its holders."""
     header = ["topic", *FIGURES]
     rows = [[topic, *(_fmt(f[k]) for k in FIGURES)] for topic, f in figures.items()]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -35,7 +59,14 @@ def table(figures: dict[str, dict[str, float]]) -> str:
         "  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
         for r in [header, *rows]
     ]
-    return "\n".join(lines) if rows else "no OTN activity yet"
+    if not rows:
+        return "no OTN activity yet"
+    for topic, values in figures.items():
+        for request in values.get("by_request", ()):
+            if request["vars"]:
+                about = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in request["vars"].items())
+                lines.append(f"{topic} {about}: {request['holders']} holders")
+    return "\n".join(lines)
 
 
 def _fmt(value: float) -> str:

@@ -14,6 +14,8 @@ from .base import (
     Token,
     UserRecord,
     UserView,
+    request_key,
+    request_vars,
 )
 
 
@@ -47,4 +49,6 @@ __all__ = [
     "UserRecord",
     "UserView",
     "open_store",
+    "request_key",
+    "request_vars",
 ]

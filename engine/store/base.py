@@ -7,7 +7,8 @@ the outbox status updates around each send.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
@@ -82,9 +83,20 @@ class OutboxItem:
     seq: int = 0
 
 
+def request_key(variables: Mapping[str, str]) -> str:
+    """The canonical form of a request's variables, stored with each token and indexed with its topic: a
+    notification reaches the tokens whose key it matches. "" for a request made without variables."""
+    return json.dumps(dict(sorted(variables.items())), ensure_ascii=False, separators=(",", ":")) if variables else ""
+
+
+def request_vars(key: str) -> dict[str, str]:
+    return dict(json.loads(key)) if key else {}
+
+
 @dataclass
 class Token:
-    """A One-Time Notification token: one message on `topic`, any time before `expires_ms`, once."""
+    """A One-Time Notification token: one message on `topic`, any time before `expires_ms`, once, about what the
+    request the user accepted named: its variables (`request_vars`, e.g. {"product": "Rioja 2015"}) and `title`."""
 
     token: str
     user_id: str
@@ -94,6 +106,12 @@ class Token:
     expires_ms: int
     source_state: str = ""  # the flow state whose request the user accepted (its otn.vars title the next request)
     status: str = "valid"  # valid, claimed (a send is being prepared or made), spent, invalid
+    request_vars: dict[str, str] = field(default_factory=dict)  # the asking state's otn.vars, rendered
+    title: str = ""  # the Notify Me title the user accepted, rendered
+
+    @property
+    def request_key(self) -> str:
+        return request_key(self.request_vars)
 
 
 @dataclass
@@ -236,16 +254,19 @@ class Store(Protocol):
         ...
 
     # OTN tokens and the loop
-    async def count_tokens(self, user_id: str, topic: str, now_ms: int) -> int:
-        """Valid, unexpired tokens the user holds for the topic."""
+    async def count_tokens(self, user_id: str, topic: str, now_ms: int, request_key: str | None = None) -> int:
+        """Valid, unexpired tokens the user holds for the topic (and for the request `request_key`, if given)."""
         ...
 
     async def tokens(self, user_id: str) -> list[Token]: ...
 
     async def count_otn_log(self, user_id: str, topic: str, what: str, since_ms: int) -> int: ...
 
-    async def request_counts(self, user_id: str, topic: str, since_ms: int, now_ms: int) -> tuple[int, int]:
-        """What anti-nagging needs, in one read: the valid tokens the user holds for the topic, and the OTN
+    async def request_counts(
+        self, user_id: str, topic: str, since_ms: int, now_ms: int, request_key: str | None = None
+    ) -> tuple[int, int]:
+        """What anti-nagging needs, in one read: the valid tokens the user holds for the topic (and for the same
+        request, `request_key`, if given), and the OTN
         requests for it still unanswered (made since `since_ms` and after the user's last opt-in to the topic).
         Requests are counted from the outbox: queued, in flight, sent or uncertain, so a request counts from the
         commit that queued it, not from a log written after the send."""
@@ -274,9 +295,13 @@ class Store(Protocol):
         """Create the campaign, or return the stored one with that id."""
         ...
 
-    async def token_holders(self, topic: str, now_ms: int, after_user: str, limit: int) -> list[str]:
-        """Users holding a valid token for the topic, by user id after `after_user` (keyset pages: an index range,
-        never a scan of all users)."""
+    async def token_holders(self, topic: str, request_key: str, now_ms: int, after_user: str, limit: int) -> list[str]:
+        """Users holding a valid token for the topic whose request was made with `request_key`, by user id after
+        `after_user` (keyset pages: an index range, never a scan of all users)."""
+        ...
+
+    async def held_requests(self, topic: str, now_ms: int) -> dict[str, int]:
+        """The topic's valid tokens grouped by request: request key -> how many users hold one."""
         ...
 
     async def add_campaign_items(
@@ -298,8 +323,10 @@ class Store(Protocol):
         requests: Sequence[tuple[str, dict[str, Any]]],
         now_ms: int,
         claim_ms: int = 120_000,
+        request_keys: Sequence[str] = ("",),
     ) -> list[Delivery]:
-        """In one atomic write, for each (user, message): claim the user's oldest valid token for the topic, mark
+        """In one atomic write, for each (user, message): claim the user's oldest valid token for the topic whose
+        request is one of `request_keys` (what the notification is about), mark
         the item `sending` until `now_ms + claim_ms` and record the message in it (a campaign's items are its
         outbox). Users with no valid token left get their item skipped (no_valid_token) and no Delivery."""
         ...

@@ -42,6 +42,7 @@ from .base import (
     Token,
     UserRecord,
     UserView,
+    request_vars,
 )
 
 T = TypeVar("T")
@@ -59,6 +60,8 @@ def _token(doc: dict[str, Any]) -> Token:
         doc["expires_ms"],
         doc.get("source_state", ""),
         doc["status"],
+        request_vars(doc.get("request_key") or ""),
+        doc.get("title", ""),
     )
 
 
@@ -72,6 +75,8 @@ def _token_doc(t: Token) -> dict[str, Any]:
         "expires_ms": t.expires_ms,
         "source_state": t.source_state,
         "status": t.status,
+        "request_key": t.request_key or None,  # None (like a token stored before requests had keys): no variables
+        "title": t.title,
     }
 
 
@@ -133,8 +138,14 @@ class MongoStore:
             name="claim_by_user",
         )
         await db.tokens.create_index(
-            [("topic", ASCENDING), ("status", ASCENDING), ("user_id", ASCENDING), ("expires_ms", ASCENDING)],
-            name="audience_by_topic",
+            [
+                ("topic", ASCENDING),
+                ("status", ASCENDING),
+                ("request_key", ASCENDING),
+                ("user_id", ASCENDING),
+                ("expires_ms", ASCENDING),
+            ],
+            name="audience_by_request",
         )
         await db.otn_log.create_index(
             [("user_id", ASCENDING), ("topic", ASCENDING), ("what", ASCENDING), ("at_ms", ASCENDING)], name="by_user"
@@ -396,10 +407,11 @@ class MongoStore:
         return [u for u in users if u not in held][:limit]
 
     # -- OTN tokens and the loop -----------------------------------------------------------------------------
-    async def count_tokens(self, user_id: str, topic: str, now_ms: int) -> int:
-        return await self.db.tokens.count_documents(
-            {"user_id": user_id, "topic": topic, "status": "valid", "expires_ms": {"$gt": now_ms}}
-        )
+    async def count_tokens(self, user_id: str, topic: str, now_ms: int, request_key: str | None = None) -> int:
+        query: dict[str, Any] = {"user_id": user_id, "topic": topic, "status": "valid", "expires_ms": {"$gt": now_ms}}
+        if request_key is not None:
+            query["request_key"] = request_key or None
+        return await self.db.tokens.count_documents(query)
 
     async def tokens(self, user_id: str) -> list[Token]:
         cursor = self.db.tokens.find({"user_id": user_id}).sort([("received_ms", ASCENDING), ("_id", ASCENDING)])
@@ -410,8 +422,10 @@ class MongoStore:
             {"user_id": user_id, "topic": topic, "what": what, "at_ms": {"$gte": since_ms}}
         )
 
-    async def request_counts(self, user_id: str, topic: str, since_ms: int, now_ms: int) -> tuple[int, int]:
-        held = await self.count_tokens(user_id, topic, now_ms)
+    async def request_counts(
+        self, user_id: str, topic: str, since_ms: int, now_ms: int, request_key: str | None = None
+    ) -> tuple[int, int]:
+        held = await self.count_tokens(user_id, topic, now_ms, request_key)
         since = max(since_ms, await self.last_otn(user_id, topic, "optin") + 1)
         requests = await self.db.outbox.count_documents(
             {
@@ -469,6 +483,13 @@ class MongoStore:
         ]
         async for row in await self.db.tokens.aggregate(pipeline):
             stats.setdefault(row["_id"], {}).update(tokens_held=row["held"], tokens_expiring_soon=row["soon"])
+        holders: list[dict[str, Any]] = [
+            {"$match": {"status": "valid", "expires_ms": {"$gt": now_ms}}},
+            {"$group": {"_id": {"topic": "$topic", "user": "$user_id"}}},
+            {"$group": {"_id": "$_id.topic", "n": {"$sum": 1}}},
+        ]
+        async for row in await self.db.tokens.aggregate(holders):
+            stats.setdefault(row["_id"], {})["token_holders"] = row["n"]
         return stats
 
     # -- campaigns -------------------------------------------------------------------------------------------
@@ -512,21 +533,34 @@ class MongoStore:
     async def finish_campaign(self, campaign_id: str, now_ms: int) -> None:
         await self.db.campaigns.update_one({"_id": campaign_id}, {"$set": {"status": "done", "finished_ms": now_ms}})
 
-    async def token_holders(self, topic: str, now_ms: int, after_user: str, limit: int) -> list[str]:
+    async def token_holders(self, topic: str, request_key: str, now_ms: int, after_user: str, limit: int) -> list[str]:
         pipeline: list[dict[str, Any]] = [
             {
                 "$match": {
                     "topic": topic,
                     "status": "valid",
+                    "request_key": request_key or None,
                     "user_id": {"$gt": after_user},
                     "expires_ms": {"$gt": now_ms},
                 }
-            },  # the audience_by_topic index: a range, never a scan
+            },  # the audience_by_request index: a range, never a scan
             {"$group": {"_id": "$user_id"}},
             {"$sort": {"_id": 1}},
             {"$limit": limit},
         ]
         return [row["_id"] async for row in await self.db.tokens.aggregate(pipeline)]
+
+    async def held_requests(self, topic: str, now_ms: int) -> dict[str, int]:
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"topic": topic, "status": "valid", "expires_ms": {"$gt": now_ms}}},
+            {"$group": {"_id": {"key": "$request_key", "user": "$user_id"}}},
+            {"$group": {"_id": "$_id.key", "holders": {"$sum": 1}}},
+        ]
+        held: dict[str, int] = {}
+        async for row in await self.db.tokens.aggregate(pipeline):
+            key = row["_id"] or ""
+            held[key] = held.get(key, 0) + row["holders"]
+        return held
 
     async def add_campaign_items(
         self, campaign_id: str, user_ids: Sequence[str], skipped: dict[str, str], now_ms: int
@@ -579,9 +613,11 @@ class MongoStore:
         requests: Sequence[tuple[str, dict[str, Any]]],
         now_ms: int,
         claim_ms: int = 120_000,
+        request_keys: Sequence[str] = ("",),
     ) -> list[Delivery]:
         if not requests:
             return []
+        keys = [key or None for key in request_keys]
 
         async def work(session: AsyncClientSession) -> list[Delivery]:  # item + token together: module docstring
             claimed = []
@@ -591,7 +627,13 @@ class MongoStore:
                 if item is None or item["status"] != "pending":
                     continue
                 token = await self.db.tokens.find_one_and_update(
-                    {"user_id": user_id, "topic": topic, "status": "valid", "expires_ms": {"$gt": now_ms}},
+                    {
+                        "user_id": user_id,
+                        "topic": topic,
+                        "status": "valid",
+                        "expires_ms": {"$gt": now_ms},
+                        "request_key": {"$in": keys},
+                    },
                     {"$set": {"status": "claimed", "claimed_by": campaign_id}},
                     sort=[("received_ms", ASCENDING), ("_id", ASCENDING)],
                     return_document=ReturnDocument.AFTER,

@@ -29,6 +29,7 @@ from .base import (
     Token,
     UserRecord,
     UserView,
+    request_vars,
 )
 
 T = TypeVar("T")
@@ -83,10 +84,11 @@ CREATE TABLE IF NOT EXISTS tokens (
     expires_ms INTEGER NOT NULL,
     status TEXT NOT NULL,
     claimed_by TEXT,
-    used_ms INTEGER
+    used_ms INTEGER,
+    request_key TEXT NOT NULL DEFAULT '',
+    title TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (user_id, topic, status, received_ms);
-CREATE INDEX IF NOT EXISTS tokens_by_topic ON tokens (topic, status, user_id, expires_ms);
 CREATE TABLE IF NOT EXISTS otn_log (
     user_id TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -128,7 +130,18 @@ CREATE TABLE IF NOT EXISTS leases (user_id TEXT PRIMARY KEY, owner TEXT NOT NULL
 
 #: Outbox statuses of a request that may have reached, or may still reach, the user: what anti-nagging counts.
 _LIVE_REQUEST = "('pending', 'sending', 'sent', 'uncertain')"
-_TOKEN_COLUMNS = "token, user_id, topic, payload, received_ms, expires_ms, source_state, status"
+_TOKEN_COLUMNS = "token, user_id, topic, payload, received_ms, expires_ms, source_state, status, request_key, title"
+_TOKEN_PLACES = ", ".join("?" * len(_TOKEN_COLUMNS.split(",")))
+
+# Files made before tokens carried their request: add the columns, then index the audience by request.
+_MIGRATIONS = (
+    ("tokens", "request_key", "ALTER TABLE tokens ADD COLUMN request_key TEXT NOT NULL DEFAULT ''"),
+    ("tokens", "title", "ALTER TABLE tokens ADD COLUMN title TEXT NOT NULL DEFAULT ''"),
+)
+_AUDIENCE_INDEX = (
+    "DROP INDEX IF EXISTS tokens_by_topic",
+    "CREATE INDEX IF NOT EXISTS tokens_by_request ON tokens (topic, status, request_key, user_id, expires_ms)",
+)
 
 
 _INSERT_OUTBOX = (
@@ -174,8 +187,23 @@ def _refused(db: sqlite3.Connection, user_id: str | None) -> list[dict[str, Any]
 
 
 def _token(row: Sequence[Any]) -> Token:
-    token, user_id, topic, payload, received, expires, source_state, status = row
-    return Token(token, user_id, topic, payload, received, expires, source_state, status)
+    token, user_id, topic, payload, received, expires, source_state, status, key, title = row
+    return Token(token, user_id, topic, payload, received, expires, source_state, status, request_vars(key), title)
+
+
+def _token_row(t: Token) -> tuple[Any, ...]:
+    return (
+        t.token,
+        t.user_id,
+        t.topic,
+        t.payload,
+        t.received_ms,
+        t.expires_ms,
+        t.source_state,
+        t.status,
+        t.request_key,
+        t.title,
+    )
 
 
 class SqliteStore:
@@ -270,6 +298,11 @@ class SqliteStore:
         for statement in SCHEMA.split(";"):  # executescript would COMMIT our transaction early
             if statement.strip():
                 db.execute(statement)
+        for table, column, alter in _MIGRATIONS:
+            if column not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+                db.execute(alter)
+        for statement in _AUDIENCE_INDEX:
+            db.execute(statement)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
         return db
@@ -390,11 +423,8 @@ class SqliteStore:
             )
             db.executemany(_INSERT_OUTBOX, rows)
             db.executemany(
-                f"INSERT OR IGNORE INTO tokens ({_TOKEN_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (t.token, t.user_id, t.topic, t.payload, t.received_ms, t.expires_ms, t.source_state, t.status)
-                    for t in write.tokens
-                ],
+                f"INSERT OR IGNORE INTO tokens ({_TOKEN_COLUMNS}) VALUES ({_TOKEN_PLACES})",
+                [_token_row(t) for t in write.tokens],
             )
             db.executemany(
                 "DELETE FROM armed WHERE user_id = ? AND topic = ?", [(user.user_id, topic) for topic in write.disarm]
@@ -505,15 +535,14 @@ class SqliteStore:
         return await self._read(work)
 
     # -- OTN tokens and the loop ---------------------------------------------------------------------------
-    async def count_tokens(self, user_id: str, topic: str, now_ms: int) -> int:
+    async def count_tokens(self, user_id: str, topic: str, now_ms: int, request_key: str | None = None) -> int:
+        query = "SELECT count(*) FROM tokens WHERE user_id = ? AND topic = ? AND status = 'valid' AND expires_ms > ?"
+        args: tuple[Any, ...] = (user_id, topic, now_ms)
+        if request_key is not None:
+            query, args = query + " AND request_key = ?", (*args, request_key)
+
         def work(db: sqlite3.Connection) -> int:
-            return int(
-                db.execute(
-                    "SELECT count(*) FROM tokens "
-                    "WHERE user_id = ? AND topic = ? AND status = 'valid' AND expires_ms > ?",
-                    (user_id, topic, now_ms),
-                ).fetchone()[0]
-            )
+            return int(db.execute(query, args).fetchone()[0])
 
         return await self._read(work)
 
@@ -537,13 +566,18 @@ class SqliteStore:
 
         return await self._read(work)
 
-    async def request_counts(self, user_id: str, topic: str, since_ms: int, now_ms: int) -> tuple[int, int]:
+    async def request_counts(
+        self, user_id: str, topic: str, since_ms: int, now_ms: int, request_key: str | None = None
+    ) -> tuple[int, int]:
+        same_request = "" if request_key is None else "AND request_key = ? "
+        key_args = () if request_key is None else (request_key,)
+
         def work(db: sqlite3.Connection) -> tuple[int, int]:
             held, last_optin = db.execute(
                 "SELECT (SELECT count(*) FROM tokens WHERE user_id = ? AND topic = ? AND status = 'valid' "
-                "AND expires_ms > ?), (SELECT coalesce(max(at_ms), 0) FROM otn_log WHERE user_id = ? AND topic = ? "
-                "AND what = 'optin')",
-                (user_id, topic, now_ms, user_id, topic),
+                f"AND expires_ms > ? {same_request}), (SELECT coalesce(max(at_ms), 0) FROM otn_log WHERE user_id = ? "
+                "AND topic = ? AND what = 'optin')",
+                (user_id, topic, now_ms, *key_args, user_id, topic),
             ).fetchone()
             requests = db.execute(
                 "SELECT count(*) FROM outbox WHERE user_id = ? AND created_ms >= ? "
@@ -590,12 +624,14 @@ class SqliteStore:
             stats: dict[str, dict[str, int]] = {}
             for topic, what, n in db.execute("SELECT topic, what, count(*) FROM otn_log GROUP BY topic, what"):
                 stats.setdefault(topic, {})[what] = n
-            for topic, held, expiring in db.execute(
-                "SELECT topic, count(*), sum(expires_ms < ?) FROM tokens WHERE status = 'valid' AND expires_ms > ? "
-                "GROUP BY topic",
+            for topic, held, expiring, holders in db.execute(
+                "SELECT topic, count(*), sum(expires_ms < ?), count(DISTINCT user_id) FROM tokens "
+                "WHERE status = 'valid' AND expires_ms > ? GROUP BY topic",
                 (soon_ms, now_ms),
             ):
-                stats.setdefault(topic, {}).update(tokens_held=held, tokens_expiring_soon=expiring or 0)
+                stats.setdefault(topic, {}).update(
+                    tokens_held=held, tokens_expiring_soon=expiring or 0, token_holders=holders
+                )
             return stats
 
         return await self._read(work)
@@ -622,14 +658,25 @@ class SqliteStore:
 
         return await self._write(work)
 
-    async def token_holders(self, topic: str, now_ms: int, after_user: str, limit: int) -> list[str]:
+    async def token_holders(self, topic: str, request_key: str, now_ms: int, after_user: str, limit: int) -> list[str]:
         def work(db: sqlite3.Connection) -> list[str]:
-            rows = db.execute(
-                "SELECT DISTINCT user_id FROM tokens WHERE topic = ? AND status = 'valid' AND user_id > ? "
-                "AND expires_ms > ? ORDER BY user_id LIMIT ?",
-                (topic, after_user, now_ms, limit),
+            rows = db.execute(  # the tokens_by_request index: one range
+                "SELECT DISTINCT user_id FROM tokens WHERE topic = ? AND status = 'valid' AND request_key = ? "
+                "AND user_id > ? AND expires_ms > ? ORDER BY user_id LIMIT ?",
+                (topic, request_key, after_user, now_ms, limit),
             ).fetchall()
             return [row[0] for row in rows]
+
+        return await self._read(work)
+
+    async def held_requests(self, topic: str, now_ms: int) -> dict[str, int]:
+        def work(db: sqlite3.Connection) -> dict[str, int]:
+            rows = db.execute(
+                "SELECT request_key, count(DISTINCT user_id) FROM tokens WHERE topic = ? AND status = 'valid' "
+                "AND expires_ms > ? GROUP BY request_key",
+                (topic, now_ms),
+            )
+            return {key: holders for key, holders in rows}
 
         return await self._read(work)
 
@@ -674,7 +721,10 @@ class SqliteStore:
         requests: Sequence[tuple[str, dict[str, Any]]],
         now_ms: int,
         claim_ms: int = 120_000,
+        request_keys: Sequence[str] = ("",),
     ) -> list[Delivery]:
+        keys = list(request_keys)
+        among = ", ".join("?" * len(keys))
         texts = [(user_id, message, json.dumps(message, separators=(",", ":"))) for user_id, message in requests]
 
         def work(db: sqlite3.Connection) -> list[Delivery]:
@@ -687,9 +737,9 @@ class SqliteStore:
                     continue
                 row = db.execute(
                     "UPDATE tokens SET status = 'claimed', claimed_by = ? WHERE token = (SELECT token FROM tokens "
-                    "WHERE user_id = ? AND topic = ? AND status = 'valid' AND expires_ms > ? "
-                    f"ORDER BY received_ms, token LIMIT 1) RETURNING {_TOKEN_COLUMNS}",
-                    (campaign_id, user_id, topic, now_ms),
+                    f"WHERE user_id = ? AND topic = ? AND status = 'valid' AND expires_ms > ? AND request_key IN "
+                    f"({among}) ORDER BY received_ms, token LIMIT 1) RETURNING {_TOKEN_COLUMNS}",
+                    (campaign_id, user_id, topic, now_ms, *keys),
                 ).fetchone()
                 if row is None:
                     db.execute(

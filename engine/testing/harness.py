@@ -33,6 +33,7 @@ from ..config import OPTIONS, Settings, load_settings
 from ..flow import CompiledFlow, payloads
 from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
+from ..runtime.audience import Audience
 from ..runtime.engine import no_such_flow
 from ..runtime.notify import CampaignReport
 from ..store import Store, Token, UserRecord
@@ -362,6 +363,10 @@ class Bot:
     async def settle(self) -> None:
         """Wait until every event is handled and every reply sent."""
         await self.app[DISPATCHER].idle()
+
+    async def dry_run(self, topic: str, segment: str = "", **variables: Any) -> Audience:
+        """Who a notification would reach, per variant; nothing is sent, claimed or stored."""
+        return await self.app[CAMPAIGNS].dry_run(topic, segment, variables)
 
     async def notify(
         self, topic: str, segment: str = "", campaign: str | None = None, **variables: Any

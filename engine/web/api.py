@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..runtime.notify import CampaignError, CampaignReport
-from ..runtime.stats import loop_stats
+from ..runtime.stats import stats_report
 from .bodies import BadBody, api_schema, checked_body, openapi_document
 from .guard import same_secret
 from .keys import CAMPAIGNS, CLOCK, SETTINGS, STORE
@@ -62,7 +62,8 @@ def _unauthorized() -> web.Response:
 
 
 async def notify(request: web.Request) -> web.Response:
-    """POST a NotifyRequest (openapi.json) -> 202 {"campaign": id, "status": url}."""
+    """POST a NotifyRequest (openapi.json) -> 202 {"campaign": id, "status": url}; with "dry_run": true -> 200,
+    the audience per variant (an Audience), nothing sent, claimed or stored."""
     if not _authorized(request):
         return _unauthorized()
     try:
@@ -72,9 +73,13 @@ async def notify(request: web.Request) -> web.Response:
     runner = request.app[CAMPAIGNS]
     running = request.app[RUNNING]
     try:
-        campaign = await runner.open(body["topic"], body.get("segment", ""), body.get("vars", {}), body.get("campaign"))
+        topic, segment, variables = body["topic"], body.get("segment", ""), body.get("vars", {})
+        if body.get("dry_run") is True:
+            audience = await runner.dry_run(topic, segment, variables)
+            return web.json_response({"dry_run": True, "segment": segment, **audience.as_dict()})
+        campaign = await runner.open(topic, segment, variables, body.get("campaign"))
     except CampaignError as err:
-        return web.json_response({"error": str(err)}, status=400)
+        return web.json_response({"error": err.api_message}, status=400)
     if campaign.id not in running or running[campaign.id].done():
         running[campaign.id] = asyncio.create_task(runner.execute(campaign), name=f"campaign {campaign.id}")
     return web.json_response({"campaign": campaign.id, "status": f"/api/campaigns/{campaign.id}"}, status=202)
@@ -105,7 +110,7 @@ async def stats(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     settings = request.app[SETTINGS]
-    figures = await loop_stats(
+    figures = await stats_report(
         request.app[STORE], request.app[CLOCK].now_ms(), float(settings["notify.expiring_soon_days"])
     )
     return web.json_response(figures)

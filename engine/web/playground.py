@@ -33,6 +33,7 @@ from ..messenger.signature import sign
 from ..policy import Facts, window_open
 from ..policy.gate import HOUR_MS
 from ..runtime.clock import OffsetClock
+from ..runtime.notify import CampaignError
 from ..store import UserRecord
 from .bodies import BadBody, checked_body
 from .guard import same_secret
@@ -258,7 +259,9 @@ async def act(request: web.Request) -> web.Response:
             fake.sent[:] = [m for m in fake.sent if m.user_id != user_id]
             playground.seen_sent.pop(user_id, None)
             playground.note(user_id, {"from": "clock", "text": f"now talking to the flow {flow}"})
-    except ValueError as err:  # a campaign that cannot start, a bad number
+    except CampaignError as err:  # a campaign that cannot start: the same words as the admin API's
+        return web.json_response({"error": err.api_message}, status=400)
+    except ValueError as err:  # a bad number
         return web.json_response({"error": str(err)}, status=400)
     await _collect(app, user_id)
     return web.json_response(await _state(app, user_id))
@@ -352,6 +355,8 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
         "tokens": [
             {
                 "topic": t.topic,
+                "about": t.request_vars,
+                "title": t.title,
                 "status": t.status,
                 "expires_ms": t.expires_ms,
                 "valid": t.status == "valid" and t.expires_ms > now,

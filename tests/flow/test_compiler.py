@@ -211,3 +211,20 @@ def test_wine_shop_tags_white_lovers_and_asks_for_the_restock_otn() -> None:
     assert result.replies[-1].text == "Tell me when the Sauvignon 2024 is back"
     note = flow.notification("restock", result.snapshot, {"product": "Sauvignon 2024"}, {"first_name": "Ann"})
     assert note.text.startswith("The Sauvignon 2024 is back, Ann! Crisp")
+
+
+def test_a_request_carries_its_otn_vars_rendered_and_the_checker_knows_their_names(tmp_path: Path) -> None:
+    sized = FLOW.replace('vars = { subject = "wine" }', 'vars = { subject = "wine {{ vars.year }}", size = 42 }')
+    path = tmp_path / "sized.toml"
+    path.write_text(sized)
+    compiled, diagnostics = load_flow(path)
+    assert compiled is not None, diagnostics
+    result = compiled.step(Snapshot("welcome", variables={"year": 2015}), UserInput(payload="NEWS"))
+    request = result.replies[-1]
+    assert request.otn_topic == "news" and request.text == "News about wine 2015"
+    assert request.otn_vars == (("size", "42"), ("subject", "wine 2015"))
+    path.write_text(sized.replace("vars.year", "year"))
+    compiled, diagnostics = load_flow(path)
+    assert compiled is None
+    assert [d.message for d in diagnostics] == ["uses undefined variable 'year' (known: text, user, vars)"]
+    assert "states.news.otn.vars.subject" in str(diagnostics[0])

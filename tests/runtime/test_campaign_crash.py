@@ -120,6 +120,7 @@ async def test_campaign_killed_halfway_then_rerun_sends_each_user_exactly_one(tm
         "deliveries",
         "re_requests",
         "tokens_held",
+        "holders",
         "tokens_expiring_soon",
     ]
     assert row.split()[0] == "restock" and row.split()[4] == str(USERS)

@@ -88,14 +88,16 @@ async def test_variants_are_chosen_per_segment(bot: Bot) -> None:
     await both.opts_in("restock")
     assert (wendy.tags, rob.tags, both.tags) == ({"likes_white"}, {"likes_red"}, {"likes_red", "likes_white"})
     bot.clock.advance(hours=30)
-    report = await bot.notify("restock", product="Sauvignon 2024")
-    assert (report.eligible, report.delivered) == (3, 3)
+    report = await bot.notify("restock", product="Sauvignon 2024")  # what wendy and bea asked about
+    assert (report.eligible, report.delivered) == (2, 2)
+    report = await bot.notify("restock", product="Rioja Gran Reserva 2015")  # what rob asked about
+    assert (report.eligible, report.delivered) == (1, 1)
     texts = {u.id: next(r.text for r in reversed(u.replies) if r.is_notification) for u in (wendy, rob, both)}
     assert texts == {
         "wendy": "The Sauvignon 2024 is back, Wendy! Crisp, cold and waiting for you: the white you asked about is "
         "in the cellar again.",
-        "rob": "The Sauvignon 2024 is back! You're more of a red person, so we kept a Rioja pairing suggestion for "
-        "you too.",
+        "rob": "The Rioja Gran Reserva 2015 is back! You're more of a red person, so we kept a Rioja pairing "
+        "suggestion for you too.",
         "bea": "Good news: the Sauvignon 2024 is back in stock.",
     }
 
@@ -118,9 +120,9 @@ async def test_two_tokens_for_one_topic_are_used_oldest_first(bot: Bot) -> None:
     await alice.taps("White")
     await alice.opts_in("restock")
     first, second = alice.tokens("restock")
-    await bot.notify("restock", product="A")
+    await bot.notify("restock", product="Sauvignon 2024")
     assert [t.token for t in alice.tokens("restock")] == [second.token]
-    await bot.notify("restock", product="B")
+    await bot.notify("restock", product="Sauvignon 2024")
     assert alice.tokens("restock") == []
     used = bot.fake.tokens_used()
     assert used == [first.token, second.token]
@@ -128,9 +130,9 @@ async def test_two_tokens_for_one_topic_are_used_oldest_first(bot: Bot) -> None:
 
 async def test_a_token_is_used_once_and_expired_tokens_never(bot: Bot) -> None:
     alice = await white_lover_with_token(bot)
-    await bot.notify("restock", product="A")
+    await bot.notify("restock", product="Sauvignon 2024")
     assert alice.tokens("restock") == []
-    again = await bot.notify("restock", product="B")  # no valid token left: alice is not even eligible
+    again = await bot.notify("restock", product="Sauvignon 2024")  # no valid token left: alice is not even eligible
     assert again.eligible == 0
     bob = await white_lover_with_token(bot, "bob")
     bot.clock.advance(days=366)
@@ -149,7 +151,7 @@ async def test_an_invalid_token_is_marked_and_the_next_one_tried(bot: Bot) -> No
     await alice.opts_in("restock")
     first, second = alice.tokens("restock")
     bot.fake.issued[first.token].used = True  # Meta no longer accepts it (used elsewhere)
-    report = await bot.notify("restock", product="A")
+    report = await bot.notify("restock", product="Sauvignon 2024")
     assert report.delivered == 1
     assert bot.fake.tokens_used() == [second.token]
     statuses = {t.token: t.status for t in await bot.app[STORE].tokens("alice")}
@@ -180,9 +182,9 @@ async def test_at_most_n_requests_per_period(bot: Bot) -> None:
 
 async def test_three_times_round_the_loop_without_a_single_rejection(bot: Bot) -> None:
     alice = await white_lover_with_token(bot)
-    for round_ in range(3):
+    for _round in range(3):
         bot.clock.advance(days=3)  # the window has long closed
-        report = await bot.notify("restock", product=f"Sauvignon 202{4 + round_}")
+        report = await bot.notify("restock", product="Sauvignon 2024")
         assert report.delivered == 1
         assert alice.last_reply.is_notification
         replies = await alice.taps("Show me")  # engagement: the re-request goes out before the flow's reply
@@ -198,6 +200,7 @@ async def test_three_times_round_the_loop_without_a_single_rejection(bot: Bot) -
         "delivery": 3,
         "tokens_held": 1,
         "tokens_expiring_soon": 0,
+        "token_holders": 1,
     }
 
 

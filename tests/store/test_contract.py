@@ -189,7 +189,7 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Store
     await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)]), 1)
     campaign = await store.open_campaign(Campaign("c1", "restock", "", {"product": "x"}, 1))
     assert (await store.open_campaign(Campaign("c1", "other", "", {}, 2))).topic == "restock"  # insert-if-absent
-    assert await store.token_holders("restock", 50, "", 10) == ["u1"]
+    assert await store.token_holders("restock", "", 50, "", 10) == ["u1"]
     await store.add_campaign_items(campaign.id, ["u1"], {"u9": "segment"}, 50)
     assert await store.pending_items(campaign.id, "", 10) == ["u1"]
     (delivery,) = await store.begin_deliveries(campaign.id, "restock", [("u1", {"text": "hi"})], 60, 1_000)
@@ -205,6 +205,58 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Store
     assert await store.campaign_counts(campaign.id) == {"delivered": 1, "skipped": 1, "skipped:segment": 1}
     stats = await store.otn_stats(80, 10_000)
     assert stats["restock"]["delivery"] == 1 and stats["restock"]["tokens_held"] == 1
+
+
+async def test_tokens_keep_their_request_and_campaigns_claim_only_the_requests_they_are_about(store: Store) -> None:
+    sauvignon, rioja = {"product": "Sauvignon 2024"}, {"product": "Rioja 2015"}
+    tokens = [
+        Token("s1", "u1", "restock", "p", 100, 10_000, "sold_out", request_vars=sauvignon, title="Sauvignon?"),
+        Token("r1", "u1", "restock", "p", 50, 10_000, "red_sold_out", request_vars=rioja, title="Rioja?"),
+        Token("s2", "u2", "restock", "p", 100, 10_000, "sold_out", request_vars=sauvignon),
+        Token("n3", "u3", "restock", "p", 100, 10_000, "sold_out"),  # a request made without variables
+    ]
+    await store.add_events([event("a")])
+    await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=tokens), 1)
+    (kept,) = [t for t in await store.tokens("u1") if t.token == "s1"]
+    assert (kept.request_vars, kept.title) == (sauvignon, "Sauvignon?")
+    s_key, r_key = tokens[0].request_key, tokens[1].request_key
+    assert await store.held_requests("restock", 200) == {s_key: 2, r_key: 1, "": 1}
+    assert await store.held_requests("restock", 20_000) == {}  # all expired
+    assert await store.token_holders("restock", s_key, 200, "", 10) == ["u1", "u2"]
+    assert await store.token_holders("restock", s_key, 200, "u1", 10) == ["u2"]
+    assert await store.token_holders("restock", "", 200, "", 10) == ["u3"]
+    assert await store.count_tokens("u1", "restock", 200, r_key) == 1
+    assert await store.count_tokens("u1", "restock", 200) == 2
+    campaign = await store.open_campaign(Campaign("c1", "restock", "", sauvignon, 1))
+    await store.add_campaign_items(campaign.id, ["u1", "u3"], {}, 200)
+    claimed = await store.begin_deliveries(
+        campaign.id, "restock", [("u1", {"text": "hi"}), ("u3", {"text": "hi"})], 300, request_keys=(s_key, "")
+    )
+    assert [d.token.token for d in claimed] == ["s1", "n3"]  # not the older Rioja token
+    stats = await store.otn_stats(300, 400)
+    assert stats["restock"]["token_holders"] == 2 and stats["restock"]["tokens_held"] == 2
+
+
+async def test_an_old_sqlite_file_gains_the_request_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE tokens (token TEXT PRIMARY KEY, user_id TEXT NOT NULL, topic TEXT NOT NULL,"
+        " payload TEXT NOT NULL, source_state TEXT NOT NULL DEFAULT '', received_ms INTEGER NOT NULL,"
+        " expires_ms INTEGER NOT NULL,"
+        " status TEXT NOT NULL, claimed_by TEXT, used_ms INTEGER);"
+        "CREATE INDEX tokens_by_topic ON tokens (topic, status, user_id, expires_ms);"
+        "INSERT INTO tokens VALUES ('t1', 'u1', 'restock', 'p', 's', 1, 10000, 'valid', NULL, NULL);"
+    )
+    db.close()
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        assert await store.held_requests("restock", 5) == {"": 1}
+        (token,) = await store.tokens("u1")
+        assert (token.request_vars, token.title) == ({}, "")
+    finally:
+        await store.close()
 
 
 async def test_campaigns_by_base_name(store: Store) -> None:

@@ -20,7 +20,7 @@ SCRIPT = """hi
 /optin
 /tags
 /advance 25h
-/notify restock product=Sauvignon
+/notify restock product="Sauvignon 2024"
 1
 /tap Rosé
 /state
@@ -45,7 +45,7 @@ def test_chat_runs_a_scripted_session_through_the_otn_loop() -> None:
     assert "bot: [Notify Me] Tell me when the Sauvignon 2024 is back   (/optin restock)" in lines
     assert "-- tags: ['likes_white']" in lines
     assert "-- notification restock: {'delivered': 1}" in lines
-    assert any(line.startswith("bot (notification): The Sauvignon is back, Alice!") for line in lines)
+    assert any(line.startswith("bot (notification): The Sauvignon 2024 is back, Alice!") for line in lines)
     after_tap = lines[lines.index("     [1] Show me  [2] Menu") + 1 :]
     assert after_tap[0] == "bot: [Notify Me] Tell me when the Sauvignon 2024 is back   (/optin restock)"  # the loop
     assert "!! alice cannot tap 'Rosé': the last message offering choices" in done.stdout

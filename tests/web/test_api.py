@@ -30,7 +30,7 @@ async def test_api_validates_the_request() -> None:
         cases = [
             ({"segment": "x"}, "'topic' is required"),
             ({"topic": "nope"}, "unknown topic 'nope'; topics: restock, sl13_restock"),
-            ({"topic": "restock"}, "topic 'restock' needs product: pass --var product=..."),
+            ({"topic": "restock"}, """topic 'restock' needs product: give "vars": {"product": ...}"""),
             ({"topic": "restock", "vars": {"product": "x"}, "segment": "a &"}, "invalid segment expression"),
         ]
         for body, message in cases:

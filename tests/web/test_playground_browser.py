@@ -128,7 +128,7 @@ async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: 
         await expect(request.locator(".title")).to_have_text("Tell me when the Sauvignon 2024 is back")
 
         await request.locator("button.notify-me").click()  # opts in: the token arrives through the webhook
-        await expect(page.locator("#tokens td").first).to_have_text("restock")
+        await expect(page.locator("#tokens td").first).to_have_text("restock (product=Sauvignon 2024)")
         await expect(page.locator("#thread .bot").last).to_contain_text("Done: you will get one message")
 
         await page.click("[data-advance-hours='25']")  # past the 24h window
