@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from _common import start_secantus  # noqa: E402
 
 from engine.local.fake_graph import SentMessage  # noqa: E402
-from engine.runtime.notify import CampaignError  # noqa: E402
+from engine.runtime.campaigns import CampaignError  # noqa: E402
 from engine.testing.harness import PAGE_ID, Bot  # noqa: E402
 from engine.web.keys import STORE  # noqa: E402
 

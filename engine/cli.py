@@ -92,9 +92,9 @@ async def _notify(
 
     from .messenger.client import GraphClient
     from .runtime.clock import SystemClock
-    from .runtime.engine import assemble, graph_settings
+    from .runtime.assembly import assemble, graph_settings
     from .runtime.metrics import Metrics
-    from .runtime.notify import CampaignError
+    from .runtime.campaigns import CampaignError
     from .runtime.sender import SendingState
     from .store import open_store
 

@@ -19,7 +19,7 @@ import aiohttp
 from .config import ConfigError, Settings, load_settings, missing_secrets
 from .flow import check_paths
 from .messenger.client import GraphClient
-from .runtime.engine import graph_settings
+from .runtime.assembly import graph_settings
 from .store import open_store
 
 REQUIRED_FIELDS = ("messages", "messaging_postbacks", "messaging_optins")

@@ -20,7 +20,7 @@ from ..flow.compiler import scalar_text
 from ..flow.segments import ALWAYS, Segment
 from ..policy import Outgoing, PolicySettings, decide
 from ..store import Store, request_vars
-from .gate import Gate
+from .policy_check import Gate
 
 PAGE = 500
 

@@ -13,12 +13,12 @@ from typing import Any
 
 from ..flow import CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
-from ..messenger.webhook import InboundEvent, parse_event
+from ..messenger.events import InboundEvent, parse_event
 from ..policy import Outgoing
 from ..policy.gate import DAY_MS
 from ..store import OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
 from .clock import Clock
-from .gate import Gate
+from .policy_check import Gate
 
 log = logging.getLogger("otnflow.conversation")
 

@@ -19,7 +19,7 @@ from ..messenger.outbound import send_body
 from ..policy import Via
 from ..store import OutboxItem, Store, UserRecord
 from .clock import Clock
-from .gate import Gate, outgoing_from_meta
+from .policy_check import Gate, outgoing_from_meta
 from .metrics import Metrics
 
 log = logging.getLogger("otnflow.sender")
@@ -83,7 +83,7 @@ class OutboxSender:
         """Send one row and record its fate; the outcome tells the caller whether to go on (None: refused)."""
         now = self.clock.now_ms()
         decision = self.gate.check(self.gate.facts(user), outgoing_from_meta(item.meta), now)  # the last gate
-        if decision.via is None or decision.via is Via.OTN_TOKEN:  # token sends belong to campaigns (notify.py)
+        if decision.via is None or decision.via is Via.OTN_TOKEN:  # token sends belong to campaigns (campaigns.py)
             await self._finish(item, "refused", decision.reason or "token sends go through a campaign")
             return None
         if item.status != "sending":  # recorded before the attempt, so a crash mid-send is never resent

@@ -36,7 +36,7 @@ from ..flow.diagnostics import KeyPath
 from ..flow.loader import Reporter, parse_toml, read_source
 from ..flow.locate import Locator
 from ..flow.shapes import Field, check_shape
-from ..runtime.engine import no_such_flow
+from ..runtime.assembly import no_such_flow
 from .harness import Bot, BotUser, HarnessError, ReplyView, unknown_setting
 
 ACTIONS = ("says", "taps", "opts_in", "advance", "notify", "expect")

@@ -34,8 +34,8 @@ from ..flow import CompiledFlow, payloads
 from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
 from ..runtime.audience import Audience
-from ..runtime.engine import no_such_flow
-from ..runtime.notify import CampaignReport
+from ..runtime.assembly import no_such_flow
+from ..runtime.campaigns import CampaignReport
 from ..store import Store, Token, UserRecord
 from ..web import create_app
 from ..web.app import load_configured_flows

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..runtime.notify import CampaignError, CampaignReport
+from ..runtime.campaigns import CampaignError, CampaignReport
 from ..runtime.stats import stats_report
 from .bodies import BadBody, api_schema, checked_body, openapi_document
 from .guard import same_secret

@@ -14,11 +14,11 @@ from ..flow import CompiledFlow, load_flows
 from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
 from ..runtime.clock import Clock, OffsetClock, SystemClock
-from ..runtime.engine import assemble, default_flow_name, graph_settings
+from ..runtime.assembly import assemble, default_flow_name, graph_settings
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingState
 from ..store import open_store
-from . import api, deadline, ops, reload, webhook
+from . import api, deadline, monitoring, reload, webhook
 from . import playground as playground_routes
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, GRAPH, GRAPH_URL, METRICS, SENDING, SETTINGS, STORE
 
@@ -64,8 +64,8 @@ def create_app(
     app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine, api.campaigns_ctx])
     app.router.add_get("/webhook", webhook.verify_subscription)
     app.router.add_post("/webhook", webhook.receive)
-    app.router.add_get("/healthz", ops.healthz)
-    app.router.add_get("/metrics", ops.metrics)
+    app.router.add_get("/healthz", monitoring.healthz)
+    app.router.add_get("/metrics", monitoring.metrics)
     app.router.add_post("/api/notify", api.notify)
     app.router.add_get("/api/campaigns/{id}", api.campaign)
     app.router.add_get("/api/stats", api.stats)

@@ -11,7 +11,7 @@ from ..messenger.client import GraphClient
 from ..runtime.clock import Clock
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.metrics import Metrics
-from ..runtime.notify import CampaignRunner
+from ..runtime.campaigns import CampaignRunner
 from ..runtime.sender import SendingState
 from ..store import Store
 

@@ -33,7 +33,7 @@ from ..messenger.signature import sign
 from ..policy import Facts, window_open
 from ..policy.gate import HOUR_MS
 from ..runtime.clock import OffsetClock
-from ..runtime.notify import CampaignError
+from ..runtime.campaigns import CampaignError
 from ..store import UserRecord
 from .bodies import BadBody, checked_body
 from .guard import same_secret

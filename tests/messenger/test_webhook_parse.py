@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from engine.messenger.signature import sign, verify
-from engine.messenger.webhook import (
+from engine.messenger.events import (
     PageNotice,
     ParsedWebhook,
     RejectedItem,

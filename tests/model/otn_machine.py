@@ -28,7 +28,7 @@ from engine.config import load_settings
 from engine.flow import load_flows
 from engine.flow.segments import parse_segment
 from engine.local.fake_graph import SentMessage
-from engine.runtime.notify import CampaignError
+from engine.runtime.campaigns import CampaignError
 from engine.testing.harness import PAGE_ID, Bot, BotUser, HarnessError
 from engine.web.keys import STORE
 

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from engine.config import load_settings
-from engine.runtime.notify import CampaignError
+from engine.runtime.campaigns import CampaignError
 from engine.store import StepWrite, StoredEvent, Token, UserRecord
 from engine.store.sqlite import SqliteStore
 from engine.testing.harness import API_TOKEN, Bot, BotUser

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from engine.messenger.webhook import SKIPPED_KINDS
+from engine.messenger.events import SKIPPED_KINDS
 from engine.web.keys import STORE
 from tests.conftest import Server
 

@@ -13,9 +13,9 @@ from ..store import Store
 from .clock import Clock
 from .conversation import ConversationHandler
 from .dispatcher import Dispatcher, Leases
-from .gate import Gate
+from .policy_check import Gate
 from .metrics import Metrics
-from .notify import CampaignRunner
+from .campaigns import CampaignRunner
 from .sender import OutboxSender, SendingState
 
 

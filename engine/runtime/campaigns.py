@@ -34,7 +34,7 @@ from ..store import Campaign, Delivery, Finished, Store, UserRecord, request_key
 from .audience import Audience, holder_pages, notification_audience, spell_api, spell_cli
 from .clock import Clock
 from .conversation import reply_to_outbox
-from .gate import Gate
+from .policy_check import Gate
 from .metrics import Metrics
 from .sender import OutboxSender
 
