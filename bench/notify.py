@@ -77,8 +77,8 @@ def child_engine(store: str, graph: str, concurrency: int) -> None:
 
     from engine.config import load_settings
     from engine.messenger.client import GraphClient
-    from engine.runtime.clock import SystemClock
     from engine.runtime.assembly import assemble, graph_settings
+    from engine.runtime.clock import SystemClock
     from engine.runtime.metrics import Metrics
     from engine.runtime.sender import SendingState
     from engine.store import open_store

@@ -91,10 +91,10 @@ async def _notify(
     import aiohttp
 
     from .messenger.client import GraphClient
-    from .runtime.clock import SystemClock
     from .runtime.assembly import assemble, graph_settings
-    from .runtime.metrics import Metrics
     from .runtime.campaigns import CampaignError
+    from .runtime.clock import SystemClock
+    from .runtime.metrics import Metrics
     from .runtime.sender import SendingState
     from .store import open_store
 

@@ -10,12 +10,12 @@ from ..config import Settings
 from ..flow import CompiledFlow
 from ..messenger.client import GraphClient, GraphSettings
 from ..store import Store
+from .campaigns import CampaignRunner
 from .clock import Clock
 from .conversation import ConversationHandler
 from .dispatcher import Dispatcher, Leases
-from .policy_check import Gate
 from .metrics import Metrics
-from .campaigns import CampaignRunner
+from .policy_check import Gate
 from .sender import OutboxSender, SendingState
 
 

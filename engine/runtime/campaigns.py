@@ -34,8 +34,8 @@ from ..store import Campaign, Delivery, Finished, Store, UserRecord, request_key
 from .audience import Audience, holder_pages, notification_audience, spell_api, spell_cli
 from .clock import Clock
 from .conversation import reply_to_outbox
-from .policy_check import Gate
 from .metrics import Metrics
+from .policy_check import Gate
 from .sender import OutboxSender
 
 log = logging.getLogger("otnflow.notify")

@@ -19,8 +19,8 @@ from ..messenger.outbound import send_body
 from ..policy import Via
 from ..store import OutboxItem, Store, UserRecord
 from .clock import Clock
-from .policy_check import Gate, outgoing_from_meta
 from .metrics import Metrics
+from .policy_check import Gate, outgoing_from_meta
 
 log = logging.getLogger("otnflow.sender")
 

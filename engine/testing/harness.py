@@ -33,8 +33,8 @@ from ..config import OPTIONS, Settings, load_settings
 from ..flow import CompiledFlow, payloads
 from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
-from ..runtime.audience import Audience
 from ..runtime.assembly import no_such_flow
+from ..runtime.audience import Audience
 from ..runtime.campaigns import CampaignReport
 from ..store import Store, Token, UserRecord
 from ..web import create_app

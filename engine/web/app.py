@@ -13,8 +13,8 @@ from ..config import Settings
 from ..flow import CompiledFlow, load_flows
 from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
-from ..runtime.clock import Clock, OffsetClock, SystemClock
 from ..runtime.assembly import assemble, default_flow_name, graph_settings
+from ..runtime.clock import Clock, OffsetClock, SystemClock
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingState
 from ..store import open_store

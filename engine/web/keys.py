@@ -8,10 +8,10 @@ from ..config import Settings
 from ..flow import CompiledFlow
 from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
+from ..runtime.campaigns import CampaignRunner
 from ..runtime.clock import Clock
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.metrics import Metrics
-from ..runtime.campaigns import CampaignRunner
 from ..runtime.sender import SendingState
 from ..store import Store
 

@@ -32,8 +32,8 @@ from ..local.fake_graph import SentMessage
 from ..messenger.signature import sign
 from ..policy import Facts, window_open
 from ..policy.gate import HOUR_MS
-from ..runtime.clock import OffsetClock
 from ..runtime.campaigns import CampaignError
+from ..runtime.clock import OffsetClock
 from ..store import UserRecord
 from .bodies import BadBody, checked_body
 from .guard import same_secret

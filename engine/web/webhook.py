@@ -13,8 +13,8 @@ from collections import defaultdict
 
 from aiohttp import web
 
-from ..messenger.signature import verify
 from ..messenger.events import SKIPPED_KINDS, ParsedWebhook, WebhookFormatError, parse_body
+from ..messenger.signature import verify
 from ..runtime.metrics import Metrics
 from ..store import RejectedEvent, StoredEvent
 from .guard import same_secret

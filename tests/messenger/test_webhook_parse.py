@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 
-from engine.messenger.signature import sign, verify
 from engine.messenger.events import (
     PageNotice,
     ParsedWebhook,
@@ -16,6 +15,7 @@ from engine.messenger.events import (
     parse_body,
     parse_webhook,
 )
+from engine.messenger.signature import sign, verify
 from tests.conftest import webhook_fixture
 
 
