@@ -112,6 +112,7 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/playground/api/state", _guarded(state))
     app.router.add_get("/playground/api/wait", _guarded(wait))
     app.router.add_get("/playground/api/diagram", _guarded(diagram))
+    app.router.add_post("/playground/api/audience", _guarded(audience))
     app.router.add_post("/playground/api/{action}", _guarded(act))
     app.cleanup_ctx.append(_session_ctx)
 
@@ -265,6 +266,27 @@ async def act(request: web.Request) -> web.Response:
         return web.json_response({"error": str(err)}, status=400)
     await _collect(app, user_id)
     return web.json_response(await _state(app, user_id))
+
+
+async def audience(request: web.Request) -> web.Response:
+    """What the notify control would send, before it does: users per variant (the dry run `otnflow notify
+    --dry-run` makes), or why it cannot go. A problem is an answer here, not an error: 200 either way."""
+    app = request.app
+    try:
+        body = await checked_body(request, {"type": "object", **ACTION_SCHEMAS["notify"]})
+        user_id = _user(request, body)
+    except BadBody as bad:
+        return bad.response()
+    only = None if body.get("to") == "segment" else [user_id]
+    try:
+        found = await app[CAMPAIGNS].dry_run(
+            str(body.get("topic", "")), str(body.get("segment", "")), body.get("vars", {}), only_users=only
+        )
+    except CampaignError as err:
+        return web.json_response({"problem": err.api_message})
+    except ValueError as err:  # a segment expression that does not parse
+        return web.json_response({"problem": str(err)})
+    return web.json_response({"audience": found.as_dict()})
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -136,6 +136,12 @@ async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: 
 
         await page.select_option("#topic", "restock")
         await page.fill("#vars", "product=Sauvignon 2024")
+        await expect(page.locator("#audience")).to_have_text(  # before sending: who each variant would reach
+            "would reach 1 user (likes_white and not likes_red: 1 · likes_red and not likes_white: 0 · default: 0)"
+        )
+        await page.fill("#vars", "product=Rioja Gran Reserva 2015")
+        await expect(page.locator("#audience")).to_contain_text("cannot send: topic 'restock': nobody holds")
+        await page.fill("#vars", "product=Sauvignon 2024")
         await page.click("#notify")
         notification = page.locator("#thread .bot.notification").last
         await expect(notification).to_contain_text("The Sauvignon 2024 is back, Alice!")
