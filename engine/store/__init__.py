@@ -1,26 +1,36 @@
-"""The Store protocol and its backends. Each backend module imports its own driver and nothing else's."""
+"""The Store protocols and their backends. Each backend module imports its own driver and nothing else's."""
 
 from __future__ import annotations
 
 from .base import (
+    OPERATIONS,
+    Backend,
     Campaign,
+    CampaignStore,
     Delivery,
     Finished,
+    InboxStore,
+    Inspection,
+    LeaseStore,
     OutboxItem,
+    OutboxStore,
     RejectedEvent,
     StepWrite,
     Store,
     StoredEvent,
     Token,
+    TokenStore,
     UserRecord,
+    UserStore,
     UserView,
     request_key,
     request_vars,
 )
 
 
-def open_store(url: str, inbox_retention_days: float = 7.0) -> Store:
-    """`sqlite:///path/file.sqlite3` (the embedded default) or `mongodb://...` (needs `otnflow[mongo]`)."""
+def open_store(url: str, inbox_retention_days: float = 7.0) -> Backend:
+    """`sqlite:///path/file.sqlite3` (the embedded default) or `mongodb://...` (needs `otnflow[mongo]`). The
+    MongoDB backend is handed a driver client built from the URL (as aiogram's storages are); `open()` connects."""
     if url.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
@@ -32,21 +42,30 @@ def open_store(url: str, inbox_retention_days: float = 7.0) -> Store:
             raise ValueError(
                 f"store.url is a MongoDB URL but the driver is missing ({err}): pip install 'otnflow[mongo]'"
             ) from None
-        return MongoStore(url, inbox_retention_days)
+        return MongoStore.from_url(url, inbox_retention_days)
     raise ValueError(f"unsupported store URL {url.split('://')[0]}://...: use sqlite:///path/to/file.sqlite3")
 
 
 __all__ = [
+    "OPERATIONS",
+    "Backend",
     "Campaign",
+    "CampaignStore",
     "Delivery",
     "Finished",
+    "InboxStore",
+    "Inspection",
+    "LeaseStore",
     "OutboxItem",
+    "OutboxStore",
     "RejectedEvent",
     "StepWrite",
     "Store",
     "StoredEvent",
     "Token",
+    "TokenStore",
     "UserRecord",
+    "UserStore",
     "UserView",
     "open_store",
     "request_key",

@@ -1,4 +1,9 @@
-"""The one async Store protocol (users, inbox, outbox) and its plain records.
+"""The Store protocols, one per role, and their plain records.
+
+The runtime sees a `Store`: the roles it works through (inbox, users, outbox, leases, tokens, campaigns). What
+people and tests read (counts, a user's tokens, refused messages) is `Inspection`, kept out of the runtime's
+protocol. A backend implements both (`Backend`) and only stores and fetches: the rules (what a refused row shows,
+how a campaign's counts are keyed, which campaigns belong together) live in `engine/runtime/`.
 
 Promises 2-4 of the design rest on three operations: `add_events` (insert-if-absent: a duplicate is the dedupe),
 `commit_step` (user, outbox rows and the event's handled mark in one atomic write: the transactional outbox), and
@@ -167,21 +172,20 @@ class UserView:
     refused: list[dict[str, Any]]
 
 
-class Store(Protocol):
+class Lifecycle(Protocol):
     async def open(self) -> None: ...
     async def close(self) -> None: ...
 
-    # inbox
+
+class InboxStore(Protocol):
+    """Meta's events, stored before the webhook answers 200, and the dead letters."""
+
     async def add_events(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
         """Insert the events not stored yet, in one atomic write; return those that were new."""
         ...
 
     async def add_rejected(self, rejected: Sequence[RejectedEvent]) -> int:
         """Keep dead letters, insert-if-absent by key; return how many were new."""
-        ...
-
-    async def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
-        """The newest dead letters first."""
         ...
 
     async def pending_events(self, user_id: str, limit: int = 100) -> list[StoredEvent]:
@@ -201,18 +205,21 @@ class Store(Protocol):
         """Users with unhandled events or unsent outbox rows: what a restart resumes."""
         ...
 
-    # users
-    async def load_user(self, user_id: str) -> UserRecord | None: ...
 
-    async def commit_step(self, write: StepWrite, now_ms: int) -> bool:
-        """Atomically: save the user, append the outbox rows, store received tokens, consume armed re-requests,
-        log OTN events, mark the event handled. False (and nothing written) when the event was already handled."""
-        ...
+class UserStore(Protocol):
+    """User records, and the one atomic write of a conversation step."""
+
+    async def load_user(self, user_id: str) -> UserRecord | None: ...
 
     async def load_users(self, user_ids: Sequence[str]) -> dict[str, UserRecord]: ...
 
     async def load_for_step(self, user_id: str) -> tuple[UserRecord | None, list[tuple[str, str]]]:
         """The user and their armed re-requests, in one round trip: what a conversation step reads."""
+        ...
+
+    async def commit_step(self, write: StepWrite, now_ms: int) -> bool:
+        """Atomically: save the user, append the outbox rows, store received tokens, consume armed re-requests,
+        log OTN events, mark the event handled. False (and nothing written) when the event was already handled."""
         ...
 
     async def put_user(self, user: UserRecord) -> None:
@@ -225,7 +232,10 @@ class Store(Protocol):
 
     async def mark_unreachable(self, user_id: str) -> None: ...
 
-    # outbox
+
+class OutboxStore(Protocol):
+    """Messages to send, each row's status moved around its Send API call."""
+
     async def pending_outbox(self, user_id: str) -> list[OutboxItem]: ...
     async def add_outbox(self, item: OutboxItem, now_ms: int) -> None: ...
     async def set_outbox_status(self, key: str, status: str, detail: str, now_ms: int) -> None: ...
@@ -234,11 +244,10 @@ class Store(Protocol):
         """At start: rows left 'sending' by a crash become 'uncertain' (not resent: see docs/architecture.md)."""
         ...
 
-    async def counts(self) -> dict[str, int]:
-        """Row counts by table and status (and `rejected`: the dead letters), for health checks, metrics, tests."""
-        ...
 
-    # leases: one process at a time per user, across processes sharing the store
+class LeaseStore(Protocol):
+    """One process at a time per user, across processes sharing the store."""
+
     async def acquire_lease(self, user_id: str, owner: str, now_ms: int, ttl_ms: int) -> bool:
         """Take or renew the user's lease; False while another owner's lease has not expired."""
         ...
@@ -250,17 +259,12 @@ class Store(Protocol):
         ...
 
     async def users_needing_work(self, now_ms: int, limit: int) -> list[str]:
-        """Users with pending events or rows and no live lease: what a process that died left behind."""
+        """Up to `limit` users with pending events or rows and no live lease: what a process that died left."""
         ...
 
-    # OTN tokens and the loop
-    async def count_tokens(self, user_id: str, topic: str, now_ms: int, request_key: str | None = None) -> int:
-        """Valid, unexpired tokens the user holds for the topic (and for the request `request_key`, if given)."""
-        ...
 
-    async def tokens(self, user_id: str) -> list[Token]: ...
-
-    async def count_otn_log(self, user_id: str, topic: str, what: str, since_ms: int) -> int: ...
+class TokenStore(Protocol):
+    """OTN tokens, the OTN log and the loop's armed re-requests."""
 
     async def request_counts(
         self, user_id: str, topic: str, since_ms: int, now_ms: int, request_key: str | None = None
@@ -274,23 +278,18 @@ class Store(Protocol):
 
     async def log_otn(self, user_id: str, topic: str, what: str, now_ms: int) -> None: ...
 
-    async def last_otn(self, user_id: str, topic: str, what: str) -> int:
-        """When the log last recorded `what` for the user and topic (0: never)."""
-        ...
-
     async def arm(self, user_id: str, topic: str, source_state: str, now_ms: int) -> None:
         """Remember to ask for `topic` again the moment the user engages (the window being closed now)."""
-        ...
-
-    async def armed(self, user_id: str) -> list[tuple[str, str]]:
-        """(topic, source_state) of the user's armed re-requests, oldest first."""
         ...
 
     async def otn_stats(self, now_ms: int, soon_ms: int) -> dict[str, dict[str, int]]:
         """Per topic: the OTN log's counts by kind, tokens held, tokens expiring before `soon_ms`."""
         ...
 
-    # campaigns
+
+class CampaignStore(Protocol):
+    """Campaigns and their items: a campaign's items are its outbox."""
+
     async def open_campaign(self, campaign: Campaign) -> Campaign:
         """Create the campaign, or return the stored one with that id."""
         ...
@@ -350,10 +349,58 @@ class Store(Protocol):
         """Campaigns named `base_id` or `base_id.N`, oldest first."""
         ...
 
+
+class Store(Lifecycle, InboxStore, UserStore, OutboxStore, LeaseStore, TokenStore, CampaignStore, Protocol):
+    """Everything the runtime (dispatcher, conversation, sender, campaigns) does with the store."""
+
+
+class Inspection(Protocol):
+    """Reads for people and tests (health and metrics, the command line, the playground, the test harness): the
+    runtime never calls them."""
+
+    async def counts(self) -> dict[str, int]:
+        """Row counts by table and status (and `rejected`: the dead letters), for health checks, metrics, tests."""
+        ...
+
+    async def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
+        """The newest dead letters first."""
+        ...
+
+    async def count_tokens(self, user_id: str, topic: str, now_ms: int, request_key: str | None = None) -> int:
+        """Valid, unexpired tokens the user holds for the topic (and for the request `request_key`, if given)."""
+        ...
+
+    async def tokens(self, user_id: str) -> list[Token]: ...
+
+    async def count_otn_log(self, user_id: str, topic: str, what: str, since_ms: int) -> int: ...
+
+    async def last_otn(self, user_id: str, topic: str, what: str) -> int:
+        """When the log last recorded `what` for the user and topic (0: never)."""
+        ...
+
+    async def armed(self, user_id: str) -> list[tuple[str, str]]:
+        """(topic, source_state) of the user's armed re-requests, oldest first."""
+        ...
+
     async def refused_messages(self, user_id: str | None = None) -> list[dict[str, Any]]:
         """Outbox rows the policy gate refused: user_id, kind, topic, reason, text, at."""
         ...
 
     async def inspect_user(self, user_id: str) -> UserView:
-        """Everything about one user in one read: record, tokens, refused messages (tests, playground)."""
+        """A user's record, tokens and refused messages (tests, playground)."""
         ...
+
+
+class Backend(Store, Inspection, Protocol):
+    """What a backend implements and `open_store` returns."""
+
+
+#: Every operation of a backend but open/close: what the test harness cuts off when it kills a process.
+OPERATIONS = tuple(
+    sorted(
+        name
+        for role in (InboxStore, UserStore, OutboxStore, LeaseStore, TokenStore, CampaignStore, Inspection)
+        for name, value in vars(role).items()
+        if not name.startswith("_") and callable(value)
+    )
+)

@@ -100,21 +100,24 @@ def _outbox(doc: dict[str, Any]) -> OutboxItem:
 
 
 class MongoStore:
-    def __init__(self, url: str, inbox_retention_days: float = 7.0) -> None:
-        self.url = url
-        self.database_name = parse_uri(url).get("database") or "otnflow"
+    """Handed its driver client, as aiogram's MongoDB storages are (`from_url` builds one); `close` closes it."""
+
+    def __init__(
+        self, client: AsyncMongoClient[dict[str, Any]], database: str = "otnflow", inbox_retention_days: float = 7.0
+    ) -> None:
+        self.client = client
+        self.db: AsyncDatabase[dict[str, Any]] = client[database]
         self.retention_seconds = int(inbox_retention_days * 86_400)
-        self._client: AsyncMongoClient[dict[str, Any]] | None = None
         self._order = 0
 
-    @property
-    def db(self) -> AsyncDatabase[dict[str, Any]]:
-        assert self._client is not None, "store is not open"
-        return self._client[self.database_name]
+    @classmethod
+    def from_url(cls, url: str, inbox_retention_days: float = 7.0) -> MongoStore:
+        """The database named in the URL (`otnflow` if none); the client connects on first use."""
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url, serverSelectionTimeoutMS=10_000, tz_aware=True)
+        return cls(client, parse_uri(url).get("database") or "otnflow", inbox_retention_days)
 
     async def open(self) -> None:
-        self._client = AsyncMongoClient(self.url, serverSelectionTimeoutMS=10_000, tz_aware=True)
-        await self._client.admin.command("ping")
+        await self.client.admin.command("ping")
         await self._create_indexes()
 
     async def _create_indexes(self) -> None:
@@ -160,13 +163,10 @@ class MongoStore:
         await db.meta.update_one({"_id": "schema_version"}, {"$setOnInsert": {"value": SCHEMA_VERSION}}, upsert=True)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-        self._client = None
+        await self.client.close()
 
     async def _transaction(self, work: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
-        assert self._client is not None
-        async with self._client.start_session() as session:
+        async with self.client.start_session() as session:
             result: T = await session.with_transaction(work)
             return result
 

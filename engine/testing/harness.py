@@ -36,7 +36,7 @@ from ..messenger.signature import sign
 from ..runtime.assembly import no_such_flow
 from ..runtime.audience import Audience
 from ..runtime.campaigns import CampaignReport
-from ..store import Store, Token, UserRecord
+from ..store import OPERATIONS, Token, UserRecord
 from ..web import create_app
 from ..web.app import load_configured_flows
 from ..web.deadline import server_options
@@ -206,11 +206,7 @@ class BotUser:
 
 
 #: What a killed process can no longer do: every store operation but open/close (those the harness itself runs).
-STORE_OPERATIONS = tuple(
-    name
-    for name in vars(Store)
-    if not name.startswith("_") and name not in ("open", "close") and callable(vars(Store)[name])
-)
+STORE_OPERATIONS = OPERATIONS
 
 
 async def _dead(*args: Any, **kwargs: Any) -> Any:

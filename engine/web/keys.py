@@ -13,13 +13,13 @@ from ..runtime.clock import Clock
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingState
-from ..store import Store
+from ..store import Backend
 
 SETTINGS = web.AppKey("settings", Settings)
 FLOWS: web.AppKey[dict[str, CompiledFlow]] = web.AppKey("flows")
 CLOCK = web.AppKey("clock", Clock)
 METRICS = web.AppKey("metrics", Metrics)
-STORE = web.AppKey("store", Store)
+STORE = web.AppKey("store", Backend)
 GRAPH = web.AppKey("graph", GraphClient)
 FAKE_GRAPH = web.AppKey("fake_graph", FakeGraph)
 GRAPH_URL = web.AppKey("graph_url", str)

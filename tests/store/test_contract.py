@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from engine.store import (
+    Backend,
     Campaign,
     Finished,
     OutboxItem,
     RejectedEvent,
     StepWrite,
-    Store,
     StoredEvent,
     Token,
     UserRecord,
@@ -33,23 +33,18 @@ def event(key: str, user: str = "u1", ts: int = 1) -> StoredEvent:
 
 
 @pytest.fixture(params=["sqlite", "mongo"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 's.sqlite3'}"
-    else:
-        url = mongo_database_url(request.getfixturevalue("mongo_server"), f"otnflow_test_{uuid.uuid4().hex[:12]}")
-    s = open_store(url)
+        return f"sqlite:///{tmp_path / 's.sqlite3'}"
+    return mongo_database_url(request.getfixturevalue("mongo_server"), f"otnflow_test_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Backend]:
+    s = open_store(store_url)
     await s.open()
     yield s
     await s.close()
-
-
-async def reopen(store: Store) -> Store:
-    """The same store, as a new process would open it."""
-    await store.close()
-    again = open_store(store.url if isinstance(store, MongoStore) else f"sqlite:///{store.path}")  # type: ignore[union-attr]
-    await again.open()
-    return again
 
 
 async def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
@@ -60,17 +55,17 @@ async def test_sqlite_file_is_in_wal_mode(tmp_path: Path) -> None:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-async def test_add_events_is_insert_if_absent(store: Store) -> None:
+async def test_add_events_is_insert_if_absent(store: Backend) -> None:
     assert [e.key for e in await store.add_events([event("a"), event("b")])] == ["a", "b"]
     assert [e.key for e in await store.add_events([event("b"), event("c"), event("c")])] == ["c"]
 
 
-async def test_pending_events_come_oldest_first(store: Store) -> None:
+async def test_pending_events_come_oldest_first(store: Backend) -> None:
     await store.add_events([event("late", ts=30), event("early", ts=10), event("mid", ts=20), event("x", "u2", 5)])
     assert [e.key for e in await store.pending_events("u1")] == ["early", "mid", "late"]
 
 
-async def test_commit_step_is_atomic_and_once_only(store: Store) -> None:
+async def test_commit_step_is_atomic_and_once_only(store: Backend) -> None:
     await store.add_events([event("a")])
     user = UserRecord("u1", state="welcome", tags={"t"})
     outbox = [OutboxItem("a#0", "u1", {"text": "one"}), OutboxItem("a#1", "u1", {"text": "two"})]
@@ -83,7 +78,7 @@ async def test_commit_step_is_atomic_and_once_only(store: Store) -> None:
     assert await store.pending_events("u1") == []
 
 
-async def test_a_failing_commit_leaves_nothing_half_done(store: Store) -> None:
+async def test_a_failing_commit_leaves_nothing_half_done(store: Backend) -> None:
     await store.add_events([event("a")])
     bad = [OutboxItem("a#0", "u1", {"text": "ok"}), OutboxItem("a#1", "u1", {"bad": object()})]
     with pytest.raises(Exception):  # noqa: B017 - each driver raises its own: json TypeError, bson InvalidDocument
@@ -92,27 +87,27 @@ async def test_a_failing_commit_leaves_nothing_half_done(store: Store) -> None:
     assert [e.key for e in await store.pending_events("u1")] == ["a"]
 
 
-async def test_in_flight_sends_become_uncertain_at_restart(store: Store) -> None:
+async def test_in_flight_sends_become_uncertain_at_restart(store: Backend, store_url: str) -> None:
     await store.add_events([event("a")])
     await store.commit_step(StepWrite("a", UserRecord("u1"), [OutboxItem("a#0", "u1", {"text": "x"})]), 1)
     await store.set_outbox_status("a#0", "sending", "", 2)
-    reopened = await reopen(store)
+    reopened = open_store(store_url)  # the same store, as a new process would open it
+    await reopened.open()
     try:
         assert await reopened.recover_in_flight() == 1
         assert await reopened.pending_outbox("u1") == []
         assert (await reopened.counts())["outbox_uncertain"] == 1
     finally:
         await reopened.close()
-    await store.open()
 
 
-async def test_users_with_pending_work(store: Store) -> None:
+async def test_users_with_pending_work(store: Backend) -> None:
     await store.add_events([event("a", "u1"), event("b", "u2")])
     await store.commit_step(StepWrite("b", UserRecord("u2"), [OutboxItem("b#0", "u2", {"text": "x"})]), 1)
     assert sorted(await store.users_with_pending_work()) == ["u1", "u2"]
 
 
-async def test_mark_unreachable(store: Store) -> None:
+async def test_mark_unreachable(store: Backend) -> None:
     await store.add_events([event("a")])
     await store.commit_step(StepWrite("a", UserRecord("u1"), []), 1)
     await store.mark_unreachable("u1")
@@ -124,7 +119,7 @@ def token(name: str, user: str = "u1", topic: str = "restock", received: int = 1
     return Token(name, user, topic, f"otn:{topic}:s:x", received, expires, "sold_out")
 
 
-async def test_tokens_arrive_with_the_step_and_are_counted_until_they_expire(store: Store) -> None:
+async def test_tokens_arrive_with_the_step_and_are_counted_until_they_expire(store: Backend) -> None:
     await store.add_events([event("a")])
     await store.commit_step(
         StepWrite(
@@ -143,7 +138,7 @@ def request(key: str, status: str, topic: str = "restock") -> OutboxItem:
     return OutboxItem(key, "u1", {"text": key}, {"kind": "otn_request", "topic": topic}, status)
 
 
-async def test_request_counts_come_from_the_outbox_from_the_commit_that_queued_them(store: Store) -> None:
+async def test_request_counts_come_from_the_outbox_from_the_commit_that_queued_them(store: Backend) -> None:
     await store.add_events([event("a"), event("b", ts=2)])
     rows = [request("a#0", "sending"), request("a#1", "refused"), request("a#2", "pending", "promo")]
     rows.append(OutboxItem("a#3", "u1", {"text": "hi"}, {"kind": "message"}))
@@ -156,7 +151,7 @@ async def test_request_counts_come_from_the_outbox_from_the_commit_that_queued_t
     assert await store.request_counts("u1", "restock", 0, 5_000) == (1, 0)  # answered: not nagging any more
 
 
-async def test_leases_are_exclusive_until_they_expire(store: Store) -> None:
+async def test_leases_are_exclusive_until_they_expire(store: Backend) -> None:
     assert await store.acquire_lease("u1", "A", 1_000, 500)
     assert not await store.acquire_lease("u1", "B", 1_200, 500)  # A holds it
     assert await store.acquire_lease("u1", "A", 1_300, 500)  # A renews
@@ -168,14 +163,14 @@ async def test_leases_are_exclusive_until_they_expire(store: Store) -> None:
     assert await store.acquire_lease("u1", "C", 1_900, 500)
 
 
-async def test_users_needing_work_skips_users_with_a_live_lease(store: Store) -> None:
+async def test_users_needing_work_skips_users_with_a_live_lease(store: Backend) -> None:
     await store.add_events([event("a", "u1"), event("b", "u2")])
     assert await store.acquire_lease("u1", "A", 1_000, 500)
     assert await store.users_needing_work(1_200, 10) == ["u2"]
     assert sorted(await store.users_needing_work(2_000, 10)) == ["u1", "u2"]
 
 
-async def test_armed_requests_and_disarm(store: Store) -> None:
+async def test_armed_requests_and_disarm(store: Backend) -> None:
     await store.arm("u1", "restock", "sold_out", 10)
     await store.arm("u1", "restock", "other", 20)  # already armed: kept as first armed
     assert await store.armed("u1") == [("restock", "sold_out")]
@@ -184,7 +179,7 @@ async def test_armed_requests_and_disarm(store: Store) -> None:
     assert await store.armed("u1") == []
 
 
-async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Store) -> None:
+async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Backend) -> None:
     await store.add_events([event("a")])
     await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)]), 1)
     campaign = await store.open_campaign(Campaign("c1", "restock", "", {"product": "x"}, 1))
@@ -207,7 +202,7 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Store
     assert stats["restock"]["delivery"] == 1 and stats["restock"]["tokens_held"] == 1
 
 
-async def test_tokens_keep_their_request_and_campaigns_claim_only_the_requests_they_are_about(store: Store) -> None:
+async def test_tokens_keep_their_request_and_campaigns_claim_only_the_requests_they_are_about(store: Backend) -> None:
     sauvignon, rioja = {"product": "Sauvignon 2024"}, {"product": "Rioja 2015"}
     tokens = [
         Token("s1", "u1", "restock", "p", 100, 10_000, "sold_out", request_vars=sauvignon, title="Sauvignon?"),
@@ -259,14 +254,14 @@ async def test_an_old_sqlite_file_gains_the_request_columns(tmp_path: Path) -> N
         await store.close()
 
 
-async def test_campaigns_by_base_name(store: Store) -> None:
+async def test_campaigns_by_base_name(store: Backend) -> None:
     await store.open_campaign(Campaign("news-abc", "news", "", {}, 1))
     await store.open_campaign(Campaign("news-abc.2", "news", "", {}, 2))
     await store.open_campaign(Campaign("news-abcd", "news", "", {}, 3))
     assert [c.id for c in await store.campaigns("news-abc")] == ["news-abc", "news-abc.2"]
 
 
-async def test_inspect_and_forget_a_user(store: Store) -> None:
+async def test_inspect_and_forget_a_user(store: Backend) -> None:
     await store.add_events([event("a")])
     refused = OutboxItem("a#0", "u1", {"text": "no"}, {"kind": "message"}, "refused", "outside_window")
     await store.commit_step(StepWrite("a", UserRecord("u1", tags={"x"}), [refused], tokens=[token("t1")]), 5)
@@ -280,7 +275,7 @@ async def test_inspect_and_forget_a_user(store: Store) -> None:
     assert await store.pending_events("u1") == []
 
 
-async def test_handled_events_are_pruned_after_the_retention_pending_ones_never(store: Store) -> None:
+async def test_handled_events_are_pruned_after_the_retention_pending_ones_never(store: Backend) -> None:
     await store.add_events([event("old", ts=1), event("pending", ts=2)])
     await store.commit_step(StepWrite("old", UserRecord("u1")), 1_000)
     week = 7 * 86_400_000
@@ -292,7 +287,7 @@ async def test_handled_events_are_pruned_after_the_retention_pending_ones_never(
     assert await store.add_events([event("old")]) != []  # forgotten: only within the retention is a retry a no-op
 
 
-async def test_dead_letters_are_kept_once_newest_first_and_counted(store: Store) -> None:
+async def test_dead_letters_are_kept_once_newest_first_and_counted(store: Backend) -> None:
     first = RejectedEvent("k1", "entry[0].messaging[1]", "message", "message.mid is missing", '{"message":{}}', 10)
     second = RejectedEvent("k2", "entry[0].messaging[0]", "postback", "timestamp out of range", '{"x":"\\ud83d"}', 20)
     assert await store.add_rejected([first, second]) == 2
