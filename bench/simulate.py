@@ -38,6 +38,7 @@ from _common import start_secantus  # noqa: E402
 
 from engine.local.fake_graph import SentMessage  # noqa: E402
 from engine.runtime.campaigns import CampaignError  # noqa: E402
+from engine.runtime.inspection import refused_messages  # noqa: E402
 from engine.testing.harness import PAGE_ID, Bot  # noqa: E402
 from engine.web.keys import STORE  # noqa: E402
 
@@ -237,7 +238,7 @@ async def report(month: Month, wall: float) -> None:
     reuse = "one-time notification token already used"
     refused = Counter(r["error"] for r in fake.rejected)
     confirmations = refused.pop(reuse, 0)
-    gate = Counter(r["reason"] for r in await bot.app[STORE].refused_messages())
+    gate = Counter(r["reason"] for r in await refused_messages(bot.app[STORE]))
     share = 100.0 * re_asked / due_count if due_count else float("nan")
     median = statistics.median(delays) if delays else float("nan")
     lines = [

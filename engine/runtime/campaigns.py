@@ -46,6 +46,31 @@ PAGE = 500
 CHUNK = 64  # tokens claimed per write
 
 
+NO_VALID_TOKEN = "no_valid_token"  # an item's skip reason: its user's tokens were all used or expired meanwhile
+
+
+def item_counts(rows: Sequence[tuple[str, str, int]]) -> dict[str, int]:
+    """A campaign's item counts keyed by `status` and by `status:reason` (from the store's grouped rows)."""
+    counts: dict[str, int] = {}
+    for status, reason, n in rows:
+        counts[status] = counts.get(status, 0) + n
+        if reason:
+            counts[f"{status}:{reason}"] = n
+    return counts
+
+
+async def campaign_counts(store: Store, campaign_id: str) -> dict[str, int]:
+    return item_counts(await store.campaign_item_counts(campaign_id))
+
+
+async def campaign_runs(store: Store, base_id: str) -> list[Campaign]:
+    """The runs of one notification, oldest first: `base_id`, then `base_id.2`, `base_id.3`..."""
+    found = await store.campaigns_by_prefix(base_id)
+    return [
+        c for c in found if c.id == base_id or (c.id.startswith(base_id + ".") and c.id[len(base_id) + 1 :].isdigit())
+    ]
+
+
 class CampaignError(ValueError):
     """The campaign cannot start: unknown topic, bad segment, missing variables, a value nobody holds. The message
     says which, worded for the command line; `api_message` says the same for the admin API and the playground."""
@@ -227,7 +252,7 @@ class CampaignRunner:
         if not stopped:
             await self._settle_expired_claims(flow, campaign, wait=True)
         await self.sender.flush()  # the loop's requests' status writes: the report and `done` are final
-        counts = await self.store.campaign_counts(campaign.id)
+        counts = await campaign_counts(self.store, campaign.id)
         if not stopped:
             await self.store.finish_campaign(campaign.id, self.clock.now_ms())
         report = CampaignReport(campaign, eligible, counts, time.monotonic() - started, stopped)
@@ -249,7 +274,7 @@ class CampaignRunner:
     async def _resume_or_new(self, campaign: Campaign) -> tuple[Campaign, bool]:
         """The same notification run again resumes its unfinished campaign (True); once finished, a run starts
         anew."""
-        earlier = await self.store.campaigns(campaign.id)
+        earlier = await campaign_runs(self.store, campaign.id)
         if earlier and earlier[-1].status == "running":
             return earlier[-1], True
         if earlier:
@@ -280,7 +305,7 @@ class CampaignRunner:
         transaction)."""
         queue: asyncio.Queue[tuple[UserRecord, Delivery] | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         done = 0
-        total = (await self.store.campaign_counts(campaign.id)).get("pending", 0)
+        total = (await campaign_counts(self.store, campaign.id)).get("pending", 0)
 
         def advance(count: int) -> None:
             nonlocal done
@@ -335,7 +360,13 @@ class CampaignRunner:
             reply = flow.notification(campaign.topic, snapshot, campaign.vars, user.profile)
             requests.append((user_id, reply_to_outbox(reply, "", user_id, responding=False).message))
         return await self.store.begin_deliveries(
-            campaign.id, campaign.topic, requests, now, self.claim_ms, request_keys=keys
+            campaign.id,
+            campaign.topic,
+            requests,
+            now,
+            self.claim_ms,
+            request_keys=keys,
+            no_token_reason=NO_VALID_TOKEN,
         )
 
     async def _deliver(
@@ -345,7 +376,13 @@ class CampaignRunner:
         while not await self._send(flow, campaign, user, delivery, retry=False):
             now = self.clock.now_ms()
             claimed = await self.store.begin_deliveries(
-                campaign.id, campaign.topic, [(user.user_id, delivery.message)], now, self.claim_ms, request_keys=keys
+                campaign.id,
+                campaign.topic,
+                [(user.user_id, delivery.message)],
+                now,
+                self.claim_ms,
+                request_keys=keys,
+                no_token_reason=NO_VALID_TOKEN,
             )
             if not claimed:
                 return

@@ -22,7 +22,6 @@ from .base import (
     TokenStore,
     UserRecord,
     UserStore,
-    UserView,
     request_key,
     request_vars,
 )
@@ -66,7 +65,6 @@ __all__ = [
     "TokenStore",
     "UserRecord",
     "UserStore",
-    "UserView",
     "open_store",
     "request_key",
     "request_vars",

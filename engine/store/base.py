@@ -86,6 +86,7 @@ class OutboxItem:
     detail: str = ""
     created_ms: int = 0
     seq: int = 0
+    updated_ms: int = 0  # when the status last changed
 
 
 def request_key(variables: Mapping[str, str]) -> str:
@@ -163,13 +164,6 @@ class Finished:
     token_status: str
     detail: str = ""
     arm: tuple[str, str] | None = None
-
-
-@dataclass
-class UserView:
-    record: UserRecord | None
-    tokens: list[Token]
-    refused: list[dict[str, Any]]
 
 
 class Lifecycle(Protocol):
@@ -323,11 +317,13 @@ class CampaignStore(Protocol):
         now_ms: int,
         claim_ms: int = 120_000,
         request_keys: Sequence[str] = ("",),
+        *,
+        no_token_reason: str,
     ) -> list[Delivery]:
-        """In one atomic write, for each (user, message): claim the user's oldest valid token for the topic whose
-        request is one of `request_keys` (what the notification is about), mark
-        the item `sending` until `now_ms + claim_ms` and record the message in it (a campaign's items are its
-        outbox). Users with no valid token left get their item skipped (no_valid_token) and no Delivery."""
+        """In one atomic write, for each (user, message) whose item is pending: claim the user's oldest valid
+        token for the topic whose request is one of `request_keys` (what the notification is about), mark the
+        item `sending` until `now_ms + claim_ms` and record the message in it (a campaign's items are its
+        outbox). Users with no valid token left get their item skipped with `no_token_reason` and no Delivery."""
         ...
 
     async def finish_deliveries(self, finished: Sequence[Finished], now_ms: int) -> None:
@@ -339,14 +335,14 @@ class CampaignStore(Protocol):
         earliest claim still running expires (None if none), so a resumed run knows how long to wait."""
         ...
 
-    async def campaign_counts(self, campaign_id: str) -> dict[str, int]:
-        """Item counts by `status` and by `status:reason`."""
+    async def campaign_item_counts(self, campaign_id: str) -> list[tuple[str, str, int]]:
+        """(status, reason, how many) for each status and reason the campaign's items have."""
         ...
 
     async def finish_campaign(self, campaign_id: str, now_ms: int) -> None: ...
 
-    async def campaigns(self, base_id: str) -> list[Campaign]:
-        """Campaigns named `base_id` or `base_id.N`, oldest first."""
+    async def campaigns_by_prefix(self, prefix: str) -> list[Campaign]:
+        """Campaigns whose id starts with `prefix`, oldest first."""
         ...
 
 
@@ -382,12 +378,8 @@ class Inspection(Protocol):
         """(topic, source_state) of the user's armed re-requests, oldest first."""
         ...
 
-    async def refused_messages(self, user_id: str | None = None) -> list[dict[str, Any]]:
-        """Outbox rows the policy gate refused: user_id, kind, topic, reason, text, at."""
-        ...
-
-    async def inspect_user(self, user_id: str) -> UserView:
-        """A user's record, tokens and refused messages (tests, playground)."""
+    async def refused_rows(self, user_id: str | None = None) -> list[OutboxItem]:
+        """Outbox rows with status `refused` (of one user, or of all), in the order they were queued."""
         ...
 
 

@@ -41,7 +41,6 @@ from .base import (
     StoredEvent,
     Token,
     UserRecord,
-    UserView,
     request_vars,
 )
 
@@ -96,6 +95,7 @@ def _outbox(doc: dict[str, Any]) -> OutboxItem:
         doc.get("detail", ""),
         doc["created_ms"],
         0,
+        doc.get("updated_ms", 0),
     )
 
 
@@ -523,8 +523,8 @@ class MongoStore:
             return_document=ReturnDocument.AFTER,
         )
 
-    async def campaigns(self, base_id: str) -> list[Campaign]:
-        cursor = self.db.campaigns.find({"$or": [{"_id": base_id}, {"_id": {"$regex": f"^{_escape(base_id)}\\."}}]})
+    async def campaigns_by_prefix(self, prefix: str) -> list[Campaign]:
+        cursor = self.db.campaigns.find({"_id": {"$regex": f"^{_escape(prefix)}"}})
         found = [
             Campaign(d["_id"], d["topic"], d["segment"], d["vars"], d["created_ms"], d["status"]) async for d in cursor
         ]
@@ -614,6 +614,8 @@ class MongoStore:
         now_ms: int,
         claim_ms: int = 120_000,
         request_keys: Sequence[str] = ("",),
+        *,
+        no_token_reason: str,
     ) -> list[Delivery]:
         if not requests:
             return []
@@ -642,7 +644,7 @@ class MongoStore:
                 if token is None:
                     await self.db.campaign_items.update_one(
                         {"_id": item_id},
-                        {"$set": {"status": "skipped", "reason": "no_valid_token", "updated_ms": now_ms}},
+                        {"$set": {"status": "skipped", "reason": no_token_reason, "updated_ms": now_ms}},
                         session=session,
                     )
                     continue
@@ -717,42 +719,22 @@ class MongoStore:
         )
         return expired, (int(later["claimed_until"]) if later else None)
 
-    async def campaign_counts(self, campaign_id: str) -> dict[str, int]:
-        counts: dict[str, int] = {}
+    async def campaign_item_counts(self, campaign_id: str) -> list[tuple[str, str, int]]:
         pipeline: list[dict[str, Any]] = [
             {"$match": {"campaign_id": campaign_id}},
             {"$group": {"_id": {"status": "$status", "reason": "$reason"}, "n": {"$sum": 1}}},
         ]
-        async for row in await self.db.campaign_items.aggregate(pipeline):
-            status, reason = row["_id"]["status"], row["_id"].get("reason") or ""
-            counts[status] = counts.get(status, 0) + row["n"]
-            if reason:
-                counts[f"{status}:{reason}"] = row["n"]
-        return counts
+        return [
+            (row["_id"]["status"], row["_id"].get("reason") or "", row["n"])
+            async for row in await self.db.campaign_items.aggregate(pipeline)
+        ]
 
     # -- inspection ------------------------------------------------------------------------------------------
-    async def refused_messages(self, user_id: str | None = None) -> list[dict[str, Any]]:
+    async def refused_rows(self, user_id: str | None = None) -> list[OutboxItem]:
         query: dict[str, Any] = {"status": "refused"}
         if user_id is not None:
             query["user_id"] = user_id
-        out = []
-        async for doc in self.db.outbox.find(query).sort("order", ASCENDING):
-            message, meta = doc["message"], doc["meta"]
-            payload = message.get("attachment", {}).get("payload", {})
-            out.append(
-                {
-                    "user_id": doc["user_id"],
-                    "kind": meta.get("kind", "message"),
-                    "topic": meta.get("topic"),
-                    "reason": doc.get("detail", ""),
-                    "text": message.get("text") or payload.get("text") or payload.get("title"),
-                    "at": doc["updated_ms"],
-                }
-            )
-        return out
-
-    async def inspect_user(self, user_id: str) -> UserView:
-        return UserView(await self.load_user(user_id), await self.tokens(user_id), await self.refused_messages(user_id))
+        return [_outbox(doc) async for doc in self.db.outbox.find(query).sort("order", ASCENDING)]
 
 
 async def _ignoring_duplicates(write: Awaitable[Any]) -> None:

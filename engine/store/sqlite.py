@@ -28,7 +28,6 @@ from .base import (
     StoredEvent,
     Token,
     UserRecord,
-    UserView,
     request_vars,
 )
 
@@ -163,27 +162,12 @@ def _outbox_row(o: OutboxItem, now_ms: int) -> tuple[Any, ...]:
     )
 
 
-def _refused(db: sqlite3.Connection, user_id: str | None) -> list[dict[str, Any]]:
-    query = "SELECT user_id, message, meta, detail, updated_ms FROM outbox WHERE status = 'refused'"
-    args: tuple[Any, ...] = ()
-    if user_id is not None:
-        query, args = query + " AND user_id = ?", (user_id,)
-    out = []
-    for uid, message, meta, detail, at in db.execute(query + " ORDER BY seq", args):
-        m, info = json.loads(message), json.loads(meta)
-        payload = m.get("attachment", {}).get("payload", {})
-        text = m.get("text") or payload.get("text") or payload.get("title")
-        out.append(
-            {
-                "user_id": uid,
-                "kind": info.get("kind", "message"),
-                "topic": info.get("topic"),
-                "reason": detail,
-                "text": text,
-                "at": at,
-            }
-        )
-    return out
+_OUTBOX_COLUMNS = "key, user_id, message, meta, status, detail, created_ms, seq, updated_ms"
+
+
+def _outbox_item(row: Sequence[Any]) -> OutboxItem:
+    key, user_id, message, meta, status, detail, created, seq, updated = row
+    return OutboxItem(key, user_id, json.loads(message), json.loads(meta), status, detail, created, seq, updated)
 
 
 def _token(row: Sequence[Any]) -> Token:
@@ -486,14 +470,10 @@ class SqliteStore:
     async def pending_outbox(self, user_id: str) -> list[OutboxItem]:
         def work(db: sqlite3.Connection) -> list[OutboxItem]:
             rows = db.execute(
-                "SELECT key, user_id, message, meta, status, detail, created_ms, seq FROM outbox "
-                "WHERE user_id = ? AND status = 'pending' ORDER BY seq",
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE user_id = ? AND status = 'pending' ORDER BY seq",
                 (user_id,),
             ).fetchall()
-            return [
-                OutboxItem(key, uid, json.loads(message), json.loads(meta), status, detail, created, seq)
-                for key, uid, message, meta, status, detail, created, seq in rows
-            ]
+            return [_outbox_item(row) for row in rows]
 
         return await self._read(work)
 
@@ -722,6 +702,8 @@ class SqliteStore:
         now_ms: int,
         claim_ms: int = 120_000,
         request_keys: Sequence[str] = ("",),
+        *,
+        no_token_reason: str,
     ) -> list[Delivery]:
         keys = list(request_keys)
         among = ", ".join("?" * len(keys))
@@ -743,9 +725,9 @@ class SqliteStore:
                 ).fetchone()
                 if row is None:
                     db.execute(
-                        "UPDATE campaign_items SET status = 'skipped', reason = 'no_valid_token', updated_ms = ? "
+                        "UPDATE campaign_items SET status = 'skipped', reason = ?, updated_ms = ? "
                         "WHERE campaign_id = ? AND user_id = ?",
-                        (now_ms, campaign_id, user_id),
+                        (no_token_reason, now_ms, campaign_id, user_id),
                     )
                     continue
                 token = _token(row)
@@ -803,42 +785,34 @@ class SqliteStore:
 
         return await self._read(work)
 
-    async def campaign_counts(self, campaign_id: str) -> dict[str, int]:
-        def work(db: sqlite3.Connection) -> dict[str, int]:
-            counts: dict[str, int] = {}
-            for status, reason, n in db.execute(
+    async def campaign_item_counts(self, campaign_id: str) -> list[tuple[str, str, int]]:
+        def work(db: sqlite3.Connection) -> list[tuple[str, str, int]]:
+            rows = db.execute(
                 "SELECT status, reason, count(*) FROM campaign_items WHERE campaign_id = ? GROUP BY status, reason",
                 (campaign_id,),
-            ):
-                counts[status] = counts.get(status, 0) + n
-                if reason:
-                    counts[f"{status}:{reason}"] = n
-            return counts
+            ).fetchall()
+            return [(status, reason, n) for status, reason, n in rows]
 
         return await self._read(work)
 
-    async def campaigns(self, base_id: str) -> list[Campaign]:
+    async def campaigns_by_prefix(self, prefix: str) -> list[Campaign]:
         def work(db: sqlite3.Connection) -> list[Campaign]:
-            rows = db.execute(
-                "SELECT id, topic, segment, vars, created_ms, status FROM campaigns WHERE id = ? OR id LIKE ? "
+            rows = db.execute(  # substr, not LIKE: a prefix holding % or _ matches only itself
+                "SELECT id, topic, segment, vars, created_ms, status FROM campaigns WHERE substr(id, 1, ?) = ? "
                 "ORDER BY created_ms, rowid",
-                (base_id, base_id.replace("%", "") + ".%"),
+                (len(prefix), prefix),
             ).fetchall()
             return [Campaign(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
 
         return await self._read(work)
 
-    async def refused_messages(self, user_id: str | None = None) -> list[dict[str, Any]]:
-        return await self._read(lambda db: _refused(db, user_id))
-
-    async def inspect_user(self, user_id: str) -> UserView:
-        def work(db: sqlite3.Connection) -> UserView:
-            row = db.execute("SELECT data FROM users WHERE user_id = ?", (user_id,)).fetchone()
-            tokens = db.execute(
-                f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE user_id = ? ORDER BY received_ms, token", (user_id,)
-            ).fetchall()
-            record = UserRecord.from_data(user_id, json.loads(row[0])) if row else None
-            return UserView(record, [_token(t) for t in tokens], _refused(db, user_id))
+    async def refused_rows(self, user_id: str | None = None) -> list[OutboxItem]:
+        def work(db: sqlite3.Connection) -> list[OutboxItem]:
+            query = f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE status = 'refused'"
+            args: tuple[str, ...] = ()
+            if user_id is not None:
+                query, args = query + " AND user_id = ?", (user_id,)
+            return [_outbox_item(row) for row in db.execute(query + " ORDER BY seq", args)]
 
         return await self._read(work)
 

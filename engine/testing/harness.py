@@ -36,6 +36,7 @@ from ..messenger.signature import sign
 from ..runtime.assembly import no_such_flow
 from ..runtime.audience import Audience
 from ..runtime.campaigns import CampaignReport
+from ..runtime.inspection import inspect_user
 from ..store import OPERATIONS, Token, UserRecord
 from ..web import create_app
 from ..web.app import load_configured_flows
@@ -164,7 +165,7 @@ class BotUser:
 
     # -- what the test asserts on ----------------------------------------------------------------------------
     async def refresh(self) -> None:
-        view = await self.bot.app[STORE].inspect_user(self.id)
+        view = await inspect_user(self.bot.app[STORE], self.id)
         self.record, self._tokens, self._refused = view.record, view.tokens, view.refused
 
     @property

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..runtime.campaigns import CampaignError, CampaignReport
+from ..runtime.campaigns import CampaignError, CampaignReport, campaign_counts
 from ..runtime.stats import stats_report
 from .bodies import BadBody, api_schema, checked_body, openapi_document
 from .guard import same_secret
@@ -90,7 +90,7 @@ async def campaign(request: web.Request) -> web.Response:
         return _unauthorized()
     campaign_id = request.match_info["id"]
     task = request.app[RUNNING].get(campaign_id)
-    counts = await request.app[STORE].campaign_counts(campaign_id)
+    counts = await campaign_counts(request.app[STORE], campaign_id)
     if task is None and not counts:
         return web.json_response({"error": f"no campaign {campaign_id}"}, status=404)
     body: dict[str, Any] = {"campaign": campaign_id, "running": bool(task and not task.done()), "counts": counts}

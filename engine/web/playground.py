@@ -34,6 +34,7 @@ from ..policy import Facts, window_open
 from ..policy.gate import HOUR_MS
 from ..runtime.campaigns import CampaignError
 from ..runtime.clock import OffsetClock
+from ..runtime.inspection import inspect_user, message_text, refused_messages
 from ..store import UserRecord
 from .bodies import BadBody, checked_body
 from .guard import same_secret
@@ -322,7 +323,7 @@ async def _collect(app: web.Application, user_id: str) -> None:
     for message in sent[playground.seen_sent.get(user_id, 0) :]:
         playground.note(user_id, _bot_entry(message))
     playground.seen_sent[user_id] = len(sent)
-    refused = await app[STORE].refused_messages(user_id)
+    refused = await refused_messages(app[STORE], user_id)
     shown = playground.seen_refused.get(user_id, 0)  # read after the await: a page's poll may collect meanwhile
     if len(refused) > shown:
         playground.seen_refused[user_id] = len(refused)
@@ -341,7 +342,7 @@ def _bot_entry(message: SentMessage) -> dict[str, Any]:
     return {
         "from": "bot",
         "kind": "otn_request" if kind == "one_time_notif_req" else ("notification" if message.otn_token else kind),
-        "text": content.get("text") or payload.get("text") or payload.get("title") or "",
+        "text": message_text(content) or "",
         "quick_replies": [{"title": q["title"], "payload": q["payload"]} for q in content.get("quick_replies", [])],
         "buttons": payload.get("buttons", []),
         "otn_payload": payload.get("payload") if kind == "one_time_notif_req" else None,
@@ -351,7 +352,7 @@ def _bot_entry(message: SentMessage) -> dict[str, Any]:
 
 # -- what the page shows --------------------------------------------------------------------------------------
 async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
-    view = await app[STORE].inspect_user(user_id)
+    view = await inspect_user(app[STORE], user_id)
     now = app[CLOCK].now_ms()
     settings = app[SETTINGS]
     record = view.record
@@ -409,7 +410,7 @@ async def state(request: web.Request) -> web.Response:
 
 async def diagram(request: web.Request) -> web.Response:
     app = request.app
-    view = await app[STORE].inspect_user(_user(request))
+    view = await inspect_user(app[STORE], _user(request))
     flows = app[FLOWS]
     record = view.record
     name = request.query.get("flow") or (record.flow if record and record.flow in flows else None)

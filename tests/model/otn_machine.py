@@ -28,7 +28,7 @@ from engine.config import load_settings
 from engine.flow import load_flows
 from engine.flow.segments import parse_segment
 from engine.local.fake_graph import SentMessage
-from engine.runtime.campaigns import CampaignError
+from engine.runtime.campaigns import CampaignError, campaign_runs
 from engine.testing.harness import PAGE_ID, Bot, BotUser, HarnessError
 from engine.web.keys import STORE
 
@@ -373,7 +373,7 @@ class OtnMachine(RuleBasedStateMachine):
         # issue 11 §3.6: a resumed campaign's report and status are final
         if report.counts.get("sending") or report.stopped:
             raise Violation(f"the resumed campaign ended unsettled: {report.as_dict()}")
-        stored = [c for c in await bot.app[STORE].campaigns(report.campaign.id) if c.id == report.campaign.id]
+        stored = [c for c in await campaign_runs(bot.app[STORE], report.campaign.id) if c.id == report.campaign.id]
         if [c.status for c in stored] != ["done"]:
             raise Violation(f"the resumed campaign {report.campaign.id} is not done: {stored}")
 

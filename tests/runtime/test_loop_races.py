@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from engine.runtime.campaigns import NO_VALID_TOKEN, campaign_counts, campaign_runs
 from engine.store import StepWrite, StoredEvent, Token, UserRecord
 from engine.testing.harness import PAGE_ID, Bot, BotUser
 from engine.web.keys import CAMPAIGNS, STORE
@@ -152,7 +153,9 @@ async def holders_with_claims_left_by_a_dead_run(
     campaign = await bot.app[CAMPAIGNS].open("restock", "", {"product": "Sauvignon 2024"}, None)
     users = [f"h{i:03d}" for i in range(count)]
     await store.add_campaign_items(campaign.id, users, {}, now)
-    await store.begin_deliveries(campaign.id, "restock", [(u, {"text": "back!"}) for u in users], now, claim_ms)
+    await store.begin_deliveries(
+        campaign.id, "restock", [(u, {"text": "back!"}) for u in users], now, claim_ms, no_token_reason=NO_VALID_TOKEN
+    )
 
 
 async def test_a_resumed_campaign_is_done_only_once_every_outcome_is_written(bot: Bot) -> None:
@@ -162,9 +165,9 @@ async def test_a_resumed_campaign_is_done_only_once_every_outcome_is_written(bot
     bot.clock.advance(minutes=2)  # they expire: the run settles them (same token, once)
     report = await asyncio.wait_for(run, 30)
     assert report.counts == {"delivered": 64}
-    (campaign,) = await bot.app[STORE].campaigns(report.campaign.id)
+    (campaign,) = await campaign_runs(bot.app[STORE], report.campaign.id)
     assert campaign.status == "done"
-    assert await bot.app[STORE].campaign_counts(campaign.id) == {"delivered": 64}
+    assert await campaign_counts(bot.app[STORE], campaign.id) == {"delivered": 64}
     assert len(bot.fake.tokens_used()) == 64 and bot.fake.rejected == []
 
 

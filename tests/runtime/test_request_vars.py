@@ -94,7 +94,7 @@ async def test_a_notification_without_the_request_variable_or_with_a_value_nobod
         await bot.notify("restock", product="Chablis 2022")
     assert f'nobody holds a request for product "Chablis 2022". Held: {held}' in str(unheld.value)
     assert not [m for m in bot.fake.sent if m.otn_token]
-    assert await bot.app[STORE].campaigns("restock") == []
+    assert await bot.app[STORE].campaigns_by_prefix("restock") == []
 
 
 async def test_dry_run_counts_the_audience_per_variant_and_sends_and_claims_nothing(bot: Bot) -> None:
@@ -117,7 +117,7 @@ async def test_dry_run_counts_the_audience_per_variant_and_sends_and_claims_noth
     assert len(bot.fake.sent) == sent
     tokens = [t for u in ("wendy", "bea", "rob") for t in await bot.app[STORE].tokens(u)]
     assert {t.status for t in tokens} == {"valid"}
-    assert await bot.app[STORE].campaigns("restock") == []
+    assert await bot.app[STORE].campaigns_by_prefix("restock") == []
 
 
 async def test_api_refuses_with_the_held_values_worded_for_the_api_and_dry_runs(bot: Bot) -> None:

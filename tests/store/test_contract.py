@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.runtime.inspection import inspect_user
 from engine.store import (
     Backend,
     Campaign,
@@ -187,9 +188,10 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Backe
     assert await store.token_holders("restock", "", 50, "", 10) == ["u1"]
     await store.add_campaign_items(campaign.id, ["u1"], {"u9": "segment"}, 50)
     assert await store.pending_items(campaign.id, "", 10) == ["u1"]
-    (delivery,) = await store.begin_deliveries(campaign.id, "restock", [("u1", {"text": "hi"})], 60, 1_000)
+    hi = [("u1", {"text": "hi"})]
+    (delivery,) = await store.begin_deliveries(campaign.id, "restock", hi, 60, 1_000, no_token_reason="none")
     assert delivery.token.token == "t1"  # the oldest
-    assert await store.begin_deliveries(campaign.id, "restock", [("u1", {"text": "hi"})], 61, 1_000) == []
+    assert await store.begin_deliveries(campaign.id, "restock", hi, 61, 1_000, no_token_reason="none") == []
     expired, later = await store.uncertain_deliveries(campaign.id, 500)
     assert (expired, later) == ([], 1_060)
     expired, later = await store.uncertain_deliveries(campaign.id, 2_000)
@@ -197,7 +199,7 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Backe
     await store.finish_deliveries([Finished(delivery, "delivered", "", "spent", arm=("restock", "sold_out"))], 70)
     assert await store.count_tokens("u1", "restock", 80) == 1
     assert await store.armed("u1") == [("restock", "sold_out")]
-    assert await store.campaign_counts(campaign.id) == {"delivered": 1, "skipped": 1, "skipped:segment": 1}
+    assert sorted(await store.campaign_item_counts(campaign.id)) == [("delivered", "", 1), ("skipped", "segment", 1)]
     stats = await store.otn_stats(80, 10_000)
     assert stats["restock"]["delivery"] == 1 and stats["restock"]["tokens_held"] == 1
 
@@ -225,7 +227,12 @@ async def test_tokens_keep_their_request_and_campaigns_claim_only_the_requests_t
     campaign = await store.open_campaign(Campaign("c1", "restock", "", sauvignon, 1))
     await store.add_campaign_items(campaign.id, ["u1", "u3"], {}, 200)
     claimed = await store.begin_deliveries(
-        campaign.id, "restock", [("u1", {"text": "hi"}), ("u3", {"text": "hi"})], 300, request_keys=(s_key, "")
+        campaign.id,
+        "restock",
+        [("u1", {"text": "hi"}), ("u3", {"text": "hi"})],
+        300,
+        request_keys=(s_key, ""),
+        no_token_reason="none",
     )
     assert [d.token.token for d in claimed] == ["s1", "n3"]  # not the older Rioja token
     stats = await store.otn_stats(300, 400)
@@ -254,23 +261,45 @@ async def test_an_old_sqlite_file_gains_the_request_columns(tmp_path: Path) -> N
         await store.close()
 
 
-async def test_campaigns_by_base_name(store: Backend) -> None:
-    await store.open_campaign(Campaign("news-abc", "news", "", {}, 1))
+async def test_a_user_without_a_valid_token_is_skipped_with_the_reason_given(store: Backend) -> None:
+    await store.add_events([event("a")])
+    await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1", expires=100)]), 1)
+    await store.open_campaign(Campaign("c1", "restock", "", {}, 1))
+    await store.add_campaign_items("c1", ["u1"], {}, 50)
+    hi = [("u1", {"text": "hi"})]
+    assert await store.begin_deliveries("c1", "restock", hi, 200, 1_000, no_token_reason="gone") == []
+    assert await store.campaign_item_counts("c1") == [("skipped", "gone", 1)]
+
+
+async def test_campaigns_by_prefix_oldest_first(store: Backend) -> None:
     await store.open_campaign(Campaign("news-abc.2", "news", "", {}, 2))
+    await store.open_campaign(Campaign("news-abc", "news", "", {}, 1))
     await store.open_campaign(Campaign("news-abcd", "news", "", {}, 3))
-    assert [c.id for c in await store.campaigns("news-abc")] == ["news-abc", "news-abc.2"]
+    await store.open_campaign(Campaign("news-ab%", "news", "", {}, 4))
+    await store.open_campaign(Campaign("other", "news", "", {}, 5))
+    assert [c.id for c in await store.campaigns_by_prefix("news-abc")] == ["news-abc", "news-abc.2", "news-abcd"]
+    assert [c.id for c in await store.campaigns_by_prefix("news-ab%")] == ["news-ab%"]  # no wildcard
 
 
 async def test_inspect_and_forget_a_user(store: Backend) -> None:
     await store.add_events([event("a")])
     refused = OutboxItem("a#0", "u1", {"text": "no"}, {"kind": "message"}, "refused", "outside_window")
     await store.commit_step(StepWrite("a", UserRecord("u1", tags={"x"}), [refused], tokens=[token("t1")]), 5)
-    view = await store.inspect_user("u1")
+    (row,) = await store.refused_rows("u1")
+    assert (row.key, row.message, row.meta, row.detail, row.updated_ms) == (
+        "a#0",
+        {"text": "no"},
+        {"kind": "message"},
+        "outside_window",
+        5,
+    )
+    assert await store.refused_rows() == [row] and await store.refused_rows("u2") == []
+    view = await inspect_user(store, "u1")
     assert view.record is not None and view.record.tags == {"x"}
     assert [t.token for t in view.tokens] == ["t1"]
     assert [(r["reason"], r["text"]) for r in view.refused] == [("outside_window", "no")]
     await store.forget_user("u1")
-    view = await store.inspect_user("u1")
+    view = await inspect_user(store, "u1")
     assert (view.record, view.tokens, view.refused) == (None, [], [])
     assert await store.pending_events("u1") == []
 
