@@ -309,13 +309,15 @@ class MongoStore:
             await self.db.users.update_one(
                 {"_id": user.user_id}, {"$set": {"data": user.to_data()}}, upsert=True, session=session
             )
-            for row in rows:
-                await self.db.outbox.update_one(
-                    {"_id": row["_id"]}, {"$setOnInsert": row}, upsert=True, session=session
+            if rows:  # one bulk write for the step's rows, as for its tokens: one round trip each
+                await self.db.outbox.bulk_write(
+                    [UpdateOne({"_id": row["_id"]}, {"$setOnInsert": row}, upsert=True) for row in rows],
+                    session=session,
                 )
-            for token in write.tokens:
-                await self.db.tokens.update_one(
-                    {"_id": token.token}, {"$setOnInsert": _token_doc(token)}, upsert=True, session=session
+            if write.tokens:
+                await self.db.tokens.bulk_write(
+                    [UpdateOne({"_id": t.token}, {"$setOnInsert": _token_doc(t)}, upsert=True) for t in write.tokens],
+                    session=session,
                 )
             if write.disarm:
                 await self.db.armed.delete_many(
@@ -402,9 +404,24 @@ class MongoStore:
         await self.db.leases.delete_one({"_id": user_id, "owner": owner})
 
     async def users_needing_work(self, now_ms: int, limit: int) -> list[str]:
-        users = await self.users_with_pending_work()
-        held = set(await self.db.leases.distinct("_id", {"_id": {"$in": users}, "until_ms": {"$gt": now_ms}}))
-        return [u for u in users if u not in held][:limit]
+        pipeline: list[dict[str, Any]] = [  # one query, the limit applied on the server
+            {"$match": {"handled_ms": None}},
+            {"$group": {"_id": "$user_id"}},
+            {
+                "$unionWith": {
+                    "coll": "outbox",
+                    "pipeline": [
+                        {"$match": {"status": {"$in": ["pending", "sending"]}}},
+                        {"$group": {"_id": "$user_id"}},
+                    ],
+                }
+            },
+            {"$group": {"_id": "$_id"}},
+            {"$lookup": {"from": "leases", "localField": "_id", "foreignField": "_id", "as": "lease"}},
+            {"$match": {"lease": {"$not": {"$elemMatch": {"until_ms": {"$gt": now_ms}}}}}},
+            {"$limit": limit},
+        ]
+        return [row["_id"] async for row in await self.db.inbox.aggregate(pipeline)]
 
     # -- OTN tokens and the loop -----------------------------------------------------------------------------
     async def count_tokens(self, user_id: str, topic: str, now_ms: int, request_key: str | None = None) -> int:
@@ -705,14 +722,19 @@ class MongoStore:
         await self._transaction(work)
 
     async def uncertain_deliveries(self, campaign_id: str, now_ms: int) -> tuple[list[Delivery], int | None]:
-        expired = []
         cursor = self.db.campaign_items.find(
             {"campaign_id": campaign_id, "status": "sending", "claimed_until": {"$lte": now_ms}}
         ).sort("user_id", 1)
-        async for item in cursor:
-            token = await self.db.tokens.find_one({"_id": item["token"]})
-            if token is not None:
-                expired.append(Delivery(campaign_id, item["user_id"], _token(token), json.loads(item["message"])))
+        items = [item async for item in cursor]
+        tokens = {  # the items' tokens in one query, not one per item
+            doc["_id"]: _token(doc)
+            async for doc in self.db.tokens.find({"_id": {"$in": [item["token"] for item in items]}})
+        }
+        expired = [
+            Delivery(campaign_id, item["user_id"], tokens[item["token"]], json.loads(item["message"]))
+            for item in items
+            if item["token"] in tokens
+        ]
         later = await self.db.campaign_items.find_one(
             {"campaign_id": campaign_id, "status": "sending", "claimed_until": {"$gt": now_ms}},
             sort=[("claimed_until", ASCENDING)],

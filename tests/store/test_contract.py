@@ -169,6 +169,7 @@ async def test_users_needing_work_skips_users_with_a_live_lease(store: Backend) 
     assert await store.acquire_lease("u1", "A", 1_000, 500)
     assert await store.users_needing_work(1_200, 10) == ["u2"]
     assert sorted(await store.users_needing_work(2_000, 10)) == ["u1", "u2"]
+    assert len(await store.users_needing_work(2_000, 1)) == 1  # the limit
 
 
 async def test_armed_requests_and_disarm(store: Backend) -> None:
