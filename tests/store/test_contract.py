@@ -81,11 +81,15 @@ async def test_commit_step_is_atomic_and_once_only(store: Backend) -> None:
 
 async def test_a_failing_commit_leaves_nothing_half_done(store: Backend) -> None:
     await store.add_events([event("a")])
-    bad = [OutboxItem("a#0", "u1", {"text": "ok"}), OutboxItem("a#1", "u1", {"bad": object()})]
-    with pytest.raises(Exception):  # noqa: B017 - each driver raises its own: json TypeError, bson InvalidDocument
-        await store.commit_step(StepWrite("a", UserRecord("u1", state="s"), bad), 1)
+    rows = [OutboxItem("a#0", "u1", {"text": "ok"}), OutboxItem("a#1", "u1", {"text": "also ok"})]
+    # The token is written last, after the handled mark, the user and the rows: its expiry fits neither an SQLite
+    # INTEGER nor a BSON int64, so the driver fails mid-transaction and the earlier writes must be undone.
+    bad = token("t1", expires=2**64)
+    with pytest.raises(OverflowError):
+        await store.commit_step(StepWrite("a", UserRecord("u1", state="s"), rows, tokens=[bad]), 1)
     assert await store.load_user("u1") is None
     assert [e.key for e in await store.pending_events("u1")] == ["a"]
+    assert await store.pending_outbox("u1") == [] and await store.tokens("u1") == []
 
 
 async def test_in_flight_sends_become_uncertain_at_restart(store: Backend, store_url: str) -> None:
@@ -310,8 +314,12 @@ async def test_handled_events_are_pruned_after_the_retention_pending_ones_never(
     await store.commit_step(StepWrite("old", UserRecord("u1")), 1_000)
     week = 7 * 86_400_000
     assert await store.prune_inbox(1_000 + week - 1) == 0
-    if isinstance(store, MongoStore):
-        return  # the server's TTL index does it, on its own schedule
+    if isinstance(store, MongoStore):  # the server's TTL index does it, on its own schedule: check the index
+        ttl = {i["name"]: i async for i in await store.db.inbox.list_indexes()}["handled_ttl"]
+        assert (dict(ttl["key"]), ttl["expireAfterSeconds"]) == ({"handled_at": 1}, 7 * 86_400)
+        dates = {d["_id"]: d.get("handled_at") async for d in store.db.inbox.find()}
+        assert dates["pending"] is None and dates["old"].timestamp() == 1.0  # only handled events expire
+        return
     assert await store.prune_inbox(1_000 + week + 1) == 1
     assert [e.key for e in await store.pending_events("u1")] == ["pending"]
     assert await store.add_events([event("old")]) != []  # forgotten: only within the retention is a retry a no-op

@@ -1,0 +1,41 @@
+"""SQLite's group commit: writes queued while the writer thread is busy share one transaction; when one of them
+fails, the transaction is rolled back and each write runs again alone, so only the failing one fails."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+from engine.store import StepWrite, StoredEvent, Token, UserRecord
+from engine.store.sqlite import SqliteStore
+
+
+async def test_a_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "g.sqlite3")
+    await store.open()
+    try:
+        await store.add_events([StoredEvent("e", "bad", "page", 1, "message", "{}", 0)])
+        assert store._writer is not None
+        gate = threading.Event()
+        busy = asyncio.get_running_loop().run_in_executor(store._writer, gate.wait, 10)  # the writer is busy
+        too_big = Token("t", "bad", "topic", "p", 1, 2**64)  # no SQLite INTEGER holds it: fails inside the write
+        writes = [
+            asyncio.create_task(store.put_user(UserRecord("first"))),
+            asyncio.create_task(store.commit_step(StepWrite("e", UserRecord("bad"), tokens=[too_big]), 5)),
+            asyncio.create_task(store.put_user(UserRecord("last"))),
+        ]
+        for _ in range(100):  # until all three are queued behind the busy writer
+            if len(store._queue) == 3:
+                break
+            await asyncio.sleep(0.001)
+        assert len(store._queue) == 3  # one group: they will share a transaction
+        gate.set()
+        await busy
+        first, failed, last = await asyncio.gather(*writes, return_exceptions=True)
+        assert first is None and last is None
+        assert isinstance(failed, OverflowError)
+        assert (await store.load_users(["first", "bad", "last"])).keys() == {"first", "last"}
+        assert [e.key for e in await store.pending_events("bad")] == ["e"]  # the failed step left nothing
+    finally:
+        await store.close()
