@@ -433,7 +433,7 @@ class CampaignRunner:
             # Should the process die before the write, the item stays `sending`, and a resumed campaign resends it
             # with the same token, which Meta refuses if it was used: the item then counts delivered, never twice.
             await self.store.finish_deliveries(
-                [Finished(delivery, "delivered", reason, "spent", result.message_id or "", arm)], now
+                [Finished(delivery, "delivered", reason, "spent", result.message_id or "", arm, logged="delivery")], now
             )
             if window:  # the loop: the window is open, so the next request goes at once
                 await self._request_again(flow, campaign, user, topic, delivery.token.source_state, now)

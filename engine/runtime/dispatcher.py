@@ -35,6 +35,7 @@ log = logging.getLogger("otnflow.dispatcher")
 Job = Callable[[], Awaitable[Any]]
 RETRY_AFTER_FAILURE = 5.0
 PRUNE_EVERY_SECONDS = 900.0
+STOPPED_WHILE_SENDING = "process stopped while sending"  # an uncertain row's detail: it may or may not have gone
 
 
 class LeaseLost(Exception):
@@ -116,7 +117,7 @@ class Dispatcher:
         if self.leases:
             self._sweeper = asyncio.create_task(self._sweep(), name="lease sweeper")
             return 0
-        uncertain = await self.store.recover_in_flight()
+        uncertain = await self.store.recover_in_flight(STOPPED_WHILE_SENDING)
         if uncertain:
             log.warning(
                 "%d send(s) were in flight when the last process stopped: marked uncertain, not resent", uncertain
@@ -191,7 +192,7 @@ class Dispatcher:
                         self._retry_later(user_id)
                         return
                     self._lease_until[user_id] = self.clock.now_ms() + self.leases.ttl_ms
-                    await self.store.recover_user_in_flight(user_id)  # rows a dead holder left `sending`
+                    await self.store.recover_user_in_flight(user_id, STOPPED_WHILE_SENDING)  # a dead holder's rows
                     self._resume.add(user_id)
                 while True:
                     self._again.discard(user_id)

@@ -155,8 +155,9 @@ class Delivery:
 
 @dataclass
 class Finished:
-    """How a delivery ended: the item's status and reason, the token's status, and the loop's next request to arm
-    (topic, source state) when the user's window was closed."""
+    """How a delivery ended: the item's status and reason, the token's status, the loop's next request to arm
+    (topic, source state) when the user's window was closed, and what to write in the OTN log for the token's
+    topic (nothing if empty)."""
 
     delivery: Delivery
     item_status: str
@@ -164,6 +165,7 @@ class Finished:
     token_status: str
     detail: str = ""
     arm: tuple[str, str] | None = None
+    logged: str = ""
 
 
 class Lifecycle(Protocol):
@@ -234,8 +236,9 @@ class OutboxStore(Protocol):
     async def add_outbox(self, item: OutboxItem, now_ms: int) -> None: ...
     async def set_outbox_status(self, key: str, status: str, detail: str, now_ms: int) -> None: ...
 
-    async def recover_in_flight(self) -> int:
-        """At start: rows left 'sending' by a crash become 'uncertain' (not resent: see docs/architecture.md)."""
+    async def recover_in_flight(self, detail: str) -> int:
+        """At start: rows left 'sending' by a crash become 'uncertain', with `detail` (not resent: see
+        docs/architecture.md)."""
         ...
 
 
@@ -248,8 +251,9 @@ class LeaseStore(Protocol):
 
     async def release_lease(self, user_id: str, owner: str) -> None: ...
 
-    async def recover_user_in_flight(self, user_id: str) -> int:
-        """Rows of this user left `sending` by a process whose lease expired: `uncertain`, never resent."""
+    async def recover_user_in_flight(self, user_id: str, detail: str) -> int:
+        """Rows of this user left `sending` by a process whose lease expired: `uncertain` with `detail`, never
+        resent."""
         ...
 
     async def users_needing_work(self, now_ms: int, limit: int) -> list[str]:
@@ -327,7 +331,8 @@ class CampaignStore(Protocol):
         ...
 
     async def finish_deliveries(self, finished: Sequence[Finished], now_ms: int) -> None:
-        """In one atomic write: each item's and token's final status, the OTN log, the armed re-requests."""
+        """In one atomic write: each item's and token's final status, the OTN log entries (`logged`), the armed
+        re-requests."""
         ...
 
     async def uncertain_deliveries(self, campaign_id: str, now_ms: int) -> tuple[list[Delivery], int | None]:

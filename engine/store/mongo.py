@@ -362,16 +362,15 @@ class MongoStore:
             {"_id": key}, {"$set": {"status": status, "detail": detail, "updated_ms": now_ms}}
         )
 
-    async def recover_in_flight(self) -> int:
+    async def recover_in_flight(self, detail: str) -> int:
         result = await self.db.outbox.update_many(
-            {"status": "sending"}, {"$set": {"status": "uncertain", "detail": "process stopped while sending"}}
+            {"status": "sending"}, {"$set": {"status": "uncertain", "detail": detail}}
         )
         return result.modified_count
 
-    async def recover_user_in_flight(self, user_id: str) -> int:
+    async def recover_user_in_flight(self, user_id: str, detail: str) -> int:
         result = await self.db.outbox.update_many(
-            {"user_id": user_id, "status": "sending"},
-            {"$set": {"status": "uncertain", "detail": "process stopped while sending"}},
+            {"user_id": user_id, "status": "sending"}, {"$set": {"status": "uncertain", "detail": detail}}
         )
         return result.modified_count
 
@@ -698,9 +697,9 @@ class MongoStore:
                 await self.db.tokens.update_one(
                     {"_id": d.token.token}, {"$set": {"status": f.token_status, "used_ms": now_ms}}, session=session
                 )
-                if f.item_status == "delivered":
+                if f.logged:
                     await self.db.otn_log.insert_one(
-                        {"user_id": d.user_id, "topic": d.token.topic, "what": "delivery", "at_ms": now_ms},
+                        {"user_id": d.user_id, "topic": d.token.topic, "what": f.logged, "at_ms": now_ms},
                         session=session,
                     )
                 if f.arm is not None:

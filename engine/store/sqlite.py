@@ -491,11 +491,10 @@ class SqliteStore:
 
         await self._write(work)
 
-    async def recover_in_flight(self) -> int:
+    async def recover_in_flight(self, detail: str) -> int:
         def work(db: sqlite3.Connection) -> int:
             return db.execute(
-                "UPDATE outbox SET status = 'uncertain', detail = 'process stopped while sending' "
-                "WHERE status = 'sending'"
+                "UPDATE outbox SET status = 'uncertain', detail = ? WHERE status = 'sending'", (detail,)
             ).rowcount
 
         return await self._write(work)
@@ -753,12 +752,8 @@ class SqliteStore:
                 [(f.token_status, now_ms, f.delivery.token.token) for f in finished],
             )
             db.executemany(
-                "INSERT INTO otn_log VALUES (?, ?, 'delivery', ?)",
-                [
-                    (f.delivery.user_id, f.delivery.token.topic, now_ms)
-                    for f in finished
-                    if f.item_status == "delivered"
-                ],
+                "INSERT INTO otn_log VALUES (?, ?, ?, ?)",
+                [(f.delivery.user_id, f.delivery.token.topic, f.logged, now_ms) for f in finished if f.logged],
             )
             db.executemany(
                 "INSERT OR IGNORE INTO armed VALUES (?, ?, ?, ?)",
@@ -842,12 +837,11 @@ class SqliteStore:
 
         await self._write(work)
 
-    async def recover_user_in_flight(self, user_id: str) -> int:
+    async def recover_user_in_flight(self, user_id: str, detail: str) -> int:
         def work(db: sqlite3.Connection) -> int:
             return db.execute(
-                "UPDATE outbox SET status = 'uncertain', detail = 'process stopped while sending' "
-                "WHERE user_id = ? AND status = 'sending'",
-                (user_id,),
+                "UPDATE outbox SET status = 'uncertain', detail = ? WHERE user_id = ? AND status = 'sending'",
+                (detail, user_id),
             ).rowcount
 
         return await self._write(work)

@@ -99,7 +99,7 @@ async def test_in_flight_sends_become_uncertain_at_restart(store: Backend, store
     reopened = open_store(store_url)  # the same store, as a new process would open it
     await reopened.open()
     try:
-        assert await reopened.recover_in_flight() == 1
+        assert await reopened.recover_in_flight("stopped") == 1
         assert await reopened.pending_outbox("u1") == []
         assert (await reopened.counts())["outbox_uncertain"] == 1
     finally:
@@ -201,7 +201,9 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Backe
     assert (expired, later) == ([], 1_060)
     expired, later = await store.uncertain_deliveries(campaign.id, 2_000)
     assert [d.token.token for d in expired] == ["t1"] and expired[0].message == {"text": "hi"}
-    await store.finish_deliveries([Finished(delivery, "delivered", "", "spent", arm=("restock", "sold_out"))], 70)
+    await store.finish_deliveries(
+        [Finished(delivery, "delivered", "", "spent", arm=("restock", "sold_out"), logged="delivery")], 70
+    )
     assert await store.count_tokens("u1", "restock", 80) == 1
     assert await store.armed("u1") == [("restock", "sold_out")]
     assert sorted(await store.campaign_item_counts(campaign.id)) == [("delivered", "", 1), ("skipped", "segment", 1)]
