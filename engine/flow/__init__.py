@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .checks import Limits, check_flow, check_tags_set
-from .compiler import CompiledFlow, Reply, Snapshot, StepResult, UserInput
+from .compiler import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput
 from .diagnostics import Diagnostic, FlowError, Severity
 from .loader import Reporter, read_flow
 from .spec import FlowSpec
 from .templates import make_environment
 
 __all__ = [
+    "Arrival",
     "CompiledFlow",
     "Diagnostic",
     "FlowError",

@@ -20,7 +20,7 @@ from transitions import EventData, Machine
 
 from . import payloads
 from .segments import ALWAYS, Segment
-from .spec import Cause, Edge, Effects, FlowSpec, Message, Rule, Scalar, State
+from .spec import Cause, Edge, Effects, FlowSpec, Message, Rule, Scalar, State, source_name
 from .words import Typed
 
 NEW_USER = "__new__"
@@ -58,11 +58,28 @@ class Reply:
 
 
 @dataclass(frozen=True)
+class Arrival:
+    """Where the user came from: Meta's referral (an m.me link, an ad, a code, the chat plugin, Discover), as the
+    runtime read it from a `referral` event or a Get Started postback. `source` is Meta's word (SHORTLINK, ADS...)."""
+
+    ref: str | None
+    source: str
+    ad_id: str | None = None
+
+
+#: The variables that keep the user's latest and first referral (the first is never overwritten).
+REFERRAL_VARIABLES = ("ref", "ref_source", "ref_ad_id")
+FIRST_REFERRAL_VARIABLES = ("first_ref", "first_ref_source", "first_ref_ad_id")
+
+
+@dataclass(frozen=True)
 class UserInput:
-    """What the user did: typed `text`, or tapped something carrying `payload` (a quick reply carries both)."""
+    """What the user did: typed `text`, or tapped something carrying `payload` (a quick reply carries both), or
+    arrived from a referral (`arrival`; a Get Started postback can carry one too)."""
 
     text: str | None = None
     payload: str | None = None
+    arrival: Arrival | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +163,11 @@ class CompiledFlow:
     def _on_enter(self, state: State, event: EventData) -> None:
         convo = cast(_Conversation, event.model)
         convo.apply(state.effects)
+        self._say(state, convo)
+        if state.otn is not None:
+            convo.replies.append(self._otn_request(state.otn.topic, state.name, convo.context(), {}))
+
+    def _say(self, state: State, convo: _Conversation) -> None:
         if state.say is not None:
             convo.replies.append(
                 Reply(
@@ -156,8 +178,6 @@ class CompiledFlow:
                     promotional=state.promotional is not False,
                 )
             )
-        if state.otn is not None:
-            convo.replies.append(self._otn_request(state.otn.topic, state.name, convo.context(), {}))
 
     def _otn_request(
         self, topic_name: str, source_state: str, context: Mapping[str, Any], extra: Mapping[str, Scalar]
@@ -212,7 +232,15 @@ class CompiledFlow:
     def step(self, snapshot: Snapshot, user_input: UserInput, profile: Mapping[str, Any] | None = None) -> StepResult:
         """Apply one input to one user. Pure: the same arguments give the same result."""
         convo = _Conversation(snapshot, user_input.text, profile or {})
-        matched = self._match(convo, user_input)
+        arrival = user_input.arrival
+        if arrival is not None:
+            _remember(convo.variables, arrival)
+        if arrival is not None and self._arrive(convo, arrival):
+            matched = "referral"
+        elif arrival is not None and user_input.payload is None and user_input.text is None:
+            matched = self._resume(convo)
+        else:
+            matched = self._match(convo, user_input)
         self._follow_then(convo)
         return StepResult(convo.snapshot(), tuple(convo.replies), matched)
 
@@ -224,6 +252,26 @@ class CompiledFlow:
         if self._fire(convo, f"optin:{topic}"):
             self._follow_then(convo)
         return StepResult(convo.snapshot(), tuple(convo.replies), "optin")
+
+    def _arrive(self, convo: _Conversation, arrival: Arrival) -> bool:
+        """The first entry point matching the referral routes the user; one without `goto` only tags and sets
+        (False: the input is then handled as if no entry matched)."""
+        for index, entry in enumerate(self.spec.referrals):
+            if entry.matches(arrival.ref, arrival.source):
+                if entry.goto is None:
+                    convo.apply(entry.effects)
+                    return False
+                return self._fire(convo, f"referral:{index}")
+        return False
+
+    def _resume(self, convo: _Conversation) -> str:
+        """A referral no entry point routes: a new user starts, a returning one hears their current state again
+        (opening a link must never be met with silence)."""
+        if convo.state == NEW_USER:
+            self._fire(convo, "begin")
+            return "start"
+        self._say(self.spec.states[convo.state], convo)
+        return "resume"
 
     def _follow_then(self, convo: _Conversation) -> None:
         for _ in range(MAX_THEN_CHAIN):  # the checker rejects 'then' cycles; this bounds it regardless
@@ -347,7 +395,22 @@ def _trigger(edge: Edge) -> str:
         return f"keyword:{edge.index}"
     if edge.cause is Cause.OPTIN:
         return f"optin:{edge.topic}"
+    if edge.cause is Cause.REFERRAL:
+        return f"referral:{edge.index}"
     return "then" if edge.cause is Cause.THEN else "fallback"
+
+
+def _remember(variables: dict[str, Scalar], arrival: Arrival) -> None:
+    """The latest referral replaces the previous one; the first one is kept for good."""
+    values = (arrival.ref, source_name(arrival.source), arrival.ad_id)
+    first = "first_ref_source" not in variables
+    for name, first_name, value in zip(REFERRAL_VARIABLES, FIRST_REFERRAL_VARIABLES, values, strict=True):
+        if value is None:
+            variables.pop(name, None)
+        else:
+            variables[name] = value
+            if first:
+                variables[first_name] = value
 
 
 def _take_edge(edge: Edge, event: EventData) -> None:

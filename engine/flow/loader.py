@@ -12,7 +12,21 @@ from .diagnostics import Diagnostic, KeyPath, Severity, dotted
 from .locate import Locator
 from .segments import ALWAYS, Segment, SegmentError, parse_segment
 from .shapes import check_shape
-from .spec import Choice, Effects, Fallback, FlowSpec, Keyword, Message, OtnAsk, Rule, State, Topic, Variant
+from .spec import (
+    Choice,
+    Effects,
+    EntryPoint,
+    Fallback,
+    FlowSpec,
+    Keyword,
+    Message,
+    OtnAsk,
+    Rule,
+    Source,
+    State,
+    Topic,
+    Variant,
+)
 from .words import Match
 
 
@@ -123,6 +137,9 @@ class _Builder:
                 self.report.error(("fallback",), "the fallback must have 'say' or 'template'")
                 message = Message(text="")
             fallback = Fallback(message, _opt_str(raw.get("goto")))
+        referrals = tuple(
+            self.entry(raw, ("referrals", i)) for i, raw in enumerate(_tables(doc.get("referrals")))
+        )
         return FlowSpec(
             name=str(meta.get("name", "")),
             start=str(meta.get("start", "")),
@@ -132,7 +149,27 @@ class _Builder:
             keywords=keywords,
             fallback=fallback,
             description=str(meta.get("description", "")),
+            referrals=referrals,
         )
+
+    def entry(self, raw: dict[str, Any], path: KeyPath) -> EntryPoint:
+        source = raw.get("source")
+        return EntryPoint(
+            ref=_opt_str(raw.get("ref")),
+            ref_matches=self.regex(raw, "ref_matches", path),
+            source=Source(source) if source in set(Source) else None,  # the shape check reports another value
+            goto=_opt_str(raw.get("goto")),
+            effects=self.effects(raw),
+        )
+
+    def regex(self, raw: dict[str, Any], key: str, path: KeyPath) -> re.Pattern[str] | None:
+        if not isinstance(raw.get(key), str):
+            return None
+        try:
+            return re.compile(raw[key])
+        except re.error as err:
+            self.report.error((*path, key), f"invalid regex {raw[key]!r}: {err}")
+            return None
 
     def state(self, name: str, raw: dict[str, Any], path: KeyPath) -> State:
         otn = None
@@ -176,12 +213,7 @@ class _Builder:
         return tuple(out)
 
     def rule(self, raw: dict[str, Any], path: KeyPath) -> Rule:
-        regex = None
-        if isinstance(raw.get("regex"), str):
-            try:
-                regex = re.compile(raw["regex"])
-            except re.error as err:
-                self.report.error((*path, "regex"), f"invalid regex {raw['regex']!r}: {err}")
+        regex = self.regex(raw, "regex", path)
         payload = _opt_str(raw.get("payload"))
         words = _words(raw.get("keyword"))
         if payload is None and not words and "regex" not in raw:

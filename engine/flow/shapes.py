@@ -51,6 +51,11 @@ SHAPES: dict[str, dict[str, Field]] = {
         "topics": Field("map:topic", "One-Time Notification topics, by name."),
         "keywords": Field("tables:keyword", 'Global keywords that work from any state ("menu", "stop").'),
         "fallback": Field("table:fallback", "What to say when input matches nothing in the current state."),
+        "referrals": Field(
+            "tables:referral",
+            "Entry points: where a user arriving from an m.me link, an ad, a Messenger code, the chat plugin or the "
+            "Discover tab goes (first match wins; new and returning users, and Get Started with a referral).",
+        ),
     },
     "flow": {
         "name": Field("str", "The flow's unique name.", required=True),
@@ -120,6 +125,19 @@ SHAPES: dict[str, dict[str, Field]] = {
         "quick_replies": Field("tables:choice", "Offered under the delivered notification so the user can engage."),
         "on_optin": Field("str", "State to run when the user taps Notify Me."),
         "next": Field("str", "Topic to ask for again after a delivery (default: the same topic)."),
+    },
+    "referral": {
+        "ref": Field("str", 'Matches the referral\'s `ref` exactly (`m.me/PAGE?ref=summer-sale`: "summer-sale").'),
+        "ref_matches": Field("str", 'Matches the `ref` with this Python regular expression (search), e.g. "^summer-".'),
+        "source": Field(
+            "str",
+            "Matches where the user came from: link (m.me), ad (Click-to-Messenger), code (Messenger code), plugin "
+            "(chat plugin) or discover (Discover tab).",
+            choices=("link", "ad", "code", "plugin", "discover"),
+        ),
+        "goto": Field("str", "The state to move to; absent: only tag and set (new users start, others resume)."),
+        "description": Field("str", "Free text for humans."),
+        **_EFFECTS,
     },
     "variant": {
         "when": Field("str", "A segment expression; omit it on the last variant (the default)."),

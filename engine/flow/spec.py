@@ -123,6 +123,60 @@ class Keyword:
         return tuple(normalised_words(w) for w in self.words)
 
 
+class Source(StrEnum):
+    """Where a referral comes from, as an author names it; each value maps to Meta's word in `META_SOURCES`."""
+
+    LINK = "link"  # an m.me link (SHORTLINK)
+    AD = "ad"  # a Click-to-Messenger ad (ADS)
+    CODE = "code"  # a Messenger code (MESSENGER_CODE)
+    PLUGIN = "plugin"  # the chat plugin on the shop's website (CUSTOMER_CHAT_PLUGIN)
+    DISCOVER = "discover"  # Messenger's Discover tab (DISCOVER_TAB)
+
+
+#: Meta's `referral.source` values, by the author's name for them.
+META_SOURCES: dict[str, Source] = {
+    "SHORTLINK": Source.LINK,
+    "ADS": Source.AD,
+    "MESSENGER_CODE": Source.CODE,
+    "CUSTOMER_CHAT_PLUGIN": Source.PLUGIN,
+    "DISCOVER_TAB": Source.DISCOVER,
+}
+
+
+def source_name(meta_source: str) -> str:
+    """Meta's source word as the author's (`ADS` -> `ad`); one Meta adds later, lower-cased as it came."""
+    known = META_SOURCES.get(meta_source.upper())
+    return known.value if known is not None else meta_source.lower()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EntryPoint:
+    """An entry point: a referral (link, ad, code, plugin, Discover) that matches `ref` exactly or `ref_matches`
+    (a regex, searched), and `source`, if given. The first matching entry in file order routes the user."""
+
+    ref: str | None = None
+    ref_matches: re.Pattern[str] | None = None
+    source: Source | None = None
+    goto: str | None = None  # None: tag and set only, then as without an entry (new users start, others resume)
+    effects: Effects = Effects()
+
+    def matches(self, ref: str | None, source: str) -> bool:
+        if self.source is not None and source_name(source) != self.source.value:
+            return False
+        if self.ref is not None and ref != self.ref:
+            return False
+        return self.ref_matches is None or (ref is not None and self.ref_matches.search(ref) is not None)
+
+    @property
+    def label(self) -> str:
+        parts = [f"ref {self.ref}"] if self.ref is not None else []
+        if self.ref_matches is not None:
+            parts.append(f"ref /{self.ref_matches.pattern}/")
+        if self.source is not None:
+            parts.append(f"from {self.source.value}")
+        return "arrives " + (" ".join(parts) or "from anywhere")
+
+
 @dataclass(frozen=True)
 class Fallback:
     say: Message
@@ -140,6 +194,7 @@ class Cause(StrEnum):
     FALLBACK = "fallback"  # input nothing else matched, from any state
     NOTIFICATION_REPLY = "notification_reply"  # a quick reply under a topic's notification, from any state
     OPTIN = "optin"  # Notify Me tapped: the topic's `on_optin`, from any state
+    REFERRAL = "referral"  # the user arrived from a link, ad, code, plugin or Discover: an entry point, any state
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,10 +236,11 @@ class FlowSpec:
     keywords: tuple[Keyword, ...] = ()
     fallback: Fallback | None = None
     description: str = ""
+    referrals: tuple[EntryPoint, ...] = ()
 
     def edges(self) -> tuple[Edge, ...]:
         """Every edge of the flow, in file order: states (quick replies, buttons, rules, then), then global
-        keywords, the fallback, and each topic's notification quick replies and opt-in."""
+        keywords, the fallback, each topic's notification quick replies and opt-in, then the entry points."""
         edges: list[Edge] = []
         for name, state in self.states.items():
             edges += _choice_edges(Cause.QUICK_REPLY, state.quick_replies, name, ("states", name, "quick_replies"))
@@ -243,6 +299,19 @@ class FlowSpec:
                         topic=topic.name,
                     )
                 )
+        edges += [
+            Edge(
+                source=None,
+                target=entry.goto,
+                cause=Cause.REFERRAL,
+                label=entry.label,
+                key=("referrals", i, "goto"),
+                index=i,
+                effects=entry.effects,
+            )
+            for i, entry in enumerate(self.referrals)
+            if entry.goto is not None
+        ]
         return tuple(edges)
 
 

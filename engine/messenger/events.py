@@ -66,6 +66,17 @@ class EventError(ValueError):
 
 
 @dataclass(frozen=True)
+class Referral:
+    """Where the user came from (an m.me link, an ad, a Messenger code, the chat plugin, the Discover tab): Meta's
+    `referral` object, on a `referral` event or inside a Get Started `postback`. `source` is Meta's word
+    (SHORTLINK, ADS, MESSENGER_CODE, CUSTOMER_CHAT_PLUGIN, DISCOVER_TAB, ...)."""
+
+    ref: str | None
+    source: str
+    ad_id: str | None = None
+
+
+@dataclass(frozen=True)
 class InboundEvent:
     key: str  # dedup key: the mid, or sender:timestamp:kind:detail where Meta sends no mid
     user_id: str  # the sender's page-scoped id (PSID)
@@ -75,6 +86,7 @@ class InboundEvent:
     text: str | None = None
     payload: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
+    referral: Referral | None = None  # on a `referral` event, and on a Get Started postback from a link or ad
 
     def to_json(self) -> str:
         return json.dumps(self.raw, separators=(",", ":"), ensure_ascii=False)
@@ -234,8 +246,10 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
     sender, page = _psid(item, "sender", where, simulated_ids), _psid(item, "recipient", where, simulated_ids)
     body = _object(item, kind, where)
 
-    def make(key: str, text: str | None = None, payload: str | None = None) -> InboundEvent:
-        return InboundEvent(key, sender, page, timestamp, kind, text, payload, item)
+    def make(
+        key: str, text: str | None = None, payload: str | None = None, referral: Referral | None = None
+    ) -> InboundEvent:
+        return InboundEvent(key, sender, page, timestamp, kind, text, payload, item, referral)
 
     if kind == "message":
         mid = _string(body, "mid", f"{where}.message", MAX_KEY_CHARS, required=True)
@@ -252,8 +266,12 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
         payload = _string(body, "payload", f"{where}.postback") or ""
         title = _string(body, "title", f"{where}.postback")
         mid = _string(body, "mid", f"{where}.postback", MAX_KEY_CHARS)
+        referral = _referral(body, f"{where}.postback") if "referral" in body else None
         return make(
-            mid if mid is not None else f"{sender}:{timestamp}:postback:{payload[:MAX_KEY_CHARS]}", title, payload
+            mid if mid is not None else f"{sender}:{timestamp}:postback:{payload[:MAX_KEY_CHARS]}",
+            title,
+            payload,
+            referral,
         )
     if kind == "optin":
         details = [
@@ -267,8 +285,22 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
         action = _string(body, "action", f"{where}.reaction", MAX_KEY_CHARS)
         target = _string(body, "mid", f"{where}.reaction", MAX_KEY_CHARS)
         return make(f"{sender}:{timestamp}:reaction:{action}:{target}")
-    ref = _string(body, "ref", f"{where}.referral", MAX_KEY_CHARS)
-    return make(f"{sender}:{timestamp}:referral:{ref}", None, ref)
+    referral = _referral(item, where)
+    return make(f"{sender}:{timestamp}:referral:{referral.ref}", None, referral.ref, referral)
+
+
+def _referral(parent: dict[str, Any], where: str) -> Referral:
+    """`parent.referral`: `ref` (absent on an ad without one), `source`, `ad_id` (Click-to-Messenger ads)."""
+    body = _object(parent, "referral", where)
+    at = f"{where}.referral"
+    ad_id = body.get("ad_id")
+    if isinstance(ad_id, int) and not isinstance(ad_id, bool):  # ids are digits; some clients send numbers
+        ad_id = str(ad_id)
+    return Referral(
+        _string(body, "ref", at, MAX_KEY_CHARS),
+        _string(body, "source", at, MAX_KEY_CHARS) or "",
+        _string({"ad_id": ad_id}, "ad_id", at, MAX_KEY_CHARS),
+    )
 
 
 def _timestamp(item: dict[str, Any], where: str) -> int:

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..flow import CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
+from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
-from ..messenger.events import InboundEvent, parse_event
+from ..messenger.events import MAX_KEY_CHARS, InboundEvent, Referral, parse_event
 from ..policy import Outgoing
 from ..policy.gate import DAY_MS
 from ..store import OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
@@ -47,6 +47,22 @@ def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> O
     else:
         message = outbound.text_message(reply.text, quick)
     return OutboxItem(key, user_id, message, meta)
+
+
+#: Where a plugin opt-in's `ref` and `user_ref` are kept among the user's variables.
+PLUGIN_OPTIN_VARIABLES = {"ref": "plugin_ref", "user_ref": "plugin_user_ref"}
+
+
+def _record_plugin_optin(user: UserRecord, optin: dict[str, Any]) -> None:
+    """A plugin opt-in carries no token, only what the page passed (`ref`) and the plugin's `user_ref`: kept."""
+    for key, variable in PLUGIN_OPTIN_VARIABLES.items():
+        value = optin.get(key)
+        if isinstance(value, str) and value:
+            user.variables[variable] = value[:MAX_KEY_CHARS]
+
+
+def _arrival(referral: Referral | None) -> Arrival | None:
+    return None if referral is None else Arrival(referral.ref, referral.source, referral.ad_id)
 
 
 @dataclass
@@ -130,13 +146,14 @@ class ConversationHandler:
     def run_flow(self, flow: CompiledFlow, user: UserRecord, event: InboundEvent) -> StepResult | None:
         snapshot = self.snapshot(flow, user)
         profile = user.profile or {}
+        arrival = _arrival(event.referral)
         if event.kind in ("message", "postback"):
-            return flow.step(snapshot, UserInput(event.text, event.payload), profile)
+            return flow.step(snapshot, UserInput(event.text, event.payload, arrival), profile)
         if event.kind == "optin":
             topic = payloads.parse_request(event.payload, flow.spec.topics).topic
             return flow.enter_optin(snapshot, topic, profile) if topic in flow.spec.topics else None
-        if event.kind == "referral" and snapshot.state is None:  # an m.me link opened by a new user: greet them
-            return flow.step(snapshot, UserInput(), profile)
+        if event.kind == "referral":  # routed by the flow's entry points; new users start, others resume
+            return flow.step(snapshot, UserInput(arrival=arrival), profile)
         return None  # reactions and the like: they reopen the window, nothing to say
 
     @staticmethod
@@ -147,8 +164,11 @@ class ConversationHandler:
     def _receive_token(self, flow: CompiledFlow, user: UserRecord, event: InboundEvent, write: StepWrite) -> None:
         optin = event.raw.get("optin", {})
         token = optin.get("one_time_notif_token")
+        if optin.get("type") is None and token is None:  # a plugin opt-in (Send to Messenger, checkbox)
+            _record_plugin_optin(user, optin)
+            return
         if optin.get("type") != "one_time_notif_req" or not isinstance(token, str):
-            log.info("opt-in of another kind (%s) ignored", optin.get("type") or "plugin")
+            log.info("opt-in of another kind (%s) ignored", optin.get("type"))
             return
         asked = payloads.parse_request(event.payload, flow.spec.topics)
         topic, source_state, about, title = asked.topic, asked.asking_state, dict(asked.vars), asked.title

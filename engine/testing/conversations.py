@@ -39,7 +39,9 @@ from ..flow.shapes import Field, check_shape
 from ..runtime.assembly import no_such_flow
 from .harness import Bot, BotUser, HarnessError, ReplyView, unknown_setting
 
-ACTIONS = ("says", "taps", "opts_in", "advance", "notify", "expect")
+ACTIONS = ("says", "taps", "opts_in", "arrives", "advance", "notify", "expect")
+#: Options of an `arrives` step.
+ARRIVAL_OPTIONS = ("source", "ad_id", "get_started")
 
 SHAPES: dict[str, dict[str, Field]] = {
     "file": {
@@ -68,6 +70,16 @@ SHAPES: dict[str, dict[str, Field]] = {
         "says": Field("str", "The user types this."),
         "taps": Field("str", "The user taps the quick reply or button with this title."),
         "opts_in": Field("str", "The user taps Notify Me on the latest request for this topic."),
+        "arrives": Field(
+            "str", "The user arrives from a referral with this `ref` (\"\": none), e.g. an m.me link's ?ref=."
+        ),
+        "source": Field(
+            "str",
+            "With arrives: link (the default), ad, code, plugin or discover.",
+            choices=("link", "ad", "code", "plugin", "discover"),
+        ),
+        "ad_id": Field("str", "With arrives: the Click-to-Messenger ad's id."),
+        "get_started": Field("bool", "With arrives: the referral comes on the Get Started postback (a new thread)."),
         "advance": Field("str", "Time passes: '90s', '30m', '25h', '2d'."),
         "notify": Field("str", "The page sends this topic's notification to every token holder."),
         "segment": Field("str", "With notify: only users matching this segment expression."),
@@ -258,7 +270,10 @@ def _test(raw: dict[str, Any], path: KeyPath, report: Reporter) -> ConversationT
                 re.compile(step["expect"]["reply_matches"])
             except re.error as err:
                 report.error((*where, "expect", "reply_matches"), f"invalid regex: {err}")
-        options = {k: step[k] for k in ("segment", "vars") if k in step}
+        stray = [k for k in ARRIVAL_OPTIONS if k in step]
+        if stray and action != "arrives":
+            report.error(where, f"{', '.join(repr(k) for k in stray)} only go with 'arrives'")
+        options = {k: step[k] for k in ("segment", "vars", *ARRIVAL_OPTIONS) if k in step}
         steps.append(Step(i + 1, report.line(where), action, step[action], str(user), options))
     return ConversationTest(str(raw.get("name", "")), report.line(path), users, steps)
 
@@ -286,6 +301,13 @@ class _Run:
                 self.last[step.user] = await user.taps(step.value)
             elif step.action == "opts_in":
                 self.last[step.user] = await user.opts_in(step.value)
+            elif step.action == "arrives":
+                self.last[step.user] = await user.arrives(
+                    step.value or None,
+                    str(step.options.get("source", "link")),
+                    step.options.get("ad_id"),
+                    step.options.get("get_started") is True,
+                )
             elif step.action == "advance":
                 self.bot.clock.advance(**parse_duration(step.value))
             elif step.action == "notify":

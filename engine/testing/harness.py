@@ -31,6 +31,7 @@ from aiohttp import web
 
 from ..config import OPTIONS, Settings, load_settings
 from ..flow import CompiledFlow, payloads
+from ..flow.spec import META_SOURCES
 from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
 from ..runtime.assembly import no_such_flow
@@ -95,6 +96,12 @@ class ReplyView:
         return cls(text, quick, buttons, topic, sent.otn_token is not None, sent.body)
 
 
+#: Meta's `referral.source` word for each name an author uses (`ad` -> `ADS`).
+META_SOURCE_WORDS = {name.value: word for word, name in META_SOURCES.items()}
+#: The payload the harness's Get Started button sends (a page sets its own in the Messenger Profile).
+GET_STARTED = "GET_STARTED"
+
+
 class BotUser:
     """A simulated Messenger user. Its record (state, tags, variables, tokens) is refreshed after every step."""
 
@@ -152,6 +159,23 @@ class BotUser:
                 )
         asked = sorted({v.otn_topic for v in self.replies if v.otn_topic})
         raise HarnessError(f"{self.id} cannot opt in to {topic or 'a topic'}: the bot asked for {asked or 'none'}")
+
+    async def arrives(
+        self, ref: str | None = None, source: str = "link", ad_id: str | None = None, get_started: bool = False
+    ) -> list[ReplyView]:
+        """Arrive from a referral, as Meta reports it: `source` is link, ad, code, plugin or discover (Meta's own
+        word, e.g. SHORTLINK, passes as it is). A new user comes by the Get Started button (`get_started`): the
+        referral then rides on that postback; otherwise on a `referral` event (the thread was already open)."""
+        referral: dict[str, Any] = {"source": META_SOURCE_WORDS.get(source, source), "type": "OPEN_THREAD"}
+        if ref is not None:
+            referral["ref"] = ref
+        if ad_id is not None:
+            referral["ad_id"] = ad_id
+        if get_started:
+            return await self._act(
+                {"postback": {"mid": self.bot.mid(), "title": "Get Started", "payload": GET_STARTED, "referral": referral}}
+            )
+        return await self._act({"referral": referral})
 
     async def _act(self, payload: dict[str, Any], interaction: bool = True) -> list[ReplyView]:
         before = len(self.bot.fake.messages_to(self.id))

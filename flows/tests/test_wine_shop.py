@@ -75,3 +75,32 @@ async def test_tapping_what_was_not_offered_says_what_was(bot: Bot) -> None:
     await alice.says("hi")
     with pytest.raises(HarnessError, match=r"cannot tap 'Rosé'.* offers \['Red', 'White', 'Surprise me'\]"):
         await alice.taps("Rosé")
+
+
+async def test_a_summer_sale_link_opens_the_sale_for_a_new_user_and_keeps_the_ref(bot: Bot) -> None:
+    carol = bot.user("carol", first_name="Carol")
+    replies = await carol.arrives(ref="summer-sale", get_started=True)  # m.me/PAGE?ref=summer-sale, Get Started
+    assert [r.text for r in replies] == ["Welcome to the summer sale: 20% off every white until Sunday!"]
+    assert carol.state == "summer_sale" and "summer_sale" in carol.tags
+    assert carol.variables["ref"] == carol.variables["first_ref"] == "summer-sale"
+    assert carol.variables["ref_source"] == "link"
+
+
+async def test_a_returning_user_from_an_ad_is_routed_and_the_first_referral_kept(bot: Bot) -> None:
+    dave = bot.user("dave")
+    await dave.arrives(ref="summer-sale", source="link")  # a new user on a referral event (the thread was open)
+    await dave.taps("Menu")
+    replies = await dave.arrives(source="ad", ad_id="6045246247433")  # weeks later, a Click-to-Messenger ad
+    assert dave.state == "red" and {"from_ad", "likes_red"} <= dave.tags
+    assert replies[0].text.startswith("A red lover!")
+    assert dave.variables["ref_source"] == "ad" and dave.variables["ref_ad_id"] == "6045246247433"
+    assert "ref" not in dave.variables  # the ad carried no ref: the latest referral has none
+    assert (dave.variables["first_ref"], dave.variables["first_ref_source"]) == ("summer-sale", "link")
+
+
+async def test_a_returning_user_on_a_link_no_entry_routes_hears_where_they_are(bot: Bot) -> None:
+    erin = bot.user("erin")
+    await erin.says("hi")
+    replies = await erin.arrives(ref="newsletter-june")  # no entry point for it: never silence
+    assert [r.text for r in replies] == ["Hi Test! Welcome to the cellar. Red or white tonight?"]
+    assert erin.state == "welcome" and erin.variables["ref"] == "newsletter-june"

@@ -10,7 +10,7 @@ from xml.etree import ElementTree
 
 import pytest
 
-from engine.flow import CompiledFlow, FlowSpec, Snapshot, UserInput, load_flow
+from engine.flow import Arrival, CompiledFlow, FlowSpec, Snapshot, UserInput, load_flow
 from engine.flow.loader import read_flow
 from engine.flow.mermaid import mermaid_label, mermaid_node, to_mermaid
 from engine.flow.spec import Cause, Edge
@@ -38,6 +38,12 @@ on_optin = "subscribed"
 quick_replies = [{ title = "Show me", goto = "shelf" }]
 [[topics.restock.variants]]
 say = "It is back"
+
+[[referrals]]
+ref_matches = "^summer-"
+source = "ad"
+goto = "sale"
+tag = ["summer"]
 
 [states.welcome]
 say = "Hi"
@@ -79,6 +85,10 @@ end = true
 [states.shelf]
 say = "Here it is"
 end = true
+
+[states.sale]
+say = "Summer sale!"
+end = true
 """
 
 WANT = [
@@ -90,6 +100,7 @@ WANT = [
     (None, "confused", Cause.FALLBACK, "not understood"),
     (None, "shelf", Cause.NOTIFICATION_REPLY, "Show me (restock notification)"),
     (None, "subscribed", Cause.OPTIN, "Notify Me (restock)"),
+    (None, "sale", Cause.REFERRAL, "arrives ref /^summer-/ from ad"),
 ]
 
 
@@ -140,6 +151,8 @@ def take(flow: CompiledFlow, edge: Edge) -> str | None:
             return flow.step(at, UserInput(text=quick.title, payload=quick.payload)).snapshot.state
         case Cause.OPTIN:
             return flow.enter_optin(at, "restock").snapshot.state
+        case Cause.REFERRAL:
+            return flow.step(at, UserInput(arrival=Arrival("summer-2026", "ADS", "42"))).snapshot.state
     raise AssertionError(edge.cause)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from engine.messenger.events import (
     PageNotice,
     ParsedWebhook,
+    Referral,
     RejectedItem,
     WebhookFormatError,
     parse_body,
@@ -211,3 +213,43 @@ def test_readable_user_ids_only_for_simulated_users() -> None:
     parsed = parse_webhook(body, simulated_ids=True)
     assert [e.user_id for e in parsed.events] == ["alice"]
     assert [r.where for r in parsed.rejected] == ["entry[0].messaging[1]"]
+
+
+def library_fixture(name: str) -> Any:
+    return json.loads((Path(__file__).parents[1] / "fixtures" / "library_webhooks" / name).read_text())
+
+
+def test_a_referral_event_keeps_ref_and_source() -> None:
+    (event,) = parse_webhook(webhook_fixture("referral.json")).events
+    assert event.kind == "referral" and event.referral == Referral("spring_sale", "SHORTLINK")
+
+
+def test_get_started_carries_its_referral() -> None:
+    (event,) = parse_webhook(library_fixture("bottender_postback_referral.json")).events
+    assert (event.kind, event.payload) == ("postback", "__GET_STARTED__")
+    assert event.referral == Referral("aaaa", "SHORTLINK")
+    (plain,) = parse_webhook(webhook_fixture("postback.json")).events
+    assert plain.referral is None
+
+
+def test_an_ad_referral_keeps_its_ad_id_and_may_lack_a_ref() -> None:
+    ad = {"source": "ADS", "type": "OPEN_THREAD", "ad_id": 6045246247433}
+    (event,) = _one({**GOOD, "referral": ad}).events
+    assert event.referral == Referral(None, "ADS", "6045246247433")
+
+
+@pytest.mark.parametrize(
+    ("referral", "reason"),
+    [
+        ("summer", r"messaging\[0\]\.referral must be an object, not string"),
+        ({"ref": 5, "source": "SHORTLINK"}, r"\.referral\.ref must be a string, not int 5"),
+        ({"ref": "x", "source": ["ADS"]}, r"\.referral\.source must be a string, not a list"),
+        ({"source": "ADS", "ad_id": {"id": 1}}, r"\.referral\.ad_id must be a string, not an object"),
+    ],
+)
+def test_a_broken_referral_is_rejected_with_its_place(referral: Any, reason: str) -> None:
+    parsed = _one({**GOOD, "referral": referral})
+    (rejected,) = parsed.rejected
+    assert re.search(reason, rejected.reason), rejected.reason
+    parsed = _one({**GOOD, "postback": {"payload": "GET_STARTED", "referral": referral}})
+    assert re.search(reason.replace(r"messaging\[0\]\.", r"postback\."), parsed.rejected[0].reason)

@@ -68,7 +68,8 @@ def test_the_examples_pass_through_otnflow_test() -> None:
         [sys.executable, "-m", "engine.cli", "test", "flows/"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout
-    assert done.stdout.strip().endswith("3 passed, 0 failed")
+    assert done.stdout.strip().endswith("5 passed, 0 failed")
+    assert "ok   arrivals: a race-day Messenger code" in done.stdout  # the referral entry points' file ran
 
 
 BAD = """[[test]]
@@ -79,6 +80,8 @@ steps = [
   { expect = { rpely = "x" } },
   { user = "bob", says = "hi" },
   { segment = "vip", says = "hi" },
+  { ad_id = "1", says = "hi" },
+  { arrives = "x", source = "billboard" },
 ]
 """
 
@@ -90,11 +93,13 @@ def test_malformed_conversation_files_list_every_problem_with_its_line(tmp_path:
         load_conversations(path)
     found = [(d.line, d.message) for d in caught.value.diagnostics]
     assert found == [
-        (4, "a step does exactly one of says, taps, opts_in, advance, notify, expect; this one has says, taps"),
+        (4, "a step does exactly one of says, taps, opts_in, arrives, advance, notify, expect; this one has says, taps"),
         (5, "duration 'soon' must be a number and a unit: s, m, h or d (e.g. '25h')"),
         (6, "unknown key 'rpely'; did you mean 'reply'?"),
         (7, "unknown user 'bob'; the test's users: user"),
         (8, "'segment' and 'vars' go with 'notify'"),
+        (9, "'ad_id' only go with 'arrives'"),
+        (10, '\'source\' must be "link" or "ad" or "code" or "plugin" or "discover", got \'billboard\''),
     ]
 
 
