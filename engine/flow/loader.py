@@ -137,9 +137,7 @@ class _Builder:
                 self.report.error(("fallback",), "the fallback must have 'say' or 'template'")
                 message = Message(text="")
             fallback = Fallback(message, _opt_str(raw.get("goto")))
-        referrals = tuple(
-            self.entry(raw, ("referrals", i)) for i, raw in enumerate(_tables(doc.get("referrals")))
-        )
+        referrals = tuple(self.entry(raw, ("referrals", i)) for i, raw in enumerate(_tables(doc.get("referrals"))))
         return FlowSpec(
             name=str(meta.get("name", "")),
             start=str(meta.get("start", "")),

@@ -71,7 +71,7 @@ SHAPES: dict[str, dict[str, Field]] = {
         "taps": Field("str", "The user taps the quick reply or button with this title."),
         "opts_in": Field("str", "The user taps Notify Me on the latest request for this topic."),
         "arrives": Field(
-            "str", "The user arrives from a referral with this `ref` (\"\": none), e.g. an m.me link's ?ref=."
+            "str", 'The user arrives from a referral with this `ref` ("": none), e.g. an m.me link\'s ?ref=.'
         ),
         "source": Field(
             "str",

@@ -173,7 +173,14 @@ class BotUser:
             referral["ad_id"] = ad_id
         if get_started:
             return await self._act(
-                {"postback": {"mid": self.bot.mid(), "title": "Get Started", "payload": GET_STARTED, "referral": referral}}
+                {
+                    "postback": {
+                        "mid": self.bot.mid(),
+                        "title": "Get Started",
+                        "payload": GET_STARTED,
+                        "referral": referral,
+                    }
+                }
             )
         return await self._act({"referral": referral})
 

@@ -51,7 +51,9 @@ def flow(tmp_path: Path) -> CompiledFlow:
     return compiled
 
 
-def arrive(flow: CompiledFlow, at: Snapshot, ref: str | None, source: str, payload: str | None = None) -> tuple:
+def arrive(
+    flow: CompiledFlow, at: Snapshot, ref: str | None, source: str, payload: str | None = None
+) -> tuple[Snapshot, list[str], str]:
     result = flow.step(at, UserInput(payload=payload, arrival=Arrival(ref, source)))
     return result.snapshot, [r.text for r in result.replies], result.matched
 
@@ -91,9 +93,9 @@ def test_first_referral_kept_latest_replaced(flow: CompiledFlow) -> None:
 
 def test_get_started_with_a_referral_routes_else_starts(flow: CompiledFlow) -> None:
     at, texts, _ = arrive(flow, Snapshot(), "vip-night", "SHORTLINK", payload="GET_STARTED")
-    assert at.state == "vip"
+    assert (at.state, texts) == ("vip", ["Welcome, VIP (first came by link)"])
     at, texts, matched = arrive(flow, Snapshot(), "unknown", "SHORTLINK", payload="GET_STARTED")
-    assert (at.state, matched) == ("welcome", "start")
+    assert (at.state, matched, texts) == ("welcome", "start", ["Hi, you came by link 'unknown'"])
 
 
 def test_an_unknown_meta_source_is_kept_lower_cased(flow: CompiledFlow) -> None:

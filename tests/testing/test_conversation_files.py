@@ -93,7 +93,10 @@ def test_malformed_conversation_files_list_every_problem_with_its_line(tmp_path:
         load_conversations(path)
     found = [(d.line, d.message) for d in caught.value.diagnostics]
     assert found == [
-        (4, "a step does exactly one of says, taps, opts_in, arrives, advance, notify, expect; this one has says, taps"),
+        (
+            4,
+            "a step does exactly one of says, taps, opts_in, arrives, advance, notify, expect; this one has says, taps",
+        ),
         (5, "duration 'soon' must be a number and a unit: s, m, h or d (e.g. '25h')"),
         (6, "unknown key 'rpely'; did you mean 'reply'?"),
         (7, "unknown user 'bob'; the test's users: user"),
