@@ -155,7 +155,7 @@ class _Builder:
         return EntryPoint(
             ref=_opt_str(raw.get("ref")),
             ref_matches=self.regex(raw, "ref_matches", path),
-            source=Source(source) if source in set(Source) else None,  # the shape check reports another value
+            source=Source(source) if isinstance(source, str) and source in set(Source) else None,  # else: reported
             goto=_opt_str(raw.get("goto")),
             effects=self.effects(raw),
         )

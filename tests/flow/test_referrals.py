@@ -101,3 +101,12 @@ def test_get_started_with_a_referral_routes_else_starts(flow: CompiledFlow) -> N
 def test_an_unknown_meta_source_is_kept_lower_cased(flow: CompiledFlow) -> None:
     at, _, _ = arrive(flow, Snapshot(), None, "SOME_NEW_SOURCE")
     assert at.variables == {"ref_source": "some_new_source", "first_ref_source": "some_new_source"}
+
+
+@pytest.mark.parametrize("value", ["[]", "{ a = 1 }", "5"])
+def test_a_source_of_the_wrong_type_is_a_located_error_not_an_exception(tmp_path: Path, value: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(FLOW.replace('source = "code"', f"source = {value}"))
+    compiled, diagnostics = load_flow(path)
+    assert compiled is None
+    assert [(d.line, d.key) for d in diagnostics] == [(17, "referrals[2].source")], diagnostics
