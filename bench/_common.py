@@ -1,17 +1,32 @@
-"""Helpers the benchmarks share: free loopback ports, waiting for a server to answer."""
+"""Helpers the benchmarks share: free loopback ports, waiting for a server to answer, the machine line every
+benchmark prints first (figures mean little without the cores and versions they ran on)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import platform
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import aiohttp
+
+
+def machine_line(*packages: str) -> str:
+    """`cores 2 | Python 3.11.7 | otnflow 0.1.0 | aiohttp 3.14.0 | ...`: the cores and the versions a run used."""
+    names = ("otnflow", "aiohttp", "transitions", "jinja2", *packages)
+    versions = []
+    for name in dict.fromkeys(names):
+        try:
+            versions.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{name} (not installed)")
+    return " | ".join([f"cores {os.cpu_count()}", f"Python {platform.python_version()}", *versions])
 
 
 def free_port() -> int:

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine_line
 
 from engine.flow import FlowOptions, Snapshot, UserInput, load_flow
 from engine.flow.compiler import CompiledFlow, _Conversation
@@ -101,6 +106,7 @@ def main() -> None:
     per_event = timed(per_event_machine, 10)
     step = timed(whole_step, args.repeat)
 
+    print(machine_line())
     print(
         f"flow: {args.states} states, {sum(len(e.transitions) for e in flow.machine.events.values())} "
         f"transition sources, {len(flow.machine.events)} triggers"

@@ -14,6 +14,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from _common import machine_line  # noqa: E402
 
 from engine.testing.conversations import ConversationFile, ConversationRunner, load_conversations  # noqa: E402
 
@@ -81,6 +84,7 @@ def main() -> None:
         steps = len(file.tests[0].steps)
         totals, starts = asyncio.run(measure(file, runs))
     total, start = statistics.median(totals) * 1000, statistics.median(starts) * 1000
+    print(machine_line())
     print(f"{steps}-step conversation test, {runs} runs (median):")
     print(f"  whole test          {total:7.1f} ms")
     print(f"  bot start + stop    {start:7.1f} ms")

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import free_port, start_fake_graph  # noqa: E402
+from _common import free_port, machine_line, start_fake_graph  # noqa: E402
 
 
 def seed(path: Path, users: int, fresh: bool = False) -> None:
@@ -182,8 +182,8 @@ def main() -> None:
     try:
         time.sleep(1.5)
         with tempfile.TemporaryDirectory() as tmp:
-            for users in (args.small, args.users):
-                store = Path(tmp) / f"bench-{users}.sqlite3"
+            for run, users in enumerate((args.small, args.users)):
+                store = Path(tmp) / f"bench-{run}-{users}.sqlite3"  # one file a run: the sizes may be equal
                 seed(store, users)
                 me = [sys.executable, str(Path(__file__).resolve())]
                 bare = measure(
@@ -217,6 +217,7 @@ def main() -> None:
     finally:
         fake.terminate()
         fake.wait(timeout=10)
+    print(machine_line())
     print(
         f"campaign to N users holding a token, concurrency {args.concurrency}, fake Graph API on loopback "
         "(separate processes)"

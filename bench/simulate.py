@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import start_secantus  # noqa: E402
+from _common import machine_line, start_secantus  # noqa: E402
 
 from engine.local.fake_graph import SentMessage  # noqa: E402
 from engine.runtime.campaigns import CampaignError  # noqa: E402
@@ -253,6 +253,7 @@ async def report(month: Month, wall: float) -> None:
         f"tokens expired unused: {len(expired)}",
         f"policy gate refusals by reason: {dict(gate)}",
     ]
+    print(machine_line("pymongo"))
     print("\n".join(lines))
     for campaign in figures.campaigns:
         print(f"  campaign {campaign}")

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import free_port, start_fake_graph, start_secantus, wait_http  # noqa: E402
+from _common import free_port, machine_line, start_fake_graph, start_secantus, wait_http  # noqa: E402
 
 from engine.messenger.signature import sign  # noqa: E402
 from engine.store import StepWrite, StoredEvent, UserRecord, open_store  # noqa: E402
@@ -172,6 +172,7 @@ async def main() -> None:
         fake.terminate()
         if secantus is not None:
             secantus.terminate()
+    print(machine_line("pymongo", "secantusdb"))
     print(
         f"store operations per second (32 concurrent), then events/s through the whole path "
         f"({args.users} users x {args.events} events, spread over the processes)"

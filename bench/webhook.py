@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from _common import free_port, start_fake_graph, wait_http  # noqa: E402
+from _common import free_port, machine_line, start_fake_graph, wait_http  # noqa: E402
 
 from engine.messenger.signature import sign  # noqa: E402
 
@@ -170,6 +170,7 @@ async def main() -> None:
     finally:
         stop(fake)
 
+    print(machine_line())
     print(f"load: {args.users} users x {args.per_user} events, one signed event per request, loopback, 3 processes")
     print(f"{'pipeline':<28}{'events/s':>10}{'replies':>10}{'p50 ms':>10}{'p99 ms':>10}")
     for name, r in results.items():
