@@ -73,9 +73,12 @@ def template_reads(env: SandboxedEnvironment, source: str, name: str | None = No
     """Parse a template and list what it reads; TemplateProblem on a syntax error (with its line)."""
     try:
         ast = env.parse(source, name=name)
-    except TemplateSyntaxError as err:
+        undeclared = meta.find_undeclared_variables(ast)  # compiles: an unknown filter or test is found here
+    except TemplateSyntaxError as err:  # TemplateAssertionError (unknown filter or test) is one too
         raise TemplateProblem(err.message or "syntax error", err.lineno) from None
-    undeclared = meta.find_undeclared_variables(ast)
+    for test in ast.find_all(nodes.Test):  # jinja2 finds an unknown test only when it runs: too late
+        if test.name not in env.tests:
+            raise TemplateProblem(f"No test named {test.name!r}.", test.lineno)
     names: dict[str, int] = {}
     for node in ast.find_all(nodes.Name):
         if node.name in undeclared:
