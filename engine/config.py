@@ -17,6 +17,7 @@ from typing import Any
 
 import tomli
 
+from .extensions import FILTER_GROUP, GLOBAL_GROUP, ExtensionError, load_named
 from .flow import FlowOptions, Limits
 from .policy import PolicySettings
 
@@ -50,6 +51,17 @@ OPTIONS: dict[str, Option] = {
     "flows.dir": Option("flows", "Folder of flow files."),
     "flows.templates": Option("templates", "Folder of jinja2 templates."),
     "flows.default": Option("", "The flow a new user enters (default: the first flow by file name)."),
+    "templates.filters": Option(
+        "",
+        "Extra jinja2 filters for flow templates, comma-separated name=module:function (e.g. "
+        "money=shop.templating:money); installed packages add theirs by the entry point group "
+        "otnflow.template_filters.",
+    ),
+    "templates.globals": Option(
+        "",
+        "Extra jinja2 globals (functions or values), comma-separated name=module:attribute; installed packages: "
+        "otnflow.template_globals.",
+    ),
     "store.url": Option("sqlite:///data/otnflow.sqlite3", "sqlite:///relative/or//absolute/path, or mongodb://..."),
     "graph.url": Option("https://graph.facebook.com", "Graph API base URL (tests point it at a local fake)."),
     "graph.version": Option("v21.0", "Graph API version."),
@@ -136,8 +148,15 @@ class Settings:
     def flow_options(self) -> FlowOptions:
         """How flows are checked against this configuration (templates folder, OTN availability, allowed tags)."""
         policy = self.policy
+        try:
+            filters = load_named(str(self.values["templates.filters"]), FILTER_GROUP)
+            globals_ = load_named(str(self.values["templates.globals"]), GLOBAL_GROUP, callables=False)
+        except ExtensionError as err:
+            raise ConfigError(f"config: templates: {err}") from None
         return FlowOptions(
             templates_dir=self.path("flows.templates"),
+            template_filters=filters,
+            template_globals=globals_,
             limits=Limits(allowed_tags=policy.allowed_tags),
             otn_available=policy.otn_enabled,
             tags_set_elsewhere=frozenset({str(self.values["policy.eu_user_tag"])}),

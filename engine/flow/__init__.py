@@ -5,9 +5,10 @@ flow, diagnostics = load_flow(Path("flows/wine_shop.toml"), templates_dir=Path("
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .checks import Limits, check_flow, check_tags_set
 from .compiler import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput
@@ -42,6 +43,8 @@ class FlowOptions:
     limits: Limits = field(default_factory=Limits)
     otn_available: bool = True
     tags_set_elsewhere: frozenset[str] = frozenset()  # set outside any flow (the EU tag): never "unset"
+    template_filters: Mapping[str, Callable[..., Any]] = field(default_factory=dict)  # config's and packages'
+    template_globals: Mapping[str, Any] = field(default_factory=dict)
 
 
 def load_flow(path: Path, options: FlowOptions = FlowOptions()) -> tuple[CompiledFlow | None, list[Diagnostic]]:
@@ -52,7 +55,7 @@ def load_flow(path: Path, options: FlowOptions = FlowOptions()) -> tuple[Compile
 
 def _load(path: Path, options: FlowOptions) -> tuple[FlowSpec | None, CompiledFlow | None, Reporter]:
     spec, report = read_flow(path)
-    env = make_environment(options.templates_dir)
+    env = make_environment(options.templates_dir, options.template_filters, options.template_globals)
     if spec is not None:
         check_flow(spec, report, env, options.limits, options.otn_available)
     if spec is None or any(d.is_error for d in report.diagnostics):

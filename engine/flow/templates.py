@@ -5,8 +5,10 @@ User text only ever enters a template as data (the `text` variable); it is never
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
@@ -21,11 +23,19 @@ USER_FIELDS = frozenset({"first_name", "last_name", "profile_pic", "tags"})
 _DICT_METHODS = frozenset(name for name in dir(dict) if not name.startswith("_"))
 
 
-def make_environment(templates_dir: Path | None) -> SandboxedEnvironment:
+def make_environment(
+    templates_dir: Path | None,
+    filters: Mapping[str, Callable[..., Any]] | None = None,
+    globals_: Mapping[str, Any] | None = None,
+) -> SandboxedEnvironment:
     """Messenger text is not HTML: no autoescape. Unknown names are caught by the checker, so at run time a
-    missing profile field renders empty rather than failing a reply."""
+    missing profile field renders empty rather than failing a reply. `filters` and `globals_` are the project's
+    own (config.toml `templates.*`, packages' entry points): the checker and the runtime use this same one."""
     loader = FileSystemLoader(str(templates_dir)) if templates_dir else None
-    return SandboxedEnvironment(loader=loader, autoescape=False, keep_trailing_newline=False)
+    env = SandboxedEnvironment(loader=loader, autoescape=False, keep_trailing_newline=False)
+    env.filters.update(filters or {})
+    env.globals.update(globals_ or {})
+    return env
 
 
 def strict_environment(templates_dir: Path | None) -> SandboxedEnvironment:
@@ -70,7 +80,8 @@ class TemplateReads:
 
 
 def template_reads(env: SandboxedEnvironment, source: str, name: str | None = None) -> TemplateReads:
-    """Parse a template and list what it reads; TemplateProblem on a syntax error (with its line)."""
+    """Parse a template and list what it reads; TemplateProblem on a syntax error, an unknown filter or an unknown
+    test (with its line)."""
     try:
         ast = env.parse(source, name=name)
         undeclared = meta.find_undeclared_variables(ast)  # compiles: an unknown filter or test is found here
@@ -81,7 +92,7 @@ def template_reads(env: SandboxedEnvironment, source: str, name: str | None = No
             raise TemplateProblem(f"No test named {test.name!r}.", test.lineno)
     names: dict[str, int] = {}
     for node in ast.find_all(nodes.Name):
-        if node.name in undeclared:
+        if node.name in undeclared and node.name not in env.globals:  # globals (range, the project's) are defined
             names.setdefault(node.name, node.lineno)
     fields: dict[str, int] = {}
     if "user" in undeclared:
