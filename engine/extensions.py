@@ -63,4 +63,3 @@ def load_named(listing: str, group: str, *, callables: bool = True) -> dict[str,
         if callables and not callable(value):
             raise ExtensionError(f"'{name}' is not a function: {type(value).__name__}")
     return loaded
-
