@@ -203,16 +203,17 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
 
-    async def run() -> dict[str, dict[str, Any]]:
+    async def run() -> tuple[dict[str, dict[str, Any]], int]:
         store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
         await store.open()
         try:
-            return await stats_report(store, SystemClock().now_ms(), float(settings["notify.expiring_soon_days"]))
+            now, soon = SystemClock().now_ms(), float(settings["notify.expiring_soon_days"])
+            return await stats_report(store, now, soon), await store.unsubscribed_users()
         finally:
             await store.close()
 
-    figures = asyncio.run(run())
-    print(json.dumps(figures, indent=2) if args.json else table(figures))
+    figures, unsubscribed = asyncio.run(run())
+    print(json.dumps(figures, indent=2) if args.json else f"{table(figures)}\nunsubscribed users: {unsubscribed}")
     return 0
 
 

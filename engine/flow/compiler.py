@@ -96,12 +96,13 @@ class StepResult:
     snapshot: Snapshot
     replies: tuple[Reply, ...]
     matched: str  # how the input was understood: start, payload, keyword, title, rule, late_tap, fallback, optin
+    consent: bool | None = None  # False: the step unsubscribed the user; True: subscribed them again
 
 
 class _Conversation:
     """The model bound to the shared machine for the length of one step."""
 
-    __slots__ = ("profile", "replies", "state", "tags", "text", "variables")
+    __slots__ = ("consent", "profile", "replies", "state", "tags", "text", "variables")
 
     def __init__(self, snapshot: Snapshot, text: str | None, profile: Mapping[str, Any]) -> None:
         self.state = snapshot.state or NEW_USER
@@ -110,6 +111,7 @@ class _Conversation:
         self.text = text
         self.profile = profile
         self.replies: list[Reply] = []
+        self.consent: bool | None = None
 
     def context(self) -> dict[str, Any]:
         user = {**self.profile, "tags": sorted(self.tags)}
@@ -119,6 +121,8 @@ class _Conversation:
         self.tags.update(effects.tag)
         self.tags.difference_update(effects.untag)
         self.variables.update(effects.set)
+        if effects.consent is not None:
+            self.consent = effects.consent
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.state, frozenset(self.tags), dict(self.variables))
@@ -242,7 +246,7 @@ class CompiledFlow:
         else:
             matched = self._match(convo, user_input)
         self._follow_then(convo)
-        return StepResult(convo.snapshot(), tuple(convo.replies), matched)
+        return StepResult(convo.snapshot(), tuple(convo.replies), matched, convo.consent)
 
     def enter_optin(self, snapshot: Snapshot, topic: str, profile: Mapping[str, Any] | None = None) -> StepResult:
         """The user tapped Notify Me for `topic`: run the topic's on_optin state, if it names one."""
@@ -251,7 +255,7 @@ class CompiledFlow:
             convo.state = self.spec.start
         if self._fire(convo, f"optin:{topic}"):
             self._follow_then(convo)
-        return StepResult(convo.snapshot(), tuple(convo.replies), "optin")
+        return StepResult(convo.snapshot(), tuple(convo.replies), "optin", convo.consent)
 
     def _arrive(self, convo: _Conversation, arrival: Arrival) -> bool:
         """The first entry point matching the referral routes the user; one without `goto` only tags and sets

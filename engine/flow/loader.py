@@ -124,10 +124,10 @@ class _Builder:
             Keyword(
                 tuple(w.strip().casefold() for w in _words(raw.get("words"))),
                 str(raw.get("goto", "")),
-                self.effects(raw),
+                self.effects(raw, ("keywords", i)),
                 _match(raw),
             )
-            for raw in _tables(doc.get("keywords"))
+            for i, raw in enumerate(_tables(doc.get("keywords")))
         )
         fallback = None
         if isinstance(doc.get("fallback"), dict):
@@ -180,7 +180,7 @@ class _Builder:
             buttons=self.choices(raw.get("buttons"), (*path, "buttons")),
             rules=tuple(self.rule(r, (*path, "on", i)) for i, r in enumerate(_tables(raw.get("on")))),
             then=_opt_str(raw.get("then")),
-            effects=self.effects(raw),
+            effects=self.effects(raw, path),
             otn=otn,
             end=raw.get("end") is True,
             message_tag=_opt_str(raw.get("message_tag")),
@@ -262,8 +262,17 @@ class _Builder:
             self.report.error(path, f"invalid segment expression {source!r}: {err}")
             return ALWAYS
 
-    def effects(self, raw: dict[str, Any]) -> Effects:
-        return Effects(tuple(_strs(raw.get("tag"))), tuple(_strs(raw.get("untag"))), _scalars(raw.get("set")))
+    def effects(self, raw: dict[str, Any], path: KeyPath | None = None) -> Effects:
+        if path is not None and raw.get("unsubscribe") is True and raw.get("subscribe") is True:
+            self.report.error((*path, "subscribe"), "a step cannot both unsubscribe and subscribe the user")
+        consent = None
+        if raw.get("unsubscribe") is True:
+            consent = False
+        elif raw.get("subscribe") is True:
+            consent = True
+        return Effects(
+            tuple(_strs(raw.get("tag"))), tuple(_strs(raw.get("untag"))), _scalars(raw.get("set")), consent
+        )
 
 
 def _table(value: Any) -> dict[str, Any]:

@@ -39,6 +39,14 @@ _MATCH = Field(
     "words anywhere in the message, ignoring case, accents and punctuation).",
     choices=("message", "word"),
 )
+_CONSENT = {
+    "unsubscribe": Field(
+        "bool",
+        "The user asks to hear no more: their OTN tokens are revoked, any armed re-request disarmed, and no campaign "
+        "or OTN request reaches them until they subscribe again (or tap a Notify Me).",
+    ),
+    "subscribe": Field("bool", "The user subscribes again after unsubscribing."),
+}
 _SAY = {
     "say": Field("str", "Inline jinja2 text. Knows `user`, `vars` and `text` (the user's last message, as data)."),
     "template": Field("str", "A jinja2 template file in the templates folder, instead of `say`."),
@@ -71,6 +79,7 @@ SHAPES: dict[str, dict[str, Field]] = {
         "match": _MATCH,
         "goto": Field("str", "The state to move to.", required=True),
         **_EFFECTS,
+        **_CONSENT,
     },
     "state": {
         **_SAY,
@@ -80,6 +89,7 @@ SHAPES: dict[str, dict[str, Field]] = {
         "then": Field("str", "Move on to this state right after speaking, without waiting for input."),
         "otn": Field("table:otn", "Ask for a One-Time Notification on a topic after speaking."),
         "end": Field("bool", "Marks an intended end of the conversation (no dead-end warning)."),
+        **_CONSENT,
         "message_tag": Field("str", "Meta message tag allowing this message outside the 24h window (non-promotional)."),
         "promotional": Field("bool", "Whether the message promotes something; must be false on a tagged message."),
         "description": Field("str", "Free text for humans."),

@@ -16,14 +16,16 @@ Scalar = str | int | float | bool
 
 @dataclass(frozen=True)
 class Effects:
-    """What happens to the user's record: tags added and removed, variables set."""
+    """What happens to the user's record: tags added and removed, variables set, and consent: `False` unsubscribes
+    the user (`unsubscribe = true`), `True` subscribes them again (`subscribe = true`), None leaves it."""
 
     tag: tuple[str, ...] = ()
     untag: tuple[str, ...] = ()
     set: tuple[tuple[str, Scalar], ...] = ()
+    consent: bool | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.tag or self.untag or self.set)
+        return bool(self.tag or self.untag or self.set or self.consent is not None)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from enum import StrEnum
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
+UNSUBSCRIBED = "unsubscribed"  # the refusal of an OTN request or notification to a user who unsubscribed
 
 
 class Via(StrEnum):
@@ -56,6 +57,7 @@ class Facts:
     in_eu: bool = False
     tokens_held: int = 0  # valid, unused OTN tokens for the message's topic
     recent_requests: int = 0  # OTN requests for the topic within the anti-nagging period
+    unsubscribed: bool = False  # the user asked to hear no more (a flow step with `unsubscribe = true`)
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,10 @@ class Decision:
     def allowed(self) -> bool:
         return self.via is not None
 
+    @property
+    def unsubscribed(self) -> bool:
+        return self.reason == UNSUBSCRIBED
+
 
 def refuse(reason: str) -> Decision:
     return Decision(None, None, reason)
@@ -92,6 +98,8 @@ def window_open(facts: Facts, now_ms: int, settings: PolicySettings) -> bool:
 def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySettings) -> Decision:
     if facts.unreachable:
         return refuse("user_unreachable")
+    if message.kind in ("otn_request", "notification") and facts.unsubscribed:
+        return refuse(UNSUBSCRIBED)
     if message.kind in ("otn_request", "notification") and not (settings.otn_enabled and not facts.in_eu):
         return refuse("otn_unavailable")
     if message.kind == "notification":

@@ -372,7 +372,9 @@ class CampaignRunner:
     async def _deliver(
         self, flow: CompiledFlow, campaign: Campaign, keys: Sequence[str], user: UserRecord, delivery: Delivery
     ) -> None:
-        """Send a claimed token; when Meta says it is invalid, claim the user's next one and try again."""
+        """Send a claimed token; when Meta says it is invalid, claim the user's next one and try again. The user is
+        read again first: this runs in their turn, and they may have unsubscribed since the claim."""
+        user = await self.store.load_user(user.user_id) or user
         while not await self._send(flow, campaign, user, delivery, retry=False):
             now = self.clock.now_ms()
             claimed = await self.store.begin_deliveries(
@@ -414,8 +416,8 @@ class CampaignRunner:
             Outgoing("notification", with_token=True, token_expires_ms=delivery.token.expires_ms),
             self.clock.now_ms(),
         )
-        if not decision.allowed:
-            finished = Finished(delivery, "skipped", decision.reason, "valid")
+        if not decision.allowed:  # an unsubscribed user's tokens were revoked: they stay so
+            finished = Finished(delivery, "skipped", decision.reason, "revoked" if decision.unsubscribed else "valid")
             await self.store.finish_deliveries([finished], self.clock.now_ms())
             return True
         await self.limiter.acquire()

@@ -122,12 +122,16 @@ class ConversationHandler:
         rerequests = len(replies)
         if event is not None and event.kind == "optin":
             self._receive_token(flow, user, event, write)
+            if write.tokens:  # tapping a Notify Me is asking to hear from us again
+                self._consent(user, write, True)
         result = self.run_flow(flow, user, event) if event is not None else None
         if result is not None:
             user.state = result.snapshot.state
             user.tags = set(result.snapshot.tags)
             user.variables = dict(result.snapshot.variables)
             replies += result.replies
+            if result.consent is not None:  # before the gate: a request in the step that unsubscribes is refused
+                self._consent(user, write, result.consent)
         write.outbox = await self._gated(replies, stored.key, user, responding=engaged, write=write)
         for item in write.outbox[:rerequests]:
             item.meta["re_request"] = True
@@ -142,6 +146,14 @@ class ConversationHandler:
             reloaded = await self.store.load_user(stored.user_id)
             return Handled(False, reloaded or user, [])
         return Handled(True, user, [item for item in write.outbox if item.status in ("pending", "sending")])
+
+    def _consent(self, user: UserRecord, write: StepWrite, subscribed: bool) -> None:
+        """Unsubscribing revokes the user's tokens and disarms their re-requests (in the step's own write); the
+        gate keeps them out of campaigns and OTN requests until they subscribe again."""
+        if subscribed and user.unsubscribed_ms:
+            user.unsubscribed_ms, write.consent = 0, True
+        elif not subscribed and not user.unsubscribed_ms:
+            user.unsubscribed_ms, write.consent = self.clock.now_ms(), False
 
     def run_flow(self, flow: CompiledFlow, user: UserRecord, event: InboundEvent) -> StepResult | None:
         snapshot = self.snapshot(flow, user)

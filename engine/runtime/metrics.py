@@ -66,5 +66,11 @@ class Metrics:
         self._kinds_seen.add(kind)
         return True
 
+        self.unsubscribed = Gauge(
+            "otnflow_unsubscribed_users",
+            "Users who unsubscribed (no campaign, no OTN request until they subscribe again)",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

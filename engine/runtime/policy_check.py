@@ -30,6 +30,7 @@ class Gate:
             self.eu_user_tag in user.tags,
             tokens_held,
             recent_requests,
+            user.unsubscribed_ms > 0,
         )
 
     async def request_facts(

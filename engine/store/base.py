@@ -30,6 +30,7 @@ class UserRecord:
     last_interaction_ms: int = 0  # when the user last did something that opens the 24h window
     last_message_ms: int = 0  # when the user last wrote (HUMAN_AGENT's 7 days count from it)
     unreachable: bool = False  # blocked the page / unavailable: never messaged again
+    unsubscribed_ms: int = 0  # when the user unsubscribed (0: subscribed): no campaign, no OTN request until undone
     created_ms: int = 0
 
     def to_data(self) -> dict[str, Any]:
@@ -111,7 +112,7 @@ class Token:
     received_ms: int
     expires_ms: int
     source_state: str = ""  # the flow state whose request the user accepted (its otn.vars title the next request)
-    status: str = "valid"  # valid, claimed (a send is being prepared or made), spent, invalid
+    status: str = "valid"  # valid, claimed (a send is being prepared or made), spent, invalid, revoked (unsubscribed)
     request_vars: dict[str, str] = field(default_factory=dict)  # the asking state's otn.vars, rendered
     title: str = ""  # the Notify Me title the user accepted, rendered
 
@@ -130,6 +131,7 @@ class StepWrite:
     tokens: list[Token] = field(default_factory=list)  # opt-ins received
     disarm: list[str] = field(default_factory=list)  # armed re-request topics this step consumed
     otn_log: list[tuple[str, str]] = field(default_factory=list)  # (topic, what): optin, request_refused, ...
+    consent: bool | None = None  # False: unsubscribed now (revoke the user's tokens, disarm all); True: subscribed
 
 
 @dataclass
@@ -228,6 +230,9 @@ class UserStore(Protocol):
 
     async def mark_unreachable(self, user_id: str) -> None: ...
 
+    async def unsubscribed_users(self) -> int:
+        """How many users are unsubscribed (`otnflow stats`, /metrics)."""
+        ...
 
 class OutboxStore(Protocol):
     """Messages to send, each row's status moved around its Send API call."""

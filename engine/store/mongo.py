@@ -280,6 +280,10 @@ class MongoStore:
             await self.db[name].delete_many({"user_id": user_id})
         await self.db.users.delete_one({"_id": user_id})
         await self.db.leases.delete_one({"_id": user_id})
+        await self.db.unsubscribed.delete_one({"_id": user_id})
+
+    async def unsubscribed_users(self) -> int:
+        return await self.db.unsubscribed.count_documents({})
 
     async def commit_step(self, write: StepWrite, now_ms: int) -> bool:
         user = write.user
@@ -331,6 +335,18 @@ class MongoStore:
                     ],
                     session=session,
                 )
+            if write.consent is False:  # unsubscribed: no token of theirs is ever sent, no re-request goes out
+                await self.db.tokens.update_many(
+                    {"user_id": user.user_id, "status": {"$in": ["valid", "claimed"]}},
+                    {"$set": {"status": "revoked"}},
+                    session=session,
+                )
+                await self.db.armed.delete_many({"user_id": user.user_id}, session=session)
+                await self.db.unsubscribed.update_one(
+                    {"_id": user.user_id}, {"$setOnInsert": {"since_ms": now_ms}}, upsert=True, session=session
+                )
+            elif write.consent is True:
+                await self.db.unsubscribed.delete_one({"_id": user.user_id}, session=session)
             return True
 
         return await self._transaction(work)

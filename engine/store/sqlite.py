@@ -125,6 +125,7 @@ CREATE TABLE IF NOT EXISTS campaign_items (
 );
 CREATE INDEX IF NOT EXISTS campaign_items_by_status ON campaign_items (campaign_id, status, user_id);
 CREATE TABLE IF NOT EXISTS leases (user_id TEXT PRIMARY KEY, owner TEXT NOT NULL, until_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS unsubscribed (user_id TEXT PRIMARY KEY, since_ms INTEGER NOT NULL);
 """
 
 #: Outbox statuses of a request that may have reached, or may still reach, the user: what anti-nagging counts.
@@ -417,6 +418,15 @@ class SqliteStore:
                 "INSERT INTO otn_log VALUES (?, ?, ?, ?)",
                 [(user.user_id, topic, what, now_ms) for topic, what in write.otn_log],
             )
+            if write.consent is False:  # unsubscribed: no token of theirs is ever sent, no re-request goes out
+                db.execute(
+                    "UPDATE tokens SET status = 'revoked' WHERE user_id = ? AND status IN ('valid', 'claimed')",
+                    (user.user_id,),
+                )
+                db.execute("DELETE FROM armed WHERE user_id = ?", (user.user_id,))
+                db.execute("INSERT OR IGNORE INTO unsubscribed VALUES (?, ?)", (user.user_id, now_ms))
+            elif write.consent is True:
+                db.execute("DELETE FROM unsubscribed WHERE user_id = ?", (user.user_id,))
             return True
 
         return await self._write(work)
@@ -453,10 +463,13 @@ class SqliteStore:
 
     async def forget_user(self, user_id: str) -> None:
         def work(db: sqlite3.Connection) -> None:
-            for table in ("users", "inbox", "outbox", "tokens", "armed", "otn_log", "campaign_items"):
+            for table in ("users", "inbox", "outbox", "tokens", "armed", "otn_log", "campaign_items", "unsubscribed"):
                 db.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
 
         await self._write(work)
+
+    async def unsubscribed_users(self) -> int:
+        return await self._read(lambda db: int(db.execute("SELECT count(*) FROM unsubscribed").fetchone()[0]))
 
     async def mark_unreachable(self, user_id: str) -> None:
         def work(db: sqlite3.Connection) -> None:

@@ -103,6 +103,7 @@ SHAPES: dict[str, dict[str, Field]] = {
         "tokens": Field("ints", "How many valid tokens the user holds per topic, e.g. { restock = 1 }."),
         "refused": Field("str", "The policy gate refused a message to the user for this reason."),
         "delivered": Field("int", "With notify: how many users the notification reached."),
+        "subscribed": Field("bool", "Whether the user is subscribed (false once a step unsubscribed them)."),
     },
 }
 
@@ -397,6 +398,7 @@ CHECKS: dict[str, Callable[[Seen, Any], str | None]] = {
     "tokens": lambda seen, w: _differ("tokens", dict(w), {t: len(seen.user.tokens(t)) for t in w}),
     "refused": _refused,
     "delivered": lambda seen, w: _differ("delivered", w, seen.delivered),
+    "subscribed": lambda seen, w: _differ("subscribed", w, seen.user.subscribed),
 }
 assert set(CHECKS) == set(SHAPES["expect"]), "every expectation key has a check"
 

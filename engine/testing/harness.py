@@ -232,6 +232,11 @@ class BotUser:
         ]
 
     @property
+    def subscribed(self) -> bool:
+        """False once a step with `unsubscribe = true` ran, until one with `subscribe = true` or a Notify Me tap."""
+        return not (self.record and self.record.unsubscribed_ms)
+
+    @property
     def refusals(self) -> list[dict[str, Any]]:
         """Messages the policy gate refused for this user: {'kind', 'topic', 'reason', 'text', 'at'}."""
         return list(self._refused)

@@ -33,6 +33,7 @@ async def metrics(request: web.Request) -> web.Response:
     for topic, values in figures.items():
         for name, value in values.items():
             app[METRICS].otn.labels(topic, name).set(value)
+    app[METRICS].unsubscribed.set(await app[STORE].unsubscribed_users())
     response = web.Response(body=app[METRICS].render())
     response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return response

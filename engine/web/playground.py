@@ -374,6 +374,7 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
         "tags": sorted(record.tags) if record else [],
         "variables": record.variables if record else {},
         "window": {"open": facts_open, "closes_in_ms": closes_in, "hours": gate_settings.window_hours},
+        "subscribed": not (record and record.unsubscribed_ms),
         "otn_available": gate_settings.otn_enabled,
         "tokens": [
             {

@@ -228,3 +228,18 @@ def test_a_request_carries_its_otn_vars_rendered_and_the_checker_knows_their_nam
     assert compiled is None
     assert [d.message for d in diagnostics] == ["uses undefined variable 'year' (known: text, user, vars)"]
     assert "states.news.otn.vars.subject" in str(diagnostics[0])
+
+
+def test_unsubscribe_and_subscribe_mark_a_step_and_not_both(tmp_path: Path) -> None:
+    marked = FLOW.replace('goto = "bye"\ntag = ["churned"]', 'goto = "bye"\ntag = ["churned"]\nunsubscribe = true')
+    assert marked != FLOW
+    path = tmp_path / "consent.toml"
+    path.write_text(marked)
+    compiled, diagnostics = load_flow(path)
+    assert compiled is not None, diagnostics
+    assert compiled.step(Snapshot("welcome"), UserInput(text="stop")).consent is False
+    assert compiled.step(Snapshot("welcome"), UserInput(text="menu")).consent is None
+    path.write_text(marked.replace("unsubscribe = true", "unsubscribe = true\nsubscribe = true"))
+    compiled, diagnostics = load_flow(path)
+    assert compiled is None
+    assert [d.message for d in diagnostics] == ["a step cannot both unsubscribe and subscribe the user"]

@@ -246,6 +246,24 @@ async def test_tokens_keep_their_request_and_campaigns_claim_only_the_requests_t
     assert stats["restock"]["token_holders"] == 2 and stats["restock"]["tokens_held"] == 2
 
 
+async def test_unsubscribing_revokes_tokens_and_disarms_in_the_step_and_subscribing_undoes_the_mark(
+    store: Store,
+) -> None:
+    await store.add_events([event("a"), event("b", ts=2)])
+    await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)]), 1)
+    await store.arm("u1", "restock", "sold_out", 2)
+    assert await store.unsubscribed_users() == 0
+    await store.commit_step(StepWrite("b", UserRecord("u1", unsubscribed_ms=3), consent=False), 3)
+    assert {t.status for t in await store.tokens("u1")} == {"revoked"}
+    assert await store.armed("u1") == []
+    assert await store.unsubscribed_users() == 1
+    user = await store.load_user("u1")
+    assert user is not None and user.unsubscribed_ms == 3
+    await store.add_events([event("c", ts=3)])
+    await store.commit_step(StepWrite("c", UserRecord("u1"), consent=True), 4)
+    assert await store.unsubscribed_users() == 0
+
+
 async def test_an_old_sqlite_file_gains_the_request_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
