@@ -270,9 +270,7 @@ class _Builder:
             consent = False
         elif raw.get("subscribe") is True:
             consent = True
-        return Effects(
-            tuple(_strs(raw.get("tag"))), tuple(_strs(raw.get("untag"))), _scalars(raw.get("set")), consent
-        )
+        return Effects(tuple(_strs(raw.get("tag"))), tuple(_strs(raw.get("untag"))), _scalars(raw.get("set")), consent)
 
 
 def _table(value: Any) -> dict[str, Any]:

@@ -56,6 +56,11 @@ class Metrics:
             ["topic", "figure"],
             registry=self.registry,
         )
+        self.unsubscribed = Gauge(
+            "otnflow_unsubscribed_users",
+            "Users who unsubscribed (no campaign, no OTN request until they subscribe again)",
+            registry=self.registry,
+        )
 
     def count_skipped(self, kind: str, count: int, known: Collection[str]) -> bool:
         """Count skipped webhook items; the label is the kind when it is a known one, else `unknown` (a body's keys
@@ -65,12 +70,6 @@ class Metrics:
             return False
         self._kinds_seen.add(kind)
         return True
-
-        self.unsubscribed = Gauge(
-            "otnflow_unsubscribed_users",
-            "Users who unsubscribed (no campaign, no OTN request until they subscribe again)",
-            registry=self.registry,
-        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

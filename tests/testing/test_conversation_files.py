@@ -45,7 +45,7 @@ def test_otnflow_test_reports_file_line_step_expected_and_got(tmp_path: Path) ->
     assert "ok   collectors and runners get their own message" in out  # the other tests still pass
     assert f"{path}:{line}: step 16 (expect) of 'a runner is tagged, asked, opted in" in out
     assert 'reply: expected "Here\'s the SL13, size 43.", got "Here\'s the SL13, size 42."' in out
-    assert out.strip().endswith("2 passed, 1 failed")
+    assert out.strip().endswith("3 passed, 1 failed")
 
 
 def test_pytest_collects_the_file_and_fails_with_the_same_message(tmp_path: Path) -> None:
@@ -60,7 +60,7 @@ def test_pytest_collects_the_file_and_fails_with_the_same_message(tmp_path: Path
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"{path}:{line}: step 16 (expect)" in done.stdout
     assert "size 43" in done.stdout and "size 42" in done.stdout
-    assert re.search(r"1 failed, 2 passed", done.stdout)
+    assert re.search(r"1 failed, 3 passed", done.stdout)
 
 
 def test_the_examples_pass_through_otnflow_test() -> None:
@@ -68,7 +68,7 @@ def test_the_examples_pass_through_otnflow_test() -> None:
         [sys.executable, "-m", "engine.cli", "test", "flows/"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout
-    assert done.stdout.strip().endswith("5 passed, 0 failed")
+    assert done.stdout.strip().endswith("6 passed, 0 failed")
     assert "ok   arrivals: a race-day Messenger code" in done.stdout  # the referral entry points' file ran
 
 
