@@ -111,7 +111,8 @@ async def test_campaign_killed_halfway_then_rerun_sends_each_user_exactly_one(tm
 
     stats = otnflow(config, graph_url, "stats")
     table, _ = await asyncio.to_thread(stats.communicate, None, 30)
-    header, row = table.strip().splitlines()
+    header, row, unsubscribed = table.strip().splitlines()
+    assert unsubscribed == "unsubscribed users: 0"
     assert header.split() == [
         "topic",
         "requests",
