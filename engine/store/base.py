@@ -234,6 +234,7 @@ class UserStore(Protocol):
         """How many users are unsubscribed (`otnflow stats`, /metrics)."""
         ...
 
+
 class OutboxStore(Protocol):
     """Messages to send, each row's status moved around its Send API call."""
 

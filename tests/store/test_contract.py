@@ -247,7 +247,7 @@ async def test_tokens_keep_their_request_and_campaigns_claim_only_the_requests_t
 
 
 async def test_unsubscribing_revokes_tokens_and_disarms_in_the_step_and_subscribing_undoes_the_mark(
-    store: Store,
+    store: Backend,
 ) -> None:
     await store.add_events([event("a"), event("b", ts=2)])
     await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)]), 1)
