@@ -230,10 +230,6 @@ class UserStore(Protocol):
 
     async def mark_unreachable(self, user_id: str) -> None: ...
 
-    async def unsubscribed_users(self) -> int:
-        """How many users are unsubscribed (`otnflow stats`, /metrics)."""
-        ...
-
 
 class OutboxStore(Protocol):
     """Messages to send, each row's status moved around its Send API call."""
@@ -367,6 +363,10 @@ class Inspection(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Row counts by table and status (and `rejected`: the dead letters), for health checks, metrics, tests."""
+        ...
+
+    async def unsubscribed_users(self) -> int:
+        """How many users are unsubscribed (`otnflow stats`, /api/stats, /metrics)."""
         ...
 
     async def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:

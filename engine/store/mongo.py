@@ -282,9 +282,6 @@ class MongoStore:
         await self.db.leases.delete_one({"_id": user_id})
         await self.db.unsubscribed.delete_one({"_id": user_id})
 
-    async def unsubscribed_users(self) -> int:
-        return await self.db.unsubscribed.count_documents({})
-
     async def commit_step(self, write: StepWrite, now_ms: int) -> bool:
         user = write.user
         rows = [
@@ -767,6 +764,9 @@ class MongoStore:
         ]
 
     # -- inspection ------------------------------------------------------------------------------------------
+    async def unsubscribed_users(self) -> int:
+        return await self.db.unsubscribed.count_documents({})
+
     async def refused_rows(self, user_id: str | None = None) -> list[OutboxItem]:
         query: dict[str, Any] = {"status": "refused"}
         if user_id is not None:
