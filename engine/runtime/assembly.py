@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..config import Settings
@@ -12,7 +12,7 @@ from ..messenger.client import GraphClient, GraphSettings
 from ..store import Store
 from .campaigns import CampaignRunner
 from .clock import Clock
-from .conversation import ConversationHandler
+from .conversation import ConversationHandler, StepMiddleware
 from .dispatcher import Dispatcher, Leases
 from .metrics import Metrics
 from .policy_check import Gate
@@ -64,9 +64,12 @@ def assemble(
     metrics: Metrics,
     sending: SendingState,
     campaigns_through_dispatcher: bool = True,
+    middlewares: Sequence[StepMiddleware] = (),
 ) -> Engine:
     gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
-    handler = ConversationHandler(flows, default_flow_name(settings, flows), store, graph.profile, clock, gate)
+    handler = ConversationHandler(
+        flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares
+    )
     sender = OutboxSender(store, graph, clock, metrics, sending, gate)
     leases = Leases.for_this_process(float(settings["dispatcher.lease_seconds"])) if settings.leases else None
     dispatcher = Dispatcher(store, handler, sender, metrics, int(settings["dispatcher.concurrency"]), leases, clock)

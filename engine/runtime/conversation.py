@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,6 +74,21 @@ class Handled:
     outbox: list[OutboxItem]
 
 
+#: One conversation step for one stored event, as a middleware sees it: call it (with the event, or an enriched
+#: copy) to run the step, or not to skip it.
+Step = Callable[[StoredEvent], Awaitable[Handled]]
+#: A callable around each step, for logging, tracing or enrichment: `async def timed(event, step): return await
+#: step(event)`. The first in the list is the outermost. It runs with the user's lock held, inside the step's retry.
+StepMiddleware = Callable[[StoredEvent, Step], Awaitable[Handled]]
+
+
+def _around(middleware: StepMiddleware, step: Step) -> Step:
+    async def wrapped(event: StoredEvent) -> Handled:
+        return await middleware(event, step)
+
+    return wrapped
+
+
 class ConversationHandler:
     def __init__(
         self,
@@ -83,7 +98,9 @@ class ConversationHandler:
         fetch_profile: ProfileFetcher,
         clock: Clock,
         gate: Gate,
+        middlewares: Sequence[StepMiddleware] = (),
     ) -> None:
+        self.middlewares = tuple(middlewares)
         self.flows = flows
         self.default_flow = default_flow
         self._unknown_topics_logged: set[str] = set()  # a warning once per topic, not per opt-in (bounded)
@@ -96,6 +113,19 @@ class ConversationHandler:
         return self.flows.get(user.flow) or self.flows[self.default_flow]
 
     async def handle(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> Handled:
+        """The step for one event, through the middlewares, if any (see `_step`)."""
+        if not self.middlewares:
+            return await self._step(stored, send_now, user)
+
+        async def innermost(event: StoredEvent) -> Handled:
+            return await self._step(event, send_now, user)
+
+        step: Step = innermost
+        for middleware in reversed(self.middlewares):
+            step = _around(middleware, step)
+        return await step(stored)
+
+    async def _step(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> Handled:
         """Handle one event: one atomic write of the user, its replies and the event's handled mark. With
         `send_now` the first allowed reply is recorded as `sending` in that same write, because the caller sends
         it at once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.

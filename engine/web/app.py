@@ -4,7 +4,7 @@ order at start and closed in reverse at shutdown."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -15,12 +15,26 @@ from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
 from ..runtime.assembly import assemble, default_flow_name, graph_settings
 from ..runtime.clock import Clock, OffsetClock, SystemClock
+from ..runtime.conversation import StepMiddleware
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingState
-from ..store import open_store
+from ..store import Backend, open_store
 from . import api, deadline, monitoring, reload, webhook
 from . import playground as playground_routes
-from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, GRAPH, GRAPH_URL, METRICS, SENDING, SETTINGS, STORE
+from .keys import (
+    CAMPAIGNS,
+    CLOCK,
+    DISPATCHER,
+    FAKE_GRAPH,
+    FLOWS,
+    GRAPH,
+    GRAPH_URL,
+    METRICS,
+    MIDDLEWARES,
+    SENDING,
+    SETTINGS,
+    STORE,
+)
 
 log = logging.getLogger("otnflow.web")
 PLAYGROUND_REFUSED = (
@@ -40,11 +54,16 @@ def create_app(
     clock: Clock | None = None,
     fake_graph: FakeGraph | None = None,
     playground: bool | None = None,
+    *,
+    store: Backend | None = None,
+    middlewares: Sequence[StepMiddleware] = (),
 ) -> web.Application:
     """Build the server. In local mode (no page token) replies go to a fake Graph API running in-process on
     loopback, the playground page is served, the clock can be moved forward, and flow files are reloaded when they
     change (after they pass the checker). `playground=True` with a page token is a ValueError: the playground
-    drives the store it is given, and a live store holds real users and their tokens."""
+    drives the store it is given, and a live store holds real users and their tokens. `store` replaces the one
+    `store.url` names (the app opens it at start and closes it at shutdown); `middlewares` run around each
+    conversation step, the first outermost (docs/architecture.md, "Extension points")."""
     if playground and not settings.local_mode:
         raise ValueError(PLAYGROUND_REFUSED)
     app = web.Application(
@@ -52,6 +71,9 @@ def create_app(
         middlewares=[api.json_errors, deadline.read_deadline],  # /api errors in JSON, the read deadline's too
     )
     app[SETTINGS] = settings
+    app[MIDDLEWARES] = tuple(middlewares)
+    if store is not None:
+        app[STORE] = store
     loaded = dict(flows) if flows is not None else load_configured_flows(settings)
     app[FLOWS] = loaded
     local = settings.local_mode if playground is None else playground
@@ -78,7 +100,9 @@ def create_app(
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
+    store = (
+        app[STORE] if STORE in app else open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
+    )
     await store.open()
     app[STORE] = store
     yield
@@ -107,7 +131,17 @@ async def _graph_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:
     flows: dict[str, CompiledFlow] = app[FLOWS]
-    engine = assemble(app[SETTINGS], flows, app[STORE], app[GRAPH], app[CLOCK], app[METRICS], app[SENDING])
+    middlewares: tuple[StepMiddleware, ...] = app[MIDDLEWARES]
+    engine = assemble(
+        app[SETTINGS],
+        flows,
+        app[STORE],
+        app[GRAPH],
+        app[CLOCK],
+        app[METRICS],
+        app[SENDING],
+        middlewares=middlewares,
+    )
     app[DISPATCHER] = engine.dispatcher
     app[CAMPAIGNS] = engine.campaigns
     resumed = await engine.dispatcher.start()

@@ -10,6 +10,7 @@ from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
 from ..runtime.campaigns import CampaignRunner
 from ..runtime.clock import Clock
+from ..runtime.conversation import StepMiddleware
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingState
@@ -26,3 +27,4 @@ GRAPH_URL = web.AppKey("graph_url", str)
 SENDING = web.AppKey("sending", SendingState)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 CAMPAIGNS = web.AppKey("campaigns", CampaignRunner)
+MIDDLEWARES: web.AppKey[tuple[StepMiddleware, ...]] = web.AppKey("middlewares")
