@@ -1,6 +1,6 @@
 """create_app's extension points, through a real server on loopback: a store object given by the caller is the one
 used (opened and closed by the app), and per-event middlewares run around each conversation step, in order, and can
-enrich the event or skip the step."""
+enrich the event."""
 
 from __future__ import annotations
 
