@@ -26,6 +26,8 @@ from engine.web import create_app
 from engine.web.deadline import server_options
 from engine.web.keys import DISPATCHER, SETTINGS, STORE
 
+pytest_plugins = ["pytester"]
+
 # --- aioresponses shim -------------------------------------------------------------------------------------
 # aioresponses 0.7.9 builds ClientResponse without the `stream_writer` argument that aiohttp 3.14 requires
 # (upstream pnuckowski/aioresponses#289, fix not merged yet). Give it a response class that supplies a stand-in

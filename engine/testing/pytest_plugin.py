@@ -1,77 +1,51 @@
-"""The otnflow pytest plugin (registered through the `pytest11` entry point).
+"""The otnflow pytest plugin (registered through the `pytest11` entry point, so on wherever otnflow is installed).
 
-- The `otnflow_bot` fixture (also as `bot`): a Bot over the project's flows (config.toml's, or those a
+Being installed must not change another project's test run, so by default the plugin offers only what no other
+project names: the `otnflow` marker and the `otnflow_bot` fixture. A project that opts in (`otnflow = true` in its
+pytest ini options, or `pytest_plugins = ["engine.testing.pytest_opt_in"]` in its root conftest.py) also gets the
+`bot` fixture and the collection of conversation files (engine/testing/pytest_opt_in.py).
+
+- The `otnflow_bot` fixture: a Bot over the project's flows (config.toml's, or those a
   `@pytest.mark.otnflow(flow=..., flows=..., templates=..., config=..., **settings)` marker names), with a fresh
   temporary store, the fake Graph API and a clock at a fixed instant. An unknown keyword fails the test (a typo
   must not silently run another flow). See engine/testing/harness.py for what a Bot and its users do.
-- Conversation test files (`test_*.toml`) are collected like Python test files, one pytest item per [[test]].
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..flow import FlowError
-from .conversations import ConversationFile, ConversationRunner, ConversationTest, load_conversations
 from .harness import Bot, unknown_setting
 
-RUNNER = ConversationRunner()
 #: The marker's own keywords; any other must name a setting.
 MARKER_KEYWORDS = frozenset({"flow", "flows", "templates", "config", "store_dir"})
 
 
+#: The module a project's opt-in loads.
+OPT_IN_PLUGIN = "engine.testing.pytest_opt_in"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini(
+        "otnflow",
+        type="bool",
+        default=False,
+        help="otnflow: offer the `bot` fixture and collect conversation files (test_*.toml)",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getini("otnflow"):
+        config.pluginmanager.import_plugin(OPT_IN_PLUGIN)
     config.addinivalue_line(
         "markers",
         "otnflow(flow=None, flows=None, templates=None, config=None, **settings): how the otnflow_bot fixture runs "
         "(flow: the flow new users enter; settings by name with '_' for '.', e.g. policy_page_in_eu=True)",
     )
-
-
-def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
-    if file_path.suffix == ".toml" and file_path.name.startswith("test_"):
-        return ConversationFileCollector.from_parent(parent, path=file_path)
-    return None
-
-
-class ConversationFailure(AssertionError):
-    pass
-
-
-class ConversationFileCollector(pytest.File):
-    def collect(self) -> Iterator[pytest.Item]:
-        try:
-            conversations = load_conversations(self.path)
-            RUNNER.flows(conversations)
-        except FlowError as err:
-            raise self.CollectError(str(err)) from None
-        for test in conversations.tests:
-            yield ConversationItem.from_parent(self, name=test.name, conversations=conversations, test=test)
-
-
-class ConversationItem(pytest.Item):
-    def __init__(self, *, conversations: ConversationFile, test: ConversationTest, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.conversations = conversations
-        self.test = test
-
-    def runtest(self) -> None:
-        result = asyncio.run(RUNNER.run(self.conversations, self.test))
-        if not result.passed:
-            raise ConversationFailure(result.failure)
-
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, ConversationFailure):
-            return str(excinfo.value)
-        return str(super().repr_failure(excinfo))
-
-    def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, self.test.line - 1, f"conversation: {self.test.name}"
 
 
 try:
@@ -96,7 +70,3 @@ if HAVE_PYTEST_ASYNCIO:
             options.pop("flows", None), options.pop("templates", None), config=config, **options
         ) as running:
             yield running
-
-    @pytest_asyncio.fixture
-    async def bot(otnflow_bot: Bot) -> AsyncIterator[Bot]:
-        yield otnflow_bot
