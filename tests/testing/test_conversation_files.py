@@ -51,7 +51,19 @@ def test_otnflow_test_reports_file_line_step_expected_and_got(tmp_path: Path) ->
 def test_pytest_collects_the_file_and_fails_with_the_same_message(tmp_path: Path) -> None:
     path, line = broken_copy(tmp_path)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", str(path), "-p", "no:cacheprovider", "-q", "--rootdir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(path),
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-o",
+            "otnflow=true",
+            "--rootdir",
+            str(tmp_path),
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,

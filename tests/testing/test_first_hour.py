@@ -100,7 +100,19 @@ def test_the_marker_chooses_the_flow_and_refuses_unknown_keywords(tmp_path: Path
     )
     (tmp_path / "test_marked.py").write_text(MARKED)
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto", "test_marked.py"],
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "asyncio_mode=auto",
+            "-o",
+            "otnflow=true",
+            "test_marked.py",
+        ],
         cwd=tmp_path,
         capture_output=True,
         text=True,
