@@ -1,4 +1,6 @@
-"""The `otnflow` command: serve, check, graph (and more as the engine grows)."""
+"""The `otnflow` command: init, check, graph, schema, serve, doctor, notify, stats, inbox, test, chat.
+
+`otnflow --help` lists them with what each does; each subcommand's parser is built in `build_parser()`."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ class Outcome(StrEnum):
     NO_USER = "no_user"  # no matching user: do not retry
     BAD_TOKEN = "bad_token"  # invalid page access token: stop all sending, alert loudly
     PERMISSION = "permission"  # app review / permission missing: stop, alert
-    USER_THROTTLED = "user_throttled"  # too frequent notifications to this user: back off for that user
+    # too frequent notifications to this user: not retried; the message is recorded failed (no per-user back-off)
+    USER_THROTTLED = "user_throttled"
     FAILED = "failed"  # any other permanent error
 
 
