@@ -75,7 +75,8 @@ class Handled:
 
 
 #: One conversation step for one stored event, as a middleware sees it: call it (with the event, or an enriched
-#: copy) to run the step. A middleware that does not call it leaves the event unhandled (it is retried).
+#: copy) to run the step. Call it: only the step marks the event handled (one not called leaves it pending); a
+#: middleware that raises fails the event as a failing step does (kept in the inbox as failed, logged).
 Step = Callable[[StoredEvent], Awaitable[Handled]]
 #: A callable around each step, for logging, tracing or enrichment: `async def timed(event, step): return await
 #: step(event)`. The first in the list is the outermost. It runs with the user's lock held, inside the step's retry.
