@@ -21,6 +21,14 @@ DAY_MS = 24 * HOUR_MS
 UNSUBSCRIBED = "unsubscribed"  # the refusal of an OTN request or notification to a user who unsubscribed
 
 
+class MessageKind(StrEnum):
+    """What an outbound message is, as far as the policy cares."""
+
+    MESSAGE = "message"  # a flow reply or an update
+    OTN_REQUEST = "otn_request"  # the "Notify Me" template
+    NOTIFICATION = "notification"  # the one message an OTN token allows
+
+
 class Via(StrEnum):
     RESPONSE = "RESPONSE"
     UPDATE = "UPDATE"
@@ -47,7 +55,7 @@ class PolicySettings:
         return self.otn_available and not self.page_in_eu
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Facts:
     """What the gate knows of the user."""
 
@@ -60,11 +68,11 @@ class Facts:
     unsubscribed: bool = False  # the user asked to hear no more (a flow step with `unsubscribe = true`)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Outgoing:
-    """What is to be sent. `kind`: message (a flow reply or an update), otn_request, or notification."""
+    """What is to be sent."""
 
-    kind: str
+    kind: MessageKind
     responding: bool = False  # answers the user's own action (RESPONSE rather than UPDATE inside the window)
     tag: str | None = None  # a message tag the flow declared for it
     promotional: bool = True  # unless the flow says otherwise, assume it is
@@ -72,7 +80,7 @@ class Outgoing:
     token_expires_ms: int | None = None  # when that token expires (a token past it is never sent)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     via: Via | None
     tag: str | None = None
@@ -88,7 +96,7 @@ class Decision:
 
 
 def refuse(reason: str) -> Decision:
-    return Decision(None, None, reason)
+    return Decision(via=None, reason=reason)
 
 
 def window_open(facts: Facts, now_ms: int, settings: PolicySettings) -> bool:
@@ -98,27 +106,28 @@ def window_open(facts: Facts, now_ms: int, settings: PolicySettings) -> bool:
 def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySettings) -> Decision:
     if facts.unreachable:
         return refuse("user_unreachable")
-    if message.kind in ("otn_request", "notification") and facts.unsubscribed:
+    otn = message.kind in (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION)
+    if otn and facts.unsubscribed:
         return refuse(UNSUBSCRIBED)
-    if message.kind in ("otn_request", "notification") and not (settings.otn_enabled and not facts.in_eu):
+    if otn and not (settings.otn_enabled and not facts.in_eu):
         return refuse("otn_unavailable")
-    if message.kind == "notification":
+    if message.kind == MessageKind.NOTIFICATION:
         if not message.with_token:
             return refuse("no_valid_token")
         if message.token_expires_ms is not None and message.token_expires_ms <= now_ms:
             return refuse("token_expired")
-        return Decision(Via.OTN_TOKEN)
+        return Decision(via=Via.OTN_TOKEN)
     inside = window_open(facts, now_ms, settings)
-    if message.kind == "otn_request":
+    if message.kind == MessageKind.OTN_REQUEST:
         if not inside:
             return refuse("outside_window")
         if settings.otn_skip_if_token_held and facts.tokens_held > 0:
             return refuse("token_already_held")
         if facts.recent_requests >= settings.otn_max_requests:
             return refuse("request_limit")
-        return Decision(Via.RESPONSE if message.responding else Via.UPDATE)
+        return Decision(via=Via.RESPONSE if message.responding else Via.UPDATE)
     if inside:
-        return Decision(Via.RESPONSE if message.responding else Via.UPDATE)
+        return Decision(via=Via.RESPONSE if message.responding else Via.UPDATE)
     if message.tag is None:
         return refuse("outside_window")
     if message.tag not in settings.allowed_tags:
@@ -127,4 +136,4 @@ def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySetting
         return refuse("promotional_on_tag")
     if message.tag == "HUMAN_AGENT" and now_ms - facts.last_message_ms >= settings.human_agent_days * DAY_MS:
         return refuse("human_agent_expired")
-    return Decision(Via.MESSAGE_TAG, message.tag)
+    return Decision(via=Via.MESSAGE_TAG, tag=message.tag)

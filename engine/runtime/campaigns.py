@@ -29,7 +29,7 @@ from ..flow.segments import ALWAYS, Segment, parse_segment
 from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
-from ..policy import Outgoing, window_open
+from ..policy import MessageKind, Outgoing, window_open
 from ..store import Campaign, Delivery, Finished, Store, UserRecord, request_key
 from .audience import Audience, holder_pages, notification_audience, spell_api, spell_cli
 from .clock import Clock
@@ -352,7 +352,9 @@ class CampaignRunner:
         requests = []
         for user_id in user_ids:
             user = users.get(user_id)
-            decision = self.gate.check(self.gate.facts(user), Outgoing("notification", with_token=True), now)
+            decision = self.gate.check(
+                self.gate.facts(user), Outgoing(kind=MessageKind.NOTIFICATION, with_token=True), now
+            )
             if user is None or not decision.allowed:
                 await self.store.skip_item(campaign.id, user_id, decision.reason or "unknown_user", now)
                 continue
@@ -413,7 +415,7 @@ class CampaignRunner:
         reason and leaves the token unused by this run."""
         decision = self.gate.check(
             self.gate.facts(user),
-            Outgoing("notification", with_token=True, token_expires_ms=delivery.token.expires_ms),
+            Outgoing(kind=MessageKind.NOTIFICATION, with_token=True, token_expires_ms=delivery.token.expires_ms),
             self.clock.now_ms(),
         )
         if not decision.allowed:  # an unsubscribed user's tokens were revoked: they stay so
@@ -465,7 +467,7 @@ class CampaignRunner:
         item.meta["re_request"] = True
         asked = request_key(dict(request.otn_vars))
         facts = await self.gate.request_facts(self.store, user, topic, now, request_key=asked)
-        decision = self.gate.check(facts, Outgoing("otn_request"), now)
+        decision = self.gate.check(facts, Outgoing(kind=MessageKind.OTN_REQUEST), now)
         if not decision.allowed:
             item.status, item.detail = "refused", decision.reason
         await self.store.add_outbox(item, now)

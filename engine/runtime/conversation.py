@@ -14,7 +14,7 @@ from typing import Any
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
 from ..messenger.events import MAX_KEY_CHARS, InboundEvent, Referral, parse_event
-from ..policy import Outgoing
+from ..policy import MessageKind, Outgoing
 from ..policy.gate import DAY_MS
 from ..store import OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
 from .clock import Clock
@@ -35,13 +35,17 @@ WINDOW_OPENERS = frozenset({"message", "postback", "reaction", "referral"})
 def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> OutboxItem:
     """A flow reply as a Send API `message`, with what the policy gate needs to know in `meta`."""
     quick = [(q.title, q.payload) for q in reply.quick_replies]
-    meta: dict[str, Any] = {"kind": "message", "responding": responding, "promotional": reply.promotional}
+    meta: dict[str, Any] = {
+        "kind": MessageKind.MESSAGE.value,
+        "responding": responding,
+        "promotional": reply.promotional,
+    }
     if reply.message_tag:
         meta["tag"] = reply.message_tag
     if reply.otn_topic is not None:
         payload = payloads.request(reply.otn_topic, reply.otn_state, key, dict(reply.otn_vars), reply.text)
         message = outbound.otn_request(reply.text, payload)
-        meta.update(kind="otn_request", topic=reply.otn_topic, source_state=reply.otn_state)
+        meta.update(kind=MessageKind.OTN_REQUEST.value, topic=reply.otn_topic, source_state=reply.otn_state)
     elif reply.buttons:
         message = outbound.button_message(reply.text, [(b.title, b.payload, b.url) for b in reply.buttons], quick)
     else:
@@ -269,7 +273,14 @@ class ConversationHandler:
                     self.store, user, reply.otn_topic, now, queued[reply.otn_topic], received, asked
                 )
             decision = self.gate.check(
-                facts, Outgoing(str(item.meta["kind"]), responding, reply.message_tag, reply.promotional), now
+                facts,
+                Outgoing(
+                    kind=MessageKind(item.meta["kind"]),
+                    responding=responding,
+                    tag=reply.message_tag,
+                    promotional=reply.promotional,
+                ),
+                now,
             )
             if not decision.allowed:
                 item.status, item.detail = "refused", decision.reason

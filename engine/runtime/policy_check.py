@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from ..policy import Decision, Facts, Outgoing, PolicySettings, decide
+from ..policy import Decision, Facts, MessageKind, Outgoing, PolicySettings, decide
 from ..policy.gate import HOUR_MS
 from ..store import Store, UserRecord
 from .metrics import Metrics
@@ -24,13 +24,13 @@ class Gate:
         if user is None:
             return Facts(tokens_held=tokens_held, recent_requests=recent_requests)
         return Facts(
-            user.last_interaction_ms,
-            user.last_message_ms,
-            user.unreachable,
-            self.eu_user_tag in user.tags,
-            tokens_held,
-            recent_requests,
-            user.unsubscribed_ms > 0,
+            last_interaction_ms=user.last_interaction_ms,
+            last_message_ms=user.last_message_ms,
+            unreachable=user.unreachable,
+            in_eu=self.eu_user_tag in user.tags,
+            tokens_held=tokens_held,
+            recent_requests=recent_requests,
+            unsubscribed=user.unsubscribed_ms > 0,
         )
 
     async def request_facts(
@@ -63,10 +63,10 @@ class Gate:
 
 def outgoing_from_meta(meta: dict[str, object]) -> Outgoing:
     """An outbox row's meta as the gate's Outgoing."""
-    kind = str(meta.get("kind", "message"))
+    kind = str(meta.get("kind", MessageKind.MESSAGE))
     tag = meta.get("tag")
     return Outgoing(
-        kind=kind if kind in ("otn_request", "notification") else "message",
+        kind=MessageKind(kind) if kind in (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION) else MessageKind.MESSAGE,
         responding=bool(meta.get("responding", False)),
         tag=str(tag) if tag else None,
         promotional=bool(meta.get("promotional", True)),

@@ -361,7 +361,15 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
     flow = flows[flow_name]
     gate_settings = settings.policy
     last = record.last_interaction_ms if record else 0
-    facts = Facts(record.last_interaction_ms, record.last_message_ms, record.unreachable) if record else Facts()
+    facts = (
+        Facts(
+            last_interaction_ms=record.last_interaction_ms,
+            last_message_ms=record.last_message_ms,
+            unreachable=record.unreachable,
+        )
+        if record
+        else Facts()
+    )
     facts_open = window_open(facts, now, gate_settings)
     closes_in = max(0, last + int(gate_settings.window_hours * HOUR_MS) - now) if facts_open else 0
     return {

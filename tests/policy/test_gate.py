@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.policy import Facts, Outgoing, PolicySettings, Via, decide
+from engine.policy import Facts, MessageKind, Outgoing, PolicySettings, Via, decide
 from engine.policy.gate import DAY_MS, HOUR_MS, MINUTE_MS
 
 NOW = 1_800_000_000_000
@@ -20,18 +20,18 @@ def last_seen(ago_ms: int, **more: object) -> Facts:
     [(23 * HOUR_MS + 59 * MINUTE_MS, True), (24 * HOUR_MS + MINUTE_MS, False), (24 * HOUR_MS, False), (0, True)],
 )
 def test_window_boundary(ago: int, allowed: bool) -> None:
-    decision = decide(last_seen(ago), Outgoing("message", responding=True), NOW, S)
+    decision = decide(last_seen(ago), Outgoing(kind=MessageKind.MESSAGE, responding=True), NOW, S)
     assert decision.allowed is allowed
     assert decision.via is (Via.RESPONSE if allowed else None)
     assert decision.reason == ("" if allowed else "outside_window")
 
 
 def test_proactive_message_inside_the_window_is_an_update() -> None:
-    assert decide(last_seen(HOUR_MS), Outgoing("message"), NOW, S).via is Via.UPDATE
+    assert decide(last_seen(HOUR_MS), Outgoing(kind=MessageKind.MESSAGE), NOW, S).via is Via.UPDATE
 
 
 def test_never_seen_user_has_no_window() -> None:
-    assert decide(Facts(), Outgoing("message"), NOW, S).reason == "outside_window"
+    assert decide(Facts(), Outgoing(kind=MessageKind.MESSAGE), NOW, S).reason == "outside_window"
 
 
 @pytest.mark.parametrize(
@@ -45,7 +45,7 @@ def test_never_seen_user_has_no_window() -> None:
     ],
 )
 def test_tags_outside_the_window(tag: str, promotional: bool, ago: int, expected: tuple[Via | None, str]) -> None:
-    decision = decide(last_seen(ago), Outgoing("message", tag=tag, promotional=promotional), NOW, S)
+    decision = decide(last_seen(ago), Outgoing(kind=MessageKind.MESSAGE, tag=tag, promotional=promotional), NOW, S)
     assert (decision.via, decision.reason) == expected
     if decision.allowed:
         assert decision.tag == tag
@@ -53,47 +53,53 @@ def test_tags_outside_the_window(tag: str, promotional: bool, ago: int, expected
 
 def test_allowed_tags_are_configuration() -> None:
     only = PolicySettings(allowed_tags=frozenset({"ACCOUNT_UPDATE"}))
-    message = Outgoing("message", tag="POST_PURCHASE_UPDATE", promotional=False)
+    message = Outgoing(kind=MessageKind.MESSAGE, tag="POST_PURCHASE_UPDATE", promotional=False)
     assert decide(last_seen(2 * DAY_MS), message, NOW, only).reason == "tag_not_allowed"
 
 
 def test_otn_request_only_inside_the_window_and_not_when_nagging() -> None:
     inside, outside = last_seen(HOUR_MS), last_seen(2 * DAY_MS)
-    request = Outgoing("otn_request", responding=True)
+    request = Outgoing(kind=MessageKind.OTN_REQUEST, responding=True)
     assert decide(inside, request, NOW, S).via is Via.RESPONSE
     assert decide(outside, request, NOW, S).reason == "outside_window"
-    held = Facts(NOW - HOUR_MS, tokens_held=1)
+    held = Facts(last_interaction_ms=NOW - HOUR_MS, tokens_held=1)
     assert decide(held, request, NOW, S).reason == "token_already_held"
     assert decide(held, request, NOW, PolicySettings(otn_skip_if_token_held=False)).allowed
-    asked = Facts(NOW - HOUR_MS, recent_requests=1)
+    asked = Facts(last_interaction_ms=NOW - HOUR_MS, recent_requests=1)
     assert decide(asked, request, NOW, S).reason == "request_limit"
     assert decide(asked, request, NOW, PolicySettings(otn_max_requests=2)).allowed
 
 
 @pytest.mark.parametrize("settings", [PolicySettings(page_in_eu=True), PolicySettings(otn_available=False)])
 def test_otn_unavailable_for_eu_pages_or_when_off(settings: PolicySettings) -> None:
-    assert decide(last_seen(HOUR_MS), Outgoing("otn_request"), NOW, settings).reason == "otn_unavailable"
-    assert decide(last_seen(HOUR_MS), Outgoing("notification", with_token=True), NOW, settings).reason == (
-        "otn_unavailable"
-    )
-    assert decide(last_seen(HOUR_MS), Outgoing("message"), NOW, settings).allowed  # ordinary messages still go
+    assert decide(last_seen(HOUR_MS), Outgoing(kind=MessageKind.OTN_REQUEST), NOW, settings).reason == "otn_unavailable"
+    assert decide(
+        last_seen(HOUR_MS), Outgoing(kind=MessageKind.NOTIFICATION, with_token=True), NOW, settings
+    ).reason == ("otn_unavailable")
+    assert decide(
+        last_seen(HOUR_MS), Outgoing(kind=MessageKind.MESSAGE), NOW, settings
+    ).allowed  # ordinary messages still go
 
 
 def test_otn_unavailable_for_eu_users() -> None:
     eu = last_seen(HOUR_MS, in_eu=True)
-    assert decide(eu, Outgoing("otn_request"), NOW, S).reason == "otn_unavailable"
+    assert decide(eu, Outgoing(kind=MessageKind.OTN_REQUEST), NOW, S).reason == "otn_unavailable"
 
 
 def test_notification_needs_a_token_and_ignores_the_window() -> None:
     a_year_ago = last_seen(300 * DAY_MS)
-    assert decide(a_year_ago, Outgoing("notification", with_token=True), NOW, S).via is Via.OTN_TOKEN
-    assert decide(a_year_ago, Outgoing("notification"), NOW, S).reason == "no_valid_token"
-    expired = Outgoing("notification", with_token=True, token_expires_ms=NOW)
+    assert decide(a_year_ago, Outgoing(kind=MessageKind.NOTIFICATION, with_token=True), NOW, S).via is Via.OTN_TOKEN
+    assert decide(a_year_ago, Outgoing(kind=MessageKind.NOTIFICATION), NOW, S).reason == "no_valid_token"
+    expired = Outgoing(kind=MessageKind.NOTIFICATION, with_token=True, token_expires_ms=NOW)
     assert decide(a_year_ago, expired, NOW, S).reason == "token_expired"
     assert decide(a_year_ago, expired, NOW - 1, S).via is Via.OTN_TOKEN
 
 
 def test_nothing_reaches_an_unreachable_user() -> None:
     blocked = last_seen(HOUR_MS, unreachable=True)
-    for message in (Outgoing("message"), Outgoing("otn_request"), Outgoing("notification", with_token=True)):
+    for message in (
+        Outgoing(kind=MessageKind.MESSAGE),
+        Outgoing(kind=MessageKind.OTN_REQUEST),
+        Outgoing(kind=MessageKind.NOTIFICATION, with_token=True),
+    ):
         assert decide(blocked, message, NOW, S).reason == "user_unreachable"
