@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..flow import CompiledFlow, Snapshot
 from ..flow.compiler import scalar_text
 from ..flow.segments import ALWAYS, Segment
-from ..policy import Outgoing, PolicySettings, decide
+from ..policy import MessageKind, Outgoing, PolicySettings, decide
 from ..store import Store, request_vars
 from .policy_check import Gate
 
@@ -177,7 +177,7 @@ async def notification_audience(
                 continue
             facts = gate.facts(user) if gate else None
             if facts is not None:
-                decision = decide(facts, Outgoing("notification", with_token=True), now_ms, settings)
+                decision = decide(facts, Outgoing(kind=MessageKind.NOTIFICATION, with_token=True), now_ms, settings)
                 if not decision.allowed:
                     refused[decision.reason] = refused.get(decision.reason, 0) + 1
                     continue

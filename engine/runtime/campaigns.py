@@ -30,7 +30,18 @@ from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
 from ..policy import MessageKind, Outgoing, window_open
-from ..store import Campaign, Delivery, Finished, Store, UserRecord, request_key
+from ..store import (
+    Campaign,
+    CampaignStatus,
+    Delivery,
+    Finished,
+    ItemStatus,
+    OutboxStatus,
+    Store,
+    TokenStatus,
+    UserRecord,
+    request_key,
+)
 from .audience import Audience, holder_pages, notification_audience, spell_api, spell_cli
 from .clock import Clock
 from .conversation import reply_to_outbox
@@ -90,7 +101,7 @@ class CampaignReport:
 
     @property
     def delivered(self) -> int:
-        return self.counts.get("delivered", 0)
+        return self.counts.get(ItemStatus.DELIVERED, 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -275,7 +286,7 @@ class CampaignRunner:
         """The same notification run again resumes its unfinished campaign (True); once finished, a run starts
         anew."""
         earlier = await campaign_runs(self.store, campaign.id)
-        if earlier and earlier[-1].status == "running":
+        if earlier and earlier[-1].status == CampaignStatus.RUNNING:
             return earlier[-1], True
         if earlier:
             campaign.id = f"{campaign.id}.{len(earlier) + 1}"
@@ -305,7 +316,7 @@ class CampaignRunner:
         transaction)."""
         queue: asyncio.Queue[tuple[UserRecord, Delivery] | None] = asyncio.Queue(maxsize=self.concurrency * 2)
         done = 0
-        total = (await campaign_counts(self.store, campaign.id)).get("pending", 0)
+        total = (await campaign_counts(self.store, campaign.id)).get(ItemStatus.PENDING, 0)
 
         def advance(count: int) -> None:
             nonlocal done
@@ -396,7 +407,9 @@ class CampaignRunner:
         """Resend an item a dead run left `sending`, with the same token, if the gate still allows it today."""
         user = await self.store.load_user(delivery.user_id)
         if user is None:  # forgotten meanwhile: nothing to send to
-            finished = Finished(delivery, "skipped", "unknown_user", "valid")
+            finished = Finished(
+                delivery=delivery, item_status=ItemStatus.SKIPPED, reason="unknown_user", token_status=TokenStatus.VALID
+            )
             await self.store.finish_deliveries([finished], self.clock.now_ms())
             return
         await self._send(flow, campaign, user, delivery, retry=True)
@@ -419,7 +432,12 @@ class CampaignRunner:
             self.clock.now_ms(),
         )
         if not decision.allowed:  # an unsubscribed user's tokens were revoked: they stay so
-            finished = Finished(delivery, "skipped", decision.reason, "revoked" if decision.unsubscribed else "valid")
+            finished = Finished(
+                delivery=delivery,
+                item_status=ItemStatus.SKIPPED,
+                reason=decision.reason,
+                token_status=TokenStatus.REVOKED if decision.unsubscribed else TokenStatus.VALID,
+            )
             await self.store.finish_deliveries([finished], self.clock.now_ms())
             return True
         await self.limiter.acquire()
@@ -437,22 +455,56 @@ class CampaignRunner:
             # Should the process die before the write, the item stays `sending`, and a resumed campaign resends it
             # with the same token, which Meta refuses if it was used: the item then counts delivered, never twice.
             await self.store.finish_deliveries(
-                [Finished(delivery, "delivered", reason, "spent", result.message_id or "", arm, logged="delivery")], now
+                [
+                    Finished(
+                        delivery=delivery,
+                        item_status=ItemStatus.DELIVERED,
+                        reason=reason,
+                        token_status=TokenStatus.SPENT,
+                        detail=result.message_id or "",
+                        arm=arm,
+                        logged="delivery",
+                    )
+                ],
+                now,
             )
             if window:  # the loop: the window is open, so the next request goes at once
                 await self._request_again(flow, campaign, user, topic, delivery.token.source_state, now)
             return True
         if outcome is Outcome.POLICY_BLOCKED:  # the token is invalid, used or expired at Meta: try the next one
-            await self.store.finish_deliveries([Finished(delivery, "pending", "", "invalid", result.detail)], now)
+            invalid = Finished(
+                delivery=delivery,
+                item_status=ItemStatus.PENDING,
+                reason="",
+                token_status=TokenStatus.INVALID,
+                detail=result.detail,
+            )
+            await self.store.finish_deliveries([invalid], now)
             return False
         if outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):  # nothing was spent: the item waits for a re-run
-            await self.store.finish_deliveries([Finished(delivery, "pending", "", "valid", result.detail)], now)
+            unsent = Finished(
+                delivery=delivery,
+                item_status=ItemStatus.PENDING,
+                reason="",
+                token_status=TokenStatus.VALID,
+                detail=result.detail,
+            )
+            await self.store.finish_deliveries([unsent], now)
             self.sender.state.stopped_reason = f"{outcome.value}: {result.detail}"
             log.critical("SENDING STOPPED during campaign %s: %s", campaign.id, result.detail)
             return True
-        token_status = "spent" if result.reached_meta else "valid"
+        token_status = TokenStatus.SPENT if result.reached_meta else TokenStatus.VALID
         await self.store.finish_deliveries(
-            [Finished(delivery, "failed", outcome.value, token_status, result.detail)], now
+            [
+                Finished(
+                    delivery=delivery,
+                    item_status=ItemStatus.FAILED,
+                    reason=outcome.value,
+                    token_status=token_status,
+                    detail=result.detail,
+                )
+            ],
+            now,
         )
         if outcome is Outcome.UNREACHABLE:
             await self.store.mark_unreachable(user.user_id)
@@ -469,7 +521,7 @@ class CampaignRunner:
         facts = await self.gate.request_facts(self.store, user, topic, now, request_key=asked)
         decision = self.gate.check(facts, Outgoing(kind=MessageKind.OTN_REQUEST), now)
         if not decision.allowed:
-            item.status, item.detail = "refused", decision.reason
+            item.status, item.detail = OutboxStatus.REFUSED, decision.reason
         await self.store.add_outbox(item, now)
         if decision.allowed:
             await self.sender.send(user, [item])

@@ -16,7 +16,7 @@ from ..messenger import outbound
 from ..messenger.events import MAX_KEY_CHARS, InboundEvent, Referral, parse_event
 from ..policy import MessageKind, Outgoing
 from ..policy.gate import DAY_MS
-from ..store import OutboxItem, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
+from ..store import OutboxItem, OutboxStatus, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
 from .clock import Clock
 from .policy_check import Gate
 
@@ -170,17 +170,21 @@ class ConversationHandler:
         write.outbox = await self._gated(replies, stored.key, user, responding=engaged, write=write)
         for item in write.outbox[:rerequests]:
             item.meta["re_request"] = True
-            if item.status != "refused":  # used up only when the gate let it go; else it waits for the next engagement
+            if (
+                item.status != OutboxStatus.REFUSED
+            ):  # used up only when the gate let it go; else it waits for the next engagement
                 write.disarm.append(str(item.meta["topic"]))
         if send_now:  # refused rows are never sent, so the first pending row is the next to go out
-            first = next((item for item in write.outbox if item.status == "pending"), None)
+            first = next((item for item in write.outbox if item.status == OutboxStatus.PENDING), None)
             if first is not None:
-                first.status = "sending"
+                first.status = OutboxStatus.SENDING
         committed = await self.store.commit_step(write, self.clock.now_ms())
         if not committed:  # someone else handled it: our copy of the user is stale
             reloaded = await self.store.load_user(stored.user_id)
             return Handled(False, reloaded or user, [])
-        return Handled(True, user, [item for item in write.outbox if item.status in ("pending", "sending")])
+        return Handled(
+            True, user, [item for item in write.outbox if item.status in (OutboxStatus.PENDING, OutboxStatus.SENDING)]
+        )
 
     def _consent(self, user: UserRecord, write: StepWrite, subscribed: bool) -> None:
         """Unsubscribing revokes the user's tokens and disarms their re-requests (in the step's own write); the
@@ -283,7 +287,7 @@ class ConversationHandler:
                 now,
             )
             if not decision.allowed:
-                item.status, item.detail = "refused", decision.reason
+                item.status, item.detail = OutboxStatus.REFUSED, decision.reason
                 if reply.otn_topic is not None:
                     write.otn_log.append((reply.otn_topic, f"request_refused:{decision.reason}"))
             elif reply.otn_topic is not None:

@@ -17,7 +17,7 @@ from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
 from ..policy import Via
-from ..store import OutboxItem, Store, UserRecord
+from ..store import OutboxItem, OutboxStatus, Store, UserRecord
 from .clock import Clock
 from .metrics import Metrics
 from .policy_check import Gate, outgoing_from_meta
@@ -67,11 +67,11 @@ class OutboxSender:
         unreachable is marked so in the store and on `user`, the caller's copy."""
         for item in items:
             if self.state.stopped_reason:
-                if item.status == "sending":  # marked at commit, but no attempt will be made now
-                    await self._finish(item, "pending", "")
+                if item.status == OutboxStatus.SENDING:  # marked at commit, but no attempt will be made now
+                    await self._finish(item, OutboxStatus.PENDING, "")
                 return
             if user is not None and user.unreachable:
-                await self._finish(item, "skipped", "user unreachable")
+                await self._finish(item, OutboxStatus.SKIPPED, "user unreachable")
                 continue
             outcome = await self._send(item, user)
             if outcome is Outcome.UNREACHABLE and user is not None:
@@ -84,23 +84,23 @@ class OutboxSender:
         now = self.clock.now_ms()
         decision = self.gate.check(self.gate.facts(user), outgoing_from_meta(item.meta), now)  # the last gate
         if decision.via is None or decision.via is Via.OTN_TOKEN:  # token sends belong to campaigns (campaigns.py)
-            await self._finish(item, "refused", decision.reason or "token sends go through a campaign")
+            await self._finish(item, OutboxStatus.REFUSED, decision.reason or "token sends go through a campaign")
             return None
-        if item.status != "sending":  # recorded before the attempt, so a crash mid-send is never resent
-            await self.store.set_outbox_status(item.key, "sending", "", now)
+        if item.status != OutboxStatus.SENDING:  # recorded before the attempt, so a crash mid-send is never resent
+            await self.store.set_outbox_status(item.key, OutboxStatus.SENDING, "", now)
         result = await self.client.send(send_body(item.user_id, item.message, decision.via.value, decision.tag))
         self.metrics.sends.labels(result.outcome.value).inc()
         if result.outcome is Outcome.SENT:
             # Not awaited: the write is queued in order behind the others; if the process dies before it lands,
             # the row stays `sending` and becomes `uncertain` at restart, which never resends it.
-            self._background(self._finish(item, "sent", result.message_id or ""))
+            self._background(self._finish(item, OutboxStatus.SENT, result.message_id or ""))
             if item.meta.get("kind") == "otn_request":
                 what = "re_request" if item.meta.get("re_request") else "request"
                 self._background(self.store.log_otn(item.user_id, str(item.meta["topic"]), what, now))
             return result.outcome
         detail = f"{result.outcome.value}: {result.detail}"
         if result.outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):
-            await self._finish(item, "pending", detail)
+            await self._finish(item, OutboxStatus.PENDING, detail)
             self.state.stopped_reason = detail
             log.critical(
                 "SENDING STOPPED: %s. Fix the page token or the app's permissions, then restart; unsent "
@@ -108,20 +108,21 @@ class OutboxSender:
                 detail,
             )
         elif result.outcome is Outcome.UNREACHABLE:
-            await self._finish(item, "failed", detail)
+            await self._finish(item, OutboxStatus.FAILED, detail)
             await self.store.mark_unreachable(item.user_id)
             log.warning("user marked unreachable; no further messages will be sent to them")
             for rest in await self.store.pending_outbox(item.user_id):
-                await self._finish(rest, "skipped", "user unreachable")
+                await self._finish(rest, OutboxStatus.SKIPPED, "user unreachable")
         else:
-            await self._finish(item, "refused" if result.outcome is Outcome.POLICY_BLOCKED else "failed", detail)
+            failed = OutboxStatus.REFUSED if result.outcome is Outcome.POLICY_BLOCKED else OutboxStatus.FAILED
+            await self._finish(item, failed, detail)
         return result.outcome
 
-    async def _finish(self, item: OutboxItem, status: str, detail: str) -> None:
+    async def _finish(self, item: OutboxItem, status: OutboxStatus, detail: str) -> None:
         now = self.clock.now_ms()
         await self.store.set_outbox_status(item.key, status, detail, now)
         self.state.counts[status] = self.state.counts.get(status, 0) + 1
-        if status in ("refused", "failed") and item.meta.get("re_request"):
+        if status in (OutboxStatus.REFUSED, OutboxStatus.FAILED) and item.meta.get("re_request"):
             # the loop's request did not go: armed again, for the user's next engagement (used up only when sent)
             topic, source_state = str(item.meta["topic"]), str(item.meta.get("source_state", ""))
             await self.store.arm(item.user_id, topic, source_state, now)

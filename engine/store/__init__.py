@@ -25,6 +25,7 @@ from .base import (
     request_key,
     request_vars,
 )
+from .status import CampaignStatus, ItemStatus, OutboxStatus, TokenStatus
 
 
 def open_store(url: str, inbox_retention_days: float = 7.0) -> Backend:
@@ -49,19 +50,23 @@ __all__ = [
     "OPERATIONS",
     "Backend",
     "Campaign",
+    "CampaignStatus",
     "CampaignStore",
     "Delivery",
     "Finished",
     "InboxStore",
     "Inspection",
+    "ItemStatus",
     "LeaseStore",
     "OutboxItem",
+    "OutboxStatus",
     "OutboxStore",
     "RejectedEvent",
     "StepWrite",
     "Store",
     "StoredEvent",
     "Token",
+    "TokenStatus",
     "TokenStore",
     "UserRecord",
     "UserStore",

@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from .status import CampaignStatus, ItemStatus, OutboxStatus, TokenStatus
+
 
 @dataclass
 class UserRecord:
@@ -83,7 +85,7 @@ class OutboxItem:
     user_id: str
     message: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
-    status: str = "pending"  # pending, sending, sent, failed, uncertain, skipped, refused
+    status: OutboxStatus = OutboxStatus.PENDING
     detail: str = ""
     created_ms: int = 0
     seq: int = 0
@@ -112,7 +114,7 @@ class Token:
     received_ms: int
     expires_ms: int
     source_state: str = ""  # the flow state whose request the user accepted (its otn.vars title the next request)
-    status: str = "valid"  # valid, claimed (a send is being prepared or made), spent, invalid, revoked (unsubscribed)
+    status: TokenStatus = TokenStatus.VALID
     request_vars: dict[str, str] = field(default_factory=dict)  # the asking state's otn.vars, rendered
     title: str = ""  # the Notify Me title the user accepted, rendered
 
@@ -141,7 +143,7 @@ class Campaign:
     segment: str = ""
     vars: dict[str, Any] = field(default_factory=dict)
     created_ms: int = 0
-    status: str = "running"  # running, done
+    status: CampaignStatus = CampaignStatus.RUNNING
 
 
 @dataclass
@@ -155,16 +157,16 @@ class Delivery:
     message: dict[str, Any]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Finished:
     """How a delivery ended: the item's status and reason, the token's status, the loop's next request to arm
     (topic, source state) when the user's window was closed, and what to write in the OTN log for the token's
     topic (nothing if empty)."""
 
     delivery: Delivery
-    item_status: str
+    item_status: ItemStatus
     reason: str
-    token_status: str
+    token_status: TokenStatus
     detail: str = ""
     arm: tuple[str, str] | None = None
     logged: str = ""
@@ -236,7 +238,7 @@ class OutboxStore(Protocol):
 
     async def pending_outbox(self, user_id: str) -> list[OutboxItem]: ...
     async def add_outbox(self, item: OutboxItem, now_ms: int) -> None: ...
-    async def set_outbox_status(self, key: str, status: str, detail: str, now_ms: int) -> None: ...
+    async def set_outbox_status(self, key: str, status: OutboxStatus, detail: str, now_ms: int) -> None: ...
 
     async def recover_in_flight(self, detail: str) -> int:
         """At start: rows left 'sending' by a crash become 'uncertain', with `detail` (not resent: see

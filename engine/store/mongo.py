@@ -43,6 +43,7 @@ from .base import (
     UserRecord,
     request_vars,
 )
+from .status import CampaignStatus, OutboxStatus, TokenStatus
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -58,7 +59,7 @@ def _token(doc: dict[str, Any]) -> Token:
         doc["received_ms"],
         doc["expires_ms"],
         doc.get("source_state", ""),
-        doc["status"],
+        TokenStatus(doc["status"]),
         request_vars(doc.get("request_key") or ""),
         doc.get("title", ""),
     )
@@ -91,7 +92,7 @@ def _outbox(doc: dict[str, Any]) -> OutboxItem:
         doc["user_id"],
         doc["message"],
         doc["meta"],
-        doc["status"],
+        OutboxStatus(doc["status"]),
         doc.get("detail", ""),
         doc["created_ms"],
         0,
@@ -370,7 +371,7 @@ class MongoStore:
         }
         await _ignoring_duplicates(self.db.outbox.update_one({"_id": item.key}, {"$setOnInsert": row}, upsert=True))
 
-    async def set_outbox_status(self, key: str, status: str, detail: str, now_ms: int) -> None:
+    async def set_outbox_status(self, key: str, status: OutboxStatus, detail: str, now_ms: int) -> None:
         await self.db.outbox.update_one(
             {"_id": key}, {"$set": {"status": status, "detail": detail, "updated_ms": now_ms}}
         )
@@ -534,7 +535,9 @@ class MongoStore:
             await asyncio.sleep(0.02)
         if doc is None:
             raise RuntimeError(f"campaign {campaign.id}: could not be created nor read")
-        return Campaign(doc["_id"], doc["topic"], doc["segment"], doc["vars"], doc["created_ms"], doc["status"])
+        return Campaign(
+            doc["_id"], doc["topic"], doc["segment"], doc["vars"], doc["created_ms"], CampaignStatus(doc["status"])
+        )
 
     async def _open_campaign(self, campaign: Campaign) -> dict[str, Any] | None:
         return await self.db.campaigns.find_one_and_update(
@@ -555,7 +558,8 @@ class MongoStore:
     async def campaigns_by_prefix(self, prefix: str) -> list[Campaign]:
         cursor = self.db.campaigns.find({"_id": {"$regex": f"^{_escape(prefix)}"}})
         found = [
-            Campaign(d["_id"], d["topic"], d["segment"], d["vars"], d["created_ms"], d["status"]) async for d in cursor
+            Campaign(d["_id"], d["topic"], d["segment"], d["vars"], d["created_ms"], CampaignStatus(d["status"]))
+            async for d in cursor
         ]
         return sorted(found, key=lambda c: (c.created_ms, c.id))
 

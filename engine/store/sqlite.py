@@ -30,6 +30,7 @@ from .base import (
     UserRecord,
     request_vars,
 )
+from .status import CampaignStatus, OutboxStatus, TokenStatus
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -168,12 +169,16 @@ _OUTBOX_COLUMNS = "key, user_id, message, meta, status, detail, created_ms, seq,
 
 def _outbox_item(row: Sequence[Any]) -> OutboxItem:
     key, user_id, message, meta, status, detail, created, seq, updated = row
-    return OutboxItem(key, user_id, json.loads(message), json.loads(meta), status, detail, created, seq, updated)
+    return OutboxItem(
+        key, user_id, json.loads(message), json.loads(meta), OutboxStatus(status), detail, created, seq, updated
+    )
 
 
 def _token(row: Sequence[Any]) -> Token:
     token, user_id, topic, payload, received, expires, source_state, status, key, title = row
-    return Token(token, user_id, topic, payload, received, expires, source_state, status, request_vars(key), title)
+    return Token(
+        token, user_id, topic, payload, received, expires, source_state, TokenStatus(status), request_vars(key), title
+    )
 
 
 def _token_row(t: Token) -> tuple[Any, ...]:
@@ -496,7 +501,7 @@ class SqliteStore:
 
         await self._write(work)
 
-    async def set_outbox_status(self, key: str, status: str, detail: str, now_ms: int) -> None:
+    async def set_outbox_status(self, key: str, status: OutboxStatus, detail: str, now_ms: int) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE outbox SET status = ?, detail = ?, updated_ms = ? WHERE key = ?", (status, detail, now_ms, key)
@@ -646,7 +651,7 @@ class SqliteStore:
             row = db.execute(
                 "SELECT id, topic, segment, vars, created_ms, status FROM campaigns WHERE id = ?", (campaign.id,)
             ).fetchone()
-            return Campaign(row[0], row[1], row[2], json.loads(row[3]), row[4], row[5])
+            return Campaign(row[0], row[1], row[2], json.loads(row[3]), row[4], CampaignStatus(row[5]))
 
         return await self._write(work)
 
@@ -810,7 +815,7 @@ class SqliteStore:
                 "ORDER BY created_ms, rowid",
                 (len(prefix), prefix),
             ).fetchall()
-            return [Campaign(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5]) for r in rows]
+            return [Campaign(r[0], r[1], r[2], json.loads(r[3]), r[4], CampaignStatus(r[5])) for r in rows]
 
         return await self._read(work)
 

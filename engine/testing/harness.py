@@ -38,7 +38,7 @@ from ..runtime.assembly import no_such_flow
 from ..runtime.audience import Audience
 from ..runtime.campaigns import CampaignReport
 from ..runtime.inspection import inspect_user
-from ..store import OPERATIONS, Token, UserRecord
+from ..store import OPERATIONS, Token, TokenStatus, UserRecord
 from ..web import create_app
 from ..web.app import load_configured_flows
 from ..web.deadline import server_options
@@ -228,7 +228,7 @@ class BotUser:
         return [
             t
             for t in self._tokens
-            if t.status == "valid" and t.expires_ms > now and (topic is None or t.topic == topic)
+            if t.status == TokenStatus.VALID and t.expires_ms > now and (topic is None or t.topic == topic)
         ]
 
     @property

@@ -35,7 +35,7 @@ from ..policy.gate import HOUR_MS
 from ..runtime.campaigns import CampaignError
 from ..runtime.clock import OffsetClock
 from ..runtime.inspection import inspect_user, message_text, refused_messages
-from ..store import UserRecord
+from ..store import TokenStatus, UserRecord
 from .bodies import BadBody, checked_body
 from .guard import same_secret
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, SETTINGS, STORE
@@ -391,7 +391,7 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
                 "title": t.title,
                 "status": t.status,
                 "expires_ms": t.expires_ms,
-                "valid": t.status == "valid" and t.expires_ms > now,
+                "valid": t.status == TokenStatus.VALID and t.expires_ms > now,
             }
             for t in view.tokens
         ],

@@ -16,11 +16,13 @@ from engine.store import (
     Backend,
     Campaign,
     Finished,
+    ItemStatus,
     OutboxItem,
     RejectedEvent,
     StepWrite,
     StoredEvent,
     Token,
+    TokenStatus,
     UserRecord,
     open_store,
 )
@@ -202,7 +204,17 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Backe
     expired, later = await store.uncertain_deliveries(campaign.id, 2_000)
     assert [d.token.token for d in expired] == ["t1"] and expired[0].message == {"text": "hi"}
     await store.finish_deliveries(
-        [Finished(delivery, "delivered", "", "spent", arm=("restock", "sold_out"), logged="delivery")], 70
+        [
+            Finished(
+                delivery=delivery,
+                item_status=ItemStatus.DELIVERED,
+                reason="",
+                token_status=TokenStatus.SPENT,
+                arm=("restock", "sold_out"),
+                logged="delivery",
+            )
+        ],
+        70,
     )
     assert await store.count_tokens("u1", "restock", 80) == 1
     assert await store.armed("u1") == [("restock", "sold_out")]
