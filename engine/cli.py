@@ -200,22 +200,26 @@ def cmd_stats(args: argparse.Namespace) -> int:
     import json
 
     from .runtime.clock import SystemClock
-    from .runtime.stats import stats_report, table
+    from .runtime.stats import UNSUBSCRIBED_USERS, stats_document, table
     from .store import open_store
 
     settings = _settings(args)
 
-    async def run() -> tuple[dict[str, dict[str, Any]], int]:
+    async def run() -> dict[str, Any]:
         store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
         await store.open()
         try:
             now, soon = SystemClock().now_ms(), float(settings["notify.expiring_soon_days"])
-            return await stats_report(store, now, soon), await store.unsubscribed_users()
+            return await stats_document(store, now, soon)
         finally:
             await store.close()
 
-    figures, unsubscribed = asyncio.run(run())
-    print(json.dumps(figures, indent=2) if args.json else f"{table(figures)}\nunsubscribed users: {unsubscribed}")
+    figures = asyncio.run(run())
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return 0
+    unsubscribed = figures.pop(UNSUBSCRIBED_USERS)
+    print(f"{table(figures)}\nunsubscribed users: {unsubscribed}")
     return 0
 
 

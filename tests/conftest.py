@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,6 +89,39 @@ async def serve_on_loopback(app: web.Application) -> Loopback:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     return Loopback(f"http://127.0.0.1:{runner.addresses[0][1]}", runner)
+
+
+@dataclass
+class Playground:
+    """The local playground served on loopback, and a client holding the token its page embeds."""
+
+    url: str
+    session: aiohttp.ClientSession
+    headers: dict[str, str]
+
+    async def act(self, action: str, **body: Any) -> tuple[int, dict[str, Any]]:
+        """POST /playground/api/<action>: the status and the JSON answer (the user's state, or an error)."""
+        async with self.session.post(f"{self.url}/playground/api/{action}", json=body, headers=self.headers) as r:
+            answer: dict[str, Any] = await r.json()
+            return r.status, answer
+
+
+@asynccontextmanager
+async def served_playground(tmp_path: Path) -> AsyncIterator[Playground]:
+    """The example bot in local mode (config.toml, a SQLite file under tmp_path) with its playground."""
+    settings = load_settings(
+        ROOT / "config.toml",
+        {"OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}", "OTNFLOW_LOG_LEVEL": "WARNING"},
+    )
+    served = await serve_on_loopback(create_app(settings))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{served.url}/playground") as r:
+                found = re.search(r'<meta name="playground-token" content="([^"]+)">', await r.text())
+            assert found is not None
+            yield Playground(served.url, session, {"X-Playground-Token": found.group(1)})
+    finally:
+        await served.runner.cleanup()
 
 
 def free_port() -> int:

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from ..policy.gate import DAY_MS
-from ..store import Store
+from ..store import Backend, Store
 from .audience import held_requests
 
 FIGURES = (
@@ -19,6 +19,8 @@ FIGURES = (
     "holders",
     "tokens_expiring_soon",
 )
+
+UNSUBSCRIBED_USERS = "unsubscribed_users"  # the key of the unsubscribed count beside the topics
 
 
 async def loop_stats(store: Store, now_ms: int, soon_days: float) -> dict[str, dict[str, float]]:
@@ -48,6 +50,12 @@ async def stats_report(store: Store, now_ms: int, soon_days: float) -> dict[str,
         held = await held_requests(store, topic, now_ms) if values["tokens_held"] else ()
         values["by_request"] = [{"vars": dict(r.vars), "holders": r.holders} for r in held]
     return figures
+
+
+async def stats_document(store: Backend, now_ms: int, soon_days: float) -> dict[str, Any]:
+    """What `otnflow stats --json` and `/api/stats` return: `stats_report`'s topics, and beside them
+    `unsubscribed_users` (a count, not a topic: the users no campaign or OTN request reaches)."""
+    return {**await stats_report(store, now_ms, soon_days), UNSUBSCRIBED_USERS: await store.unsubscribed_users()}
 
 
 def table(figures: dict[str, dict[str, Any]]) -> str:

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..runtime.campaigns import CampaignError, CampaignReport, campaign_counts
-from ..runtime.stats import stats_report
+from ..runtime.stats import stats_document
 from .bodies import BadBody, api_schema, checked_body, openapi_document
 from .guard import same_secret
 from .keys import CAMPAIGNS, CLOCK, SETTINGS, STORE
@@ -110,7 +110,7 @@ async def stats(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     settings = request.app[SETTINGS]
-    figures = await stats_report(
+    figures = await stats_document(
         request.app[STORE], request.app[CLOCK].now_ms(), float(settings["notify.expiring_soon_days"])
     )
     return web.json_response(figures)

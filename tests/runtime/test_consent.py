@@ -1,15 +1,21 @@
 """Consent: "stop" stops everything. A step marked `unsubscribe = true` revokes the user's tokens, disarms their
 re-requests and keeps them out of campaigns and OTN requests until a step with `subscribe = true` or a Notify Me
-tap. Through the harness (the wine shop), /metrics and `otnflow stats` in a subprocess."""
+tap. Through the harness (the wine shop), /metrics and `otnflow stats` in a subprocess, and the playground over
+HTTP (its state panel, /api/stats)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from engine.config import LOCAL_SECRET
 from engine.testing.harness import Bot
 from engine.web.keys import STORE
+from tests.conftest import served_playground
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,15 +40,18 @@ async def test_stop_revokes_tokens_keeps_campaigns_and_requests_away_until_subsc
         assert [r["reason"] for r in alice.refusals] == ["unsubscribed"]
         async with bot.session.get(f"{bot.url}/metrics") as r:
             assert "otnflow_unsubscribed_users 1.0" in await r.text()
+        stats_env = {**os.environ, "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'harness.sqlite3'}"}
         stats = subprocess.run(
             [sys.executable, "-m", "engine.cli", "stats", "--config", str(ROOT / "config.toml")],
             cwd=ROOT,
-            env={**__import__("os").environ, "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'harness.sqlite3'}"},
+            env=stats_env,
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert stats.stdout.strip().endswith("unsubscribed users: 1"), stats.stdout + stats.stderr
+        as_json = subprocess.run([*stats.args, "--json"], cwd=ROOT, env=stats_env, capture_output=True, timeout=60)
+        assert json.loads(as_json.stdout)["unsubscribed_users"] == 1, as_json.stderr
 
         await alice.says("subscribe")
         assert alice.subscribed
@@ -74,3 +83,36 @@ async def test_stop_disarms_the_loop_and_a_notify_me_tap_subscribes_again() -> N
         assert not bob.subscribed
         await bob.opts_in("restock")  # tapping Notify Me on the old request: he asks to hear from us again
         assert bob.subscribed and len(bob.tokens("restock")) == 1
+
+
+async def test_the_playground_shows_consent_and_api_stats_counts_the_unsubscribed(tmp_path: Path) -> None:
+    async with served_playground(tmp_path) as playground:
+
+        async def act(action: str, **body: object) -> dict[str, Any]:
+            status, state = await playground.act(action, user="pat", **body)
+            assert status == 200, state
+            return state
+
+        async def unsubscribed_users() -> int:
+            bearer = {"Authorization": f"Bearer {LOCAL_SECRET}"}  # local mode's API token
+            async with playground.session.get(f"{playground.url}/api/stats", headers=bearer) as r:
+                assert r.status == 200, await r.text()
+                count: int = (await r.json())["unsubscribed_users"]
+                return count
+
+        await act("say", text="hi")
+        state = await act("tap", title="White", payload="WHITE")
+        request = next(e for e in state["transcript"] if e.get("kind") == "otn_request")
+        state = await act("optin", payload=request["otn_payload"])
+        assert state["subscribed"] is True and await unsubscribed_users() == 0
+
+        state = await act("say", text="stop")
+        assert state["subscribed"] is False
+        assert [t["status"] for t in state["tokens"]] == ["revoked"]
+        url = f"{playground.url}/playground/api/state?user=pat"
+        async with playground.session.get(url, headers=playground.headers) as r:
+            assert (await r.json())["subscribed"] is False  # what the panel reads on a refresh
+        assert await unsubscribed_users() == 1
+
+        state = await act("say", text="subscribe")
+        assert state["subscribed"] is True and await unsubscribed_users() == 0

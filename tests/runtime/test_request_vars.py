@@ -6,24 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
-from engine.config import load_settings
 from engine.runtime.campaigns import CampaignError
 from engine.store import StepWrite, StoredEvent, Token, UserRecord
 from engine.store.sqlite import SqliteStore
 from engine.testing.harness import API_TOKEN, Bot, BotUser
-from engine.web import create_app
 from engine.web.keys import STORE
-from tests.conftest import live_env, serve_on_loopback
+from tests.conftest import live_env, served_playground
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -149,38 +145,24 @@ async def test_api_refuses_with_the_held_values_worded_for_the_api_and_dry_runs(
 
 
 async def test_playground_notify_follows_the_same_rules(tmp_path: Path) -> None:
-    settings = load_settings(
-        ROOT / "config.toml",
-        {"OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}", "OTNFLOW_LOG_LEVEL": "WARNING"},
-    )
-    served = await serve_on_loopback(create_app(settings))
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{served.url}/playground") as r:
-                found = re.search(r'<meta name="playground-token" content="([^"]+)">', await r.text())
-            assert found is not None
-            headers = {"X-Playground-Token": found.group(1)}
+    async with served_playground(tmp_path) as playground:
 
-            async def act(action: str, **body: object) -> tuple[int, dict[str, object]]:
-                url = f"{served.url}/playground/api/{action}"
-                async with session.post(url, json={"user": "pat", **body}, headers=headers) as r:
-                    return r.status, await r.json()
+        async def act(action: str, **body: object) -> tuple[int, dict[str, object]]:
+            return await playground.act(action, user="pat", **body)
 
-            await act("say", text="hi")
-            _, state = await act("tap", title="White", payload="WHITE")
-            request = next(e for e in state["transcript"] if e.get("kind") == "otn_request")  # type: ignore[union-attr]
-            _, state = await act("optin", payload=request["otn_payload"])
-            assert state["tokens"][0]["about"] == {"product": SAUVIGNON}  # type: ignore[index]
-            status, body = await act("notify", topic="restock", vars={"product": RIOJA})
-            assert status == 400
-            assert body["error"] == (
-                f'topic \'restock\': nobody holds a request for product "{RIOJA}". Held: product: "{SAUVIGNON}" (1)'
-            )
-            status, body = await act("notify", topic="restock", vars={"product": SAUVIGNON})
-            assert status == 200
-            assert body["tokens"][0]["status"] == "spent"  # type: ignore[index]
-    finally:
-        await served.runner.cleanup()
+        await act("say", text="hi")
+        _, state = await act("tap", title="White", payload="WHITE")
+        request = next(e for e in state["transcript"] if e.get("kind") == "otn_request")  # type: ignore[attr-defined]
+        _, state = await act("optin", payload=request["otn_payload"])
+        assert state["tokens"][0]["about"] == {"product": SAUVIGNON}  # type: ignore[index]
+        status, body = await act("notify", topic="restock", vars={"product": RIOJA})
+        assert status == 400
+        assert body["error"] == (
+            f'topic \'restock\': nobody holds a request for product "{RIOJA}". Held: product: "{SAUVIGNON}" (1)'
+        )
+        status, body = await act("notify", topic="restock", vars={"product": SAUVIGNON})
+        assert status == 200
+        assert body["tokens"][0]["status"] == "spent"  # type: ignore[index]
 
 
 async def seed(path: Path, holders: dict[str, str]) -> None:
