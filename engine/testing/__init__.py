@@ -2,6 +2,6 @@
 plugin. `FakeGraph` lives in `engine.local` (local mode uses it too) and is re-exported here for flow tests."""
 
 from ..local.fake_graph import FakeGraph
-from .clock import ManualClock
+from ..runtime.clock import ManualClock
 
 __all__ = ["FakeGraph", "ManualClock"]

@@ -37,13 +37,13 @@ from ..messenger.signature import sign
 from ..runtime.assembly import no_such_flow
 from ..runtime.audience import Audience
 from ..runtime.campaigns import CampaignReport
+from ..runtime.clock import ManualClock
 from ..runtime.inspection import inspect_user
 from ..store import OPERATIONS, Token, TokenStatus, UserRecord
 from ..web import create_app
 from ..web.app import load_configured_flows
 from ..web.deadline import server_options
 from ..web.keys import CAMPAIGNS, DISPATCHER, GRAPH, STORE
-from .clock import ManualClock
 
 PAGE_ID = "106000000000001"
 SECRET = "harness-app-secret"
