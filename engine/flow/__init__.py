@@ -12,8 +12,8 @@ from typing import Any
 
 from .checks import Limits, check_flow, check_tags_set
 from .compiler import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput
-from .diagnostics import Diagnostic, FlowError, Severity
-from .loader import Reporter, read_flow
+from .diagnostics import Diagnostic, FlowError, Reporter, Severity
+from .loader import read_flow
 from .spec import FlowSpec
 from .templates import make_environment
 

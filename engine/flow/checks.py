@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from jinja2.sandbox import SandboxedEnvironment
 
 from . import payloads
-from .diagnostics import KeyPath, dotted
-from .loader import Reporter
+from .diagnostics import KeyPath, Reporter, dotted
 from .segments import tags_in
 from .shapes import suggest
 from .spec import Choice, FlowSpec, Message

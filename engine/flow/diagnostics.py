@@ -1,9 +1,14 @@
-"""What the loader and checker report: one finding, with the file, line and key it is about."""
+"""What the loader and checker report: one finding, with the file, line and key it is about, and the Reporter
+that collects a file's findings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .locate import Locator
 
 KeyPath = tuple[str | int, ...]
 
@@ -41,6 +46,30 @@ def dotted(path: KeyPath) -> str:
         else:
             out += ("." if out else "") + part
     return out
+
+
+class Reporter:
+    """Collects diagnostics for one file, turning key paths into lines."""
+
+    def __init__(self, file: str, locator: Locator | None) -> None:
+        self.file = file
+        self.locator = locator
+        self.diagnostics: list[Diagnostic] = []
+
+    def line(self, path: KeyPath) -> int:
+        return self.locator.line(path) if self.locator else 1
+
+    def error(self, path: KeyPath, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path)))
+
+    def warning(self, path: KeyPath, message: str) -> None:
+        self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path), Severity.WARNING))
+
+    def elsewhere(self, file: str, line: int, message: str) -> None:
+        """An error in another file this one uses (a template), once however many times it is used."""
+        found = Diagnostic(file, line, message)
+        if found not in self.diagnostics:
+            self.diagnostics.append(found)
 
 
 class FlowError(Exception):

@@ -8,7 +8,7 @@ from typing import Any
 
 import tomli
 
-from .diagnostics import Diagnostic, KeyPath, Severity, dotted
+from .diagnostics import Diagnostic, KeyPath, Reporter
 from .locate import Locator
 from .segments import ALWAYS, Segment, SegmentError, parse_segment
 from .shapes import check_shape
@@ -28,30 +28,6 @@ from .spec import (
     Variant,
 )
 from .words import Match
-
-
-class Reporter:
-    """Collects diagnostics for one file, turning key paths into lines."""
-
-    def __init__(self, file: str, locator: Locator | None) -> None:
-        self.file = file
-        self.locator = locator
-        self.diagnostics: list[Diagnostic] = []
-
-    def line(self, path: KeyPath) -> int:
-        return self.locator.line(path) if self.locator else 1
-
-    def error(self, path: KeyPath, message: str) -> None:
-        self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path)))
-
-    def warning(self, path: KeyPath, message: str) -> None:
-        self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path), Severity.WARNING))
-
-    def elsewhere(self, file: str, line: int, message: str) -> None:
-        """An error in another file this one uses (a template), once however many times it is used."""
-        found = Diagnostic(file, line, message)
-        if found not in self.diagnostics:
-            self.diagnostics.append(found)
 
 
 def default_payload(title: str) -> str:

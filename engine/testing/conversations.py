@@ -32,8 +32,8 @@ from typing import Any
 
 from ..config import ConfigError, load_settings
 from ..flow import CompiledFlow, Diagnostic, FlowError, FlowOptions, load_flows
-from ..flow.diagnostics import KeyPath
-from ..flow.loader import Reporter, parse_toml, read_source
+from ..flow.diagnostics import KeyPath, Reporter
+from ..flow.loader import parse_toml, read_source
 from ..flow.locate import Locator
 from ..flow.shapes import Field, check_shape
 from ..runtime.assembly import no_such_flow
