@@ -12,7 +12,7 @@ from ..messenger.client import GraphClient, GraphSettings
 from ..store import Store
 from .campaigns import CampaignRunner
 from .clock import Clock
-from .conversation import ConversationHandler, StepMiddleware
+from .conversation import StepHandler, StepMiddleware
 from .dispatcher import Dispatcher, Leases
 from .metrics import Metrics
 from .policy_check import Gate
@@ -22,7 +22,7 @@ from .sender import OutboxSender, SendingState
 @dataclass
 class Engine:
     gate: Gate
-    handler: ConversationHandler
+    handler: StepHandler
     sender: OutboxSender
     dispatcher: Dispatcher
     campaigns: CampaignRunner
@@ -67,7 +67,7 @@ def assemble(
     middlewares: Sequence[StepMiddleware] = (),
 ) -> Engine:
     gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
-    handler = ConversationHandler(
+    handler = StepHandler(
         flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares
     )
     sender = OutboxSender(store, graph, clock, metrics, sending, gate)

@@ -70,7 +70,7 @@ def _arrival(referral: Referral | None) -> Arrival | None:
 
 
 @dataclass
-class Handled:
+class StepOutcome:
     """What one handled event left to send. `committed` is False when another worker or a replay got there first."""
 
     committed: bool
@@ -81,20 +81,20 @@ class Handled:
 #: One conversation step for one stored event, as a middleware sees it: call it (with the event, or an enriched
 #: copy) to run the step. Call it: only the step marks the event handled (one not called leaves it pending); a
 #: middleware that raises fails the event as a failing step does (kept in the inbox as failed, logged).
-Step = Callable[[StoredEvent], Awaitable[Handled]]
+Step = Callable[[StoredEvent], Awaitable[StepOutcome]]
 #: A callable around each step, for logging, tracing or enrichment: `async def timed(event, step): return await
 #: step(event)`. The first in the list is the outermost. It runs with the user's lock held, inside the step's retry.
-StepMiddleware = Callable[[StoredEvent, Step], Awaitable[Handled]]
+StepMiddleware = Callable[[StoredEvent, Step], Awaitable[StepOutcome]]
 
 
 def _around(middleware: StepMiddleware, step: Step) -> Step:
-    async def wrapped(event: StoredEvent) -> Handled:
+    async def wrapped(event: StoredEvent) -> StepOutcome:
         return await middleware(event, step)
 
     return wrapped
 
 
-class ConversationHandler:
+class StepHandler:
     def __init__(
         self,
         flows: Mapping[str, CompiledFlow],
@@ -117,12 +117,12 @@ class ConversationHandler:
     def flow_for(self, user: UserRecord) -> CompiledFlow:
         return self.flows.get(user.flow) or self.flows[self.default_flow]
 
-    async def handle(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> Handled:
+    async def handle(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> StepOutcome:
         """The step for one event, through the middlewares, if any (see `_step`)."""
         if not self.middlewares:
             return await self._step(stored, send_now, user)
 
-        async def innermost(event: StoredEvent) -> Handled:
+        async def innermost(event: StoredEvent) -> StepOutcome:
             return await self._step(event, send_now, user)
 
         step: Step = innermost
@@ -130,7 +130,7 @@ class ConversationHandler:
             step = _around(middleware, step)
         return await step(stored)
 
-    async def _step(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> Handled:
+    async def _step(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> StepOutcome:
         """Handle one event: one atomic write of the user, its replies and the event's handled mark. With
         `send_now` the first allowed reply is recorded as `sending` in that same write, because the caller sends
         it at once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
@@ -181,8 +181,8 @@ class ConversationHandler:
         committed = await self.store.commit_step(write, self.clock.now_ms())
         if not committed:  # someone else handled it: our copy of the user is stale
             reloaded = await self.store.load_user(stored.user_id)
-            return Handled(False, reloaded or user, [])
-        return Handled(
+            return StepOutcome(False, reloaded or user, [])
+        return StepOutcome(
             True, user, [item for item in write.outbox if item.status in (OutboxStatus.PENDING, OutboxStatus.SENDING)]
         )
 

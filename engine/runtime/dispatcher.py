@@ -27,7 +27,7 @@ from typing import Any
 
 from ..store import Store, StoredEvent, UserRecord
 from .clock import Clock
-from .conversation import ConversationHandler
+from .conversation import StepHandler
 from .metrics import Metrics
 from .sender import OutboxSender
 
@@ -60,7 +60,7 @@ class Dispatcher:
     def __init__(
         self,
         store: Store,
-        handler: ConversationHandler,
+        handler: StepHandler,
         sender: OutboxSender,
         metrics: Metrics,
         concurrency: int,
@@ -253,15 +253,15 @@ class Dispatcher:
         for event in events:
             await self._renew(event.user_id)
             try:
-                handled = await self.handler.handle(event, not self.sender.state.stopped_reason, user)
-                user = handled.user
+                outcome = await self.handler.handle(event, not self.sender.state.stopped_reason, user)
+                user = outcome.user
             except Exception as err:
                 user = None  # unknown state after a failure: read it again
                 self.metrics.events_failed.inc()
                 log.exception("handling event %s failed", event.key)
                 await self.store.fail_event(event.key, f"{type(err).__name__}: {err}", self.handler.clock.now_ms())
             else:
-                await self.sender.send(handled.user, handled.outbox)
+                await self.sender.send(outcome.user, outcome.outbox)
             started = self._received_at.pop(event.key, None)
             if started is not None:
                 self.metrics.handling_seconds.observe(time.monotonic() - started)
