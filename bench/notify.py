@@ -80,7 +80,7 @@ def child_engine(store: str, graph: str, concurrency: int) -> None:
     from engine.runtime.assembly import assemble, graph_settings
     from engine.runtime.clock import SystemClock
     from engine.runtime.metrics import Metrics
-    from engine.runtime.sender import SendingState
+    from engine.runtime.sender import SendingHealth
     from engine.store import open_store
     from engine.web.app import load_configured_flows
 
@@ -108,7 +108,7 @@ def child_engine(store: str, graph: str, concurrency: int) -> None:
                 graph_client,
                 SystemClock(),
                 Metrics(),
-                SendingState(),
+                SendingHealth(),
                 campaigns_through_dispatcher=False,
             )
             start = time.perf_counter()

@@ -97,7 +97,7 @@ async def _notify(
     from .runtime.campaigns import CampaignError
     from .runtime.clock import SystemClock
     from .runtime.metrics import Metrics
-    from .runtime.sender import SendingState
+    from .runtime.sender import SendingHealth
     from .store import open_store
 
     if settings.local_mode and not os.environ.get("OTNFLOW_GRAPH_URL") and not dry_run:
@@ -118,7 +118,7 @@ async def _notify(
                 graph,
                 SystemClock(),
                 Metrics(),
-                SendingState(),
+                SendingHealth(),
                 campaigns_through_dispatcher=False,
             )
             bar = ProgressBar(sys.stderr)

@@ -16,7 +16,7 @@ from .conversation import StepHandler, StepMiddleware
 from .dispatcher import Dispatcher, Leases
 from .metrics import Metrics
 from .policy_check import Gate
-from .sender import OutboxSender, SendingState
+from .sender import OutboxSender, SendingHealth
 
 
 @dataclass
@@ -62,7 +62,7 @@ def assemble(
     graph: GraphClient,
     clock: Clock,
     metrics: Metrics,
-    sending: SendingState,
+    sending: SendingHealth,
     campaigns_through_dispatcher: bool = True,
     middlewares: Sequence[StepMiddleware] = (),
 ) -> Engine:

@@ -34,7 +34,7 @@ from ..store import (
     Campaign,
     CampaignStatus,
     Delivery,
-    Finished,
+    DeliveryResult,
     ItemStatus,
     OutboxStatus,
     Store,
@@ -327,14 +327,14 @@ class CampaignRunner:
         async def worker() -> None:
             while (item := await queue.get()) is not None:
                 user, delivery = item
-                if not self.sender.state.stopped_reason:
+                if not self.sender.health.halt_reason:
                     job = partial(self._deliver, flow, campaign, keys, user, delivery)
                     await self.run_for_user(user.user_id, job)
                 advance(1)
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
         after = ""
-        while not self.sender.state.stopped_reason and (
+        while not self.sender.health.halt_reason and (
             page := await self.store.pending_items(campaign.id, after, PAGE)
         ):
             after = page[-1]
@@ -348,7 +348,7 @@ class CampaignRunner:
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)
-        return self.sender.state.stopped_reason
+        return self.sender.health.halt_reason
 
     async def _claim(
         self,
@@ -407,7 +407,7 @@ class CampaignRunner:
         """Resend an item a dead run left `sending`, with the same token, if the gate still allows it today."""
         user = await self.store.load_user(delivery.user_id)
         if user is None:  # forgotten meanwhile: nothing to send to
-            finished = Finished(
+            finished = DeliveryResult(
                 delivery=delivery, item_status=ItemStatus.SKIPPED, reason="unknown_user", token_status=TokenStatus.VALID
             )
             await self.store.finish_deliveries([finished], self.clock.now_ms())
@@ -432,7 +432,7 @@ class CampaignRunner:
             self.clock.now_ms(),
         )
         if not decision.allowed:  # an unsubscribed user's tokens were revoked: they stay so
-            finished = Finished(
+            finished = DeliveryResult(
                 delivery=delivery,
                 item_status=ItemStatus.SKIPPED,
                 reason=decision.reason,
@@ -456,7 +456,7 @@ class CampaignRunner:
             # with the same token, which Meta refuses if it was used: the item then counts delivered, never twice.
             await self.store.finish_deliveries(
                 [
-                    Finished(
+                    DeliveryResult(
                         delivery=delivery,
                         item_status=ItemStatus.DELIVERED,
                         reason=reason,
@@ -472,7 +472,7 @@ class CampaignRunner:
                 await self._request_again(flow, campaign, user, topic, delivery.token.source_state, now)
             return True
         if outcome is Outcome.POLICY_BLOCKED:  # the token is invalid, used or expired at Meta: try the next one
-            invalid = Finished(
+            invalid = DeliveryResult(
                 delivery=delivery,
                 item_status=ItemStatus.PENDING,
                 reason="",
@@ -482,7 +482,7 @@ class CampaignRunner:
             await self.store.finish_deliveries([invalid], now)
             return False
         if outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):  # nothing was spent: the item waits for a re-run
-            unsent = Finished(
+            unsent = DeliveryResult(
                 delivery=delivery,
                 item_status=ItemStatus.PENDING,
                 reason="",
@@ -490,13 +490,13 @@ class CampaignRunner:
                 detail=result.detail,
             )
             await self.store.finish_deliveries([unsent], now)
-            self.sender.state.stopped_reason = f"{outcome.value}: {result.detail}"
+            self.sender.health.halt_reason = f"{outcome.value}: {result.detail}"
             log.critical("SENDING STOPPED during campaign %s: %s", campaign.id, result.detail)
             return True
         token_status = TokenStatus.SPENT if result.reached_meta else TokenStatus.VALID
         await self.store.finish_deliveries(
             [
-                Finished(
+                DeliveryResult(
                     delivery=delivery,
                     item_status=ItemStatus.FAILED,
                     reason=outcome.value,

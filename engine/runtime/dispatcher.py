@@ -253,7 +253,7 @@ class Dispatcher:
         for event in events:
             await self._renew(event.user_id)
             try:
-                outcome = await self.handler.handle(event, not self.sender.state.stopped_reason, user)
+                outcome = await self.handler.handle(event, not self.sender.health.halt_reason, user)
                 user = outcome.user
             except Exception as err:
                 user = None  # unknown state after a failure: read it again

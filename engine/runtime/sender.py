@@ -26,17 +26,17 @@ log = logging.getLogger("otnflow.sender")
 
 
 @dataclass
-class SendingState:
+class SendingHealth:
     """Process-wide: set when Meta says the page token is invalid or a permission is missing. Sending stops (rows
     stay pending, nothing is lost) until an operator fixes it and restarts."""
 
-    stopped_reason: str = ""
+    halt_reason: str = ""
     counts: dict[str, int] = field(default_factory=dict)
 
 
 class OutboxSender:
     def __init__(
-        self, store: Store, client: GraphClient, clock: Clock, metrics: Metrics, state: SendingState, gate: Gate
+        self, store: Store, client: GraphClient, clock: Clock, metrics: Metrics, state: SendingHealth, gate: Gate
     ) -> None:
         self.store = store
         self.client = client
@@ -57,7 +57,7 @@ class OutboxSender:
 
     async def drain(self, user_id: str) -> None:
         """Send whatever the user has pending in the store (after a restart, or after sending resumed)."""
-        if self.state.stopped_reason:
+        if self.health.halt_reason:
             return
         user = await self.store.load_user(user_id)
         await self.send(user, await self.store.pending_outbox(user_id))
@@ -66,7 +66,7 @@ class OutboxSender:
         """Send rows in order; stop at the first that must stop the user's (or everyone's) sending. A user found
         unreachable is marked so in the store and on `user`, the caller's copy."""
         for item in items:
-            if self.state.stopped_reason:
+            if self.health.halt_reason:
                 if item.status == OutboxStatus.SENDING:  # marked at commit, but no attempt will be made now
                     await self._finish(item, OutboxStatus.PENDING, "")
                 return
@@ -101,7 +101,7 @@ class OutboxSender:
         detail = f"{result.outcome.value}: {result.detail}"
         if result.outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):
             await self._finish(item, OutboxStatus.PENDING, detail)
-            self.state.stopped_reason = detail
+            self.health.halt_reason = detail
             log.critical(
                 "SENDING STOPPED: %s. Fix the page token or the app's permissions, then restart; unsent "
                 "replies are kept and will go out then.",
@@ -121,7 +121,7 @@ class OutboxSender:
     async def _finish(self, item: OutboxItem, status: OutboxStatus, detail: str) -> None:
         now = self.clock.now_ms()
         await self.store.set_outbox_status(item.key, status, detail, now)
-        self.state.counts[status] = self.state.counts.get(status, 0) + 1
+        self.health.counts[status] = self.health.counts.get(status, 0) + 1
         if status in (OutboxStatus.REFUSED, OutboxStatus.FAILED) and item.meta.get("re_request"):
             # the loop's request did not go: armed again, for the user's next engagement (used up only when sent)
             topic, source_state = str(item.meta["topic"]), str(item.meta.get("source_state", ""))

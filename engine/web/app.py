@@ -17,7 +17,7 @@ from ..runtime.assembly import assemble, default_flow_name, graph_settings
 from ..runtime.clock import Clock, OffsetClock, SystemClock
 from ..runtime.conversation import StepMiddleware
 from ..runtime.metrics import Metrics
-from ..runtime.sender import SendingState
+from ..runtime.sender import SendingHealth
 from ..store import Backend, open_store
 from . import api, deadline, monitoring, reload, webhook
 from . import playground as playground_routes
@@ -79,7 +79,7 @@ def create_app(
     local = settings.local_mode if playground is None else playground
     app[CLOCK] = clock or (OffsetClock() if local else SystemClock())
     app[METRICS] = Metrics()
-    app[SENDING] = SendingState()
+    app[SENDING] = SendingHealth()
     if fake_graph is not None or local:
         app[FAKE_GRAPH] = fake_graph or FakeGraph()
     default_flow_name(settings, loaded)  # fail now, with one clear line, rather than at the first event

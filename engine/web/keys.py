@@ -13,7 +13,7 @@ from ..runtime.clock import Clock
 from ..runtime.conversation import StepMiddleware
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.metrics import Metrics
-from ..runtime.sender import SendingState
+from ..runtime.sender import SendingHealth
 from ..store import Backend
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -24,7 +24,7 @@ STORE = web.AppKey("store", Backend)
 GRAPH = web.AppKey("graph", GraphClient)
 FAKE_GRAPH = web.AppKey("fake_graph", FakeGraph)
 GRAPH_URL = web.AppKey("graph_url", str)
-SENDING = web.AppKey("sending", SendingState)
+SENDING = web.AppKey("sending", SendingHealth)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 CAMPAIGNS = web.AppKey("campaigns", CampaignRunner)
 MIDDLEWARES: web.AppKey[tuple[StepMiddleware, ...]] = web.AppKey("middlewares")

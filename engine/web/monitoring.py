@@ -16,7 +16,7 @@ async def healthz(request: web.Request) -> web.Response:
         counts = await app[STORE].counts()
     except Exception as err:  # the store is down: say so rather than crash the probe
         return web.json_response({"status": "error", "store": f"{type(err).__name__}: {err}"}, status=503)
-    stopped = app[SENDING].stopped_reason
+    stopped = app[SENDING].halt_reason
     body = {
         "status": "sending stopped" if stopped else "ok",
         "store": counts,
