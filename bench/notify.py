@@ -101,7 +101,7 @@ def child_engine(store: str, graph: str, concurrency: int) -> None:
         await db.open()
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
             graph_client = GraphClient(session, graph_settings(settings, graph))
-            engine = assemble(
+            runtime = assemble(
                 settings,
                 flows,
                 db,
@@ -112,7 +112,7 @@ def child_engine(store: str, graph: str, concurrency: int) -> None:
                 campaigns_through_dispatcher=False,
             )
             start = time.perf_counter()
-            report = await engine.campaigns.run("restock", "", {"product": "Sauvignon 2024"})
+            report = await runtime.campaigns.run("restock", "", {"product": "Sauvignon 2024"})
             seconds = time.perf_counter() - start
         await db.close()
         return {"delivered": report.delivered, "seconds": seconds}

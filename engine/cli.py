@@ -111,7 +111,7 @@ async def _notify(
     try:
         async with aiohttp.ClientSession() as session:
             graph = GraphClient(session, graph_settings(settings))
-            engine = assemble(
+            runtime = assemble(
                 settings,
                 flows,
                 store,
@@ -124,10 +124,10 @@ async def _notify(
             bar = ProgressBar(sys.stderr)
             try:
                 if dry_run:
-                    audience = await engine.campaigns.dry_run(topic, segment, variables)
+                    audience = await runtime.campaigns.dry_run(topic, segment, variables)
                     print(audience_table(audience, segment))
                     return 0
-                report = await engine.campaigns.run(topic, segment, variables, name, progress=bar.update)
+                report = await runtime.campaigns.run(topic, segment, variables, name, progress=bar.update)
             except CampaignError as err:
                 print(f"otnflow: {err}", file=sys.stderr)
                 return 2

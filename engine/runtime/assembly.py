@@ -20,7 +20,9 @@ from .sender import OutboxSender, SendingHealth
 
 
 @dataclass
-class Engine:
+class Runtime:
+    """The runtime's parts, wired together once by `assemble`."""
+
     gate: Gate
     handler: StepHandler
     sender: OutboxSender
@@ -65,7 +67,7 @@ def assemble(
     sending: SendingHealth,
     campaigns_through_dispatcher: bool = True,
     middlewares: Sequence[StepMiddleware] = (),
-) -> Engine:
+) -> Runtime:
     gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
     handler = StepHandler(
         flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares
@@ -87,4 +89,4 @@ def assemble(
     )
     if campaigns_through_dispatcher:
         campaigns.run_for_user = dispatcher.run_job
-    return Engine(gate, handler, sender, dispatcher, campaigns)
+    return Runtime(gate, handler, sender, dispatcher, campaigns)

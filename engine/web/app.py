@@ -132,7 +132,7 @@ async def _graph_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _engine(app: web.Application) -> AsyncIterator[None]:
     flows: dict[str, CompiledFlow] = app[FLOWS]
     middlewares: tuple[StepMiddleware, ...] = app[MIDDLEWARES]
-    engine = assemble(
+    runtime = assemble(
         app[SETTINGS],
         flows,
         app[STORE],
@@ -142,10 +142,10 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
         app[SENDING],
         middlewares=middlewares,
     )
-    app[DISPATCHER] = engine.dispatcher
-    app[CAMPAIGNS] = engine.campaigns
-    resumed = await engine.dispatcher.start()
+    app[DISPATCHER] = runtime.dispatcher
+    app[CAMPAIGNS] = runtime.campaigns
+    resumed = await runtime.dispatcher.start()
     if resumed:
         log.info("resuming work left by the previous run for %d user(s)", resumed)
     yield
-    await engine.dispatcher.stop()
+    await runtime.dispatcher.stop()
