@@ -69,9 +69,7 @@ def assemble(
     middlewares: Sequence[StepMiddleware] = (),
 ) -> Runtime:
     gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
-    handler = StepHandler(
-        flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares
-    )
+    handler = StepHandler(flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares)
     sender = OutboxSender(store, graph, clock, metrics, sending, gate)
     leases = Leases.for_this_process(float(settings["dispatcher.lease_seconds"])) if settings.leases else None
     dispatcher = Dispatcher(store, handler, sender, metrics, int(settings["dispatcher.concurrency"]), leases, clock)

@@ -158,7 +158,7 @@ class Delivery:
 
 
 @dataclass(kw_only=True)
-class Finished:
+class DeliveryResult:
     """How a delivery ended: the item's status and reason, the token's status, the loop's next request to arm
     (topic, source state) when the user's window was closed, and what to write in the OTN log for the token's
     topic (nothing if empty)."""
@@ -334,7 +334,7 @@ class CampaignStore(Protocol):
         outbox). Users with no valid token left get their item skipped with `no_token_reason` and no Delivery."""
         ...
 
-    async def finish_deliveries(self, finished: Sequence[Finished], now_ms: int) -> None:
+    async def finish_deliveries(self, finished: Sequence[DeliveryResult], now_ms: int) -> None:
         """In one atomic write: each item's and token's final status, the OTN log entries (`logged`), the armed
         re-requests."""
         ...

@@ -34,7 +34,7 @@ from pymongo.uri_parser import parse_uri
 from .base import (
     Campaign,
     Delivery,
-    Finished,
+    DeliveryResult,
     OutboxItem,
     RejectedEvent,
     StepWrite,
@@ -699,7 +699,7 @@ class MongoStore:
 
         return await self._transaction(work)
 
-    async def finish_deliveries(self, finished: Sequence[Finished], now_ms: int) -> None:
+    async def finish_deliveries(self, finished: Sequence[DeliveryResult], now_ms: int) -> None:
         if not finished:
             return
 

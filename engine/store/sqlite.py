@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from .base import (
     Campaign,
     Delivery,
-    Finished,
+    DeliveryResult,
     OutboxItem,
     RejectedEvent,
     StepWrite,
@@ -758,7 +758,7 @@ class SqliteStore:
 
         return await self._write(work) if texts else []
 
-    async def finish_deliveries(self, finished: Sequence[Finished], now_ms: int) -> None:
+    async def finish_deliveries(self, finished: Sequence[DeliveryResult], now_ms: int) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.executemany(
                 "UPDATE campaign_items SET status = ?, reason = ?, updated_ms = ? "

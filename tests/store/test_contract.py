@@ -15,7 +15,7 @@ from engine.runtime.inspection import inspect_user
 from engine.store import (
     Backend,
     Campaign,
-    Finished,
+    DeliveryResult,
     ItemStatus,
     OutboxItem,
     RejectedEvent,
@@ -205,7 +205,7 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Backe
     assert [d.token.token for d in expired] == ["t1"] and expired[0].message == {"text": "hi"}
     await store.finish_deliveries(
         [
-            Finished(
+            DeliveryResult(
                 delivery=delivery,
                 item_status=ItemStatus.DELIVERED,
                 reason="",
