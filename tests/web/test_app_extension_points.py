@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from engine.local import FakeGraph
-from engine.runtime.conversation import Handled, Step
+from engine.runtime.conversation import Step, StepOutcome
 from engine.store import StoredEvent, open_store
 from engine.testing import ManualClock
 from engine.web import create_app
@@ -29,13 +29,13 @@ async def test_a_given_store_is_used_and_middlewares_wrap_each_step_in_order(
     store = open_store(f"sqlite:///{tmp_path / 'mine.sqlite3'}", 7.0)
     seen: list[str] = []
 
-    async def outer(event: StoredEvent, step: Step) -> Handled:
+    async def outer(event: StoredEvent, step: Step) -> StepOutcome:
         seen.append(f"outer>{event.key}")
         handled = await step(event)
         seen.append(f"outer<{handled.user.state}")
         return handled
 
-    async def enrich(event: StoredEvent, step: Step) -> Handled:
+    async def enrich(event: StoredEvent, step: Step) -> StepOutcome:
         seen.append("enrich")
         return await step(replace(event, body=event.body.replace('"text":"a red please"', '"text":"Red"')))
 
