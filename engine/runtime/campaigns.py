@@ -334,9 +334,7 @@ class CampaignRunner:
 
         workers = [asyncio.create_task(worker()) for _ in range(self.concurrency)]
         after = ""
-        while not self.sender.health.halt_reason and (
-            page := await self.store.pending_items(campaign.id, after, PAGE)
-        ):
+        while not self.sender.health.halt_reason and (page := await self.store.pending_items(campaign.id, after, PAGE)):
             after = page[-1]
             users = await self.store.load_users(page)
             for start in range(0, len(page), CHUNK):

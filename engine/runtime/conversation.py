@@ -95,6 +95,8 @@ def _around(middleware: StepMiddleware, step: Step) -> Step:
 
 
 class StepHandler:
+    """Turns one stored event into one committed step: the user loaded, the flow run, the replies gated."""
+
     def __init__(
         self,
         flows: Mapping[str, CompiledFlow],

@@ -27,8 +27,9 @@ log = logging.getLogger("otnflow.sender")
 
 @dataclass
 class SendingHealth:
-    """Process-wide: set when Meta says the page token is invalid or a permission is missing. Sending stops (rows
-    stay pending, nothing is lost) until an operator fixes it and restarts."""
+    """Process-wide health of sending (not a flow's state): `halt_reason` is set when Meta says the page token is
+    invalid or a permission is missing. Sending stops (rows stay pending, nothing is lost) until an operator fixes
+    it and restarts. `counts` tallies the rows' final statuses."""
 
     halt_reason: str = ""
     counts: dict[str, int] = field(default_factory=dict)
@@ -36,13 +37,13 @@ class SendingHealth:
 
 class OutboxSender:
     def __init__(
-        self, store: Store, client: GraphClient, clock: Clock, metrics: Metrics, state: SendingHealth, gate: Gate
+        self, store: Store, client: GraphClient, clock: Clock, metrics: Metrics, health: SendingHealth, gate: Gate
     ) -> None:
         self.store = store
         self.client = client
         self.clock = clock
         self.metrics = metrics
-        self.state = state
+        self.health = health
         self.gate = gate
         self._pending_writes: set[asyncio.Task[None]] = set()
 
