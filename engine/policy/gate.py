@@ -78,6 +78,7 @@ class Outgoing:
     promotional: bool = True  # unless the flow says otherwise, assume it is
     with_token: bool = False  # a notification sent with a claimed OTN token
     token_expires_ms: int | None = None  # when that token expires (a token past it is never sent)
+    after_optin: bool = False  # a reply to a Notify Me tap: an opt-in reopens no window
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,9 +119,10 @@ def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySetting
             return refuse("token_expired")
         return Decision(via=Via.OTN_TOKEN)
     inside = window_open(facts, now_ms, settings)
+    closed = "late_optin" if message.after_optin else "outside_window"  # a late Notify Me tap says so
     if message.kind == MessageKind.OTN_REQUEST:
         if not inside:
-            return refuse("outside_window")
+            return refuse(closed)
         if settings.otn_skip_if_token_held and facts.tokens_held > 0:
             return refuse("token_already_held")
         if facts.recent_requests >= settings.otn_max_requests:
@@ -129,7 +131,7 @@ def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySetting
     if inside:
         return Decision(via=Via.RESPONSE if message.responding else Via.UPDATE)
     if message.tag is None:
-        return refuse("outside_window")
+        return refuse(closed)
     if message.tag not in settings.allowed_tags:
         return refuse("tag_not_allowed")
     if message.promotional:

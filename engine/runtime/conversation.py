@@ -14,11 +14,11 @@ from typing import Any
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
 from ..messenger.events import MAX_KEY_CHARS, InboundEvent, Referral, parse_event
-from ..policy import MessageKind, Outgoing
+from ..policy import MessageKind
 from ..policy.gate import DAY_MS
 from ..store import OutboxItem, OutboxStatus, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
 from .clock import Clock
-from .policy_check import Gate
+from .policy_check import Gate, outgoing_from_meta
 
 log = logging.getLogger("otnflow.conversation")
 
@@ -169,7 +169,8 @@ class StepHandler:
             replies += result.replies
             if result.consent is not None:  # before the gate: a request in the step that unsubscribes is refused
                 self._consent(user, write, result.consent)
-        write.outbox = await self._gated(replies, stored.key, user, responding=engaged, write=write)
+        after_optin = event is not None and event.kind == "optin"
+        write.outbox = await self._gated(replies, stored.key, user, engaged, after_optin, write)
         for item in write.outbox[:rerequests]:
             item.meta["re_request"] = True
             if (
@@ -263,7 +264,7 @@ class StepHandler:
         return requests
 
     async def _gated(
-        self, replies: list[Reply], key: str, user: UserRecord, responding: bool, write: StepWrite
+        self, replies: list[Reply], key: str, user: UserRecord, responding: bool, after_optin: bool, write: StepWrite
     ) -> list[OutboxItem]:
         """Outbox rows for the replies; those the policy gate refuses are recorded `refused`, with the reason."""
         now = self.clock.now_ms()
@@ -278,16 +279,9 @@ class StepHandler:
                 facts = await self.gate.request_facts(
                     self.store, user, reply.otn_topic, now, queued[reply.otn_topic], received, asked
                 )
-            decision = self.gate.check(
-                facts,
-                Outgoing(
-                    kind=MessageKind(item.meta["kind"]),
-                    responding=responding,
-                    tag=reply.message_tag,
-                    promotional=reply.promotional,
-                ),
-                now,
-            )
+            if after_optin:
+                item.meta["after_optin"] = True  # the sender's last gate gives the same reason
+            decision = self.gate.check(facts, outgoing_from_meta(item.meta), now)
             if not decision.allowed:
                 item.status, item.detail = OutboxStatus.REFUSED, decision.reason
                 if reply.otn_topic is not None:

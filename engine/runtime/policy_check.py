@@ -71,4 +71,5 @@ def outgoing_from_meta(meta: dict[str, object]) -> Outgoing:
         tag=str(tag) if tag else None,
         promotional=bool(meta.get("promotional", True)),
         with_token=bool(meta.get("otn_token")),
+        after_optin=bool(meta.get("after_optin", False)),
     )

@@ -328,9 +328,16 @@ async def _collect(app: web.Application, user_id: str) -> None:
     if len(refused) > shown:
         playground.seen_refused[user_id] = len(refused)
         for item in refused[shown:]:
-            playground.note(
-                user_id, {"from": "policy", "text": item["text"], "reason": item["reason"], "kind": item["kind"]}
-            )
+            explain = EXPLAINED.get(item["reason"], "")
+            entry = {"from": "policy", "text": item["text"], "reason": item["reason"], "kind": item["kind"]}
+            playground.note(user_id, {**entry, "explain": explain} if explain else entry)
+
+
+#: What the user experiences when the gate refuses for these reasons, as the transcript explains it.
+EXPLAINED = {
+    "late_optin": "Notify Me was tapped after the 24-hour window closed, and an opt-in reopens no window: Meta "
+    "allows no confirmation, so the user sees none. The token is kept: the notification will come.",
+}
 
 
 def _bot_entry(message: SentMessage) -> dict[str, Any]:

@@ -4,19 +4,24 @@ the harness's server on loopback, a real store, the fake Graph API enforcing Met
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
+from engine.config import load_settings
 from engine.runtime.campaigns import NO_VALID_TOKEN, campaign_counts, campaign_runs
 from engine.store import StepWrite, StoredEvent, Token, UserRecord
 from engine.testing.harness import PAGE_ID, Bot, BotUser
+from engine.web import create_app
 from engine.web.keys import CAMPAIGNS, STORE
-from tests.conftest import mongo_database_url, wait_until
+from engine.web.playground import TOKEN_HEADER
+from tests.conftest import mongo_database_url, serve_on_loopback, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR_MS = 3_600_000
@@ -260,3 +265,50 @@ async def test_a_topic_quick_reply_titled_engage_follows_its_goto(tmp_path: Path
         ]
         assert fan.state == "engaged"
         assert bot.fake.rejected == []
+
+
+# -- 8. late opt-ins ---------------------------------------------------------------------------------------------
+async def test_a_late_opt_in_keeps_the_token_and_records_why_no_confirmation_went(bot: Bot) -> None:
+    alice = bot.user("alice")
+    await alice.says("hi")
+    await alice.taps("White")  # the request
+    bot.clock.advance(hours=30)  # she taps Notify Me the next evening: the opt-in reopens no window
+    assert await alice.opts_in("restock") == []  # Meta allows no confirmation now: she sees none
+    assert len(alice.tokens("restock")) == 1  # but her token is kept: the notification will come
+    assert [(r["kind"], r["reason"]) for r in alice.refusals] == [("message", "late_optin")]
+    assert bot.fake.rejected == []
+    await bot.notify("restock", product="Sauvignon 2024")
+    assert alice.last_reply.is_notification
+
+
+async def test_the_playground_explains_a_late_opt_in(tmp_path: Path) -> None:
+    settings = load_settings(
+        ROOT / "config.toml",
+        {"OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}", "OTNFLOW_LOG_LEVEL": "ERROR"},
+    )
+    served = await serve_on_loopback(create_app(settings))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{served.url}/playground") as r:
+                found = re.search(r'<meta name="playground-token" content="([^"]+)">', await r.text())
+            assert found is not None
+            headers = {TOKEN_HEADER: found.group(1)}
+
+            async def act(action: str, **body: Any) -> dict[str, Any]:
+                async with session.post(
+                    f"{served.url}/playground/api/{action}", json={"user": "pat", **body}, headers=headers
+                ) as r:
+                    assert r.status == 200, await r.text()
+                    return await r.json()  # type: ignore[no-any-return]
+
+            await act("say", text="hi")
+            state = await act("tap", title="White", payload="WHITE")
+            request = next(e for e in state["transcript"] if e.get("otn_payload"))
+            await act("advance", hours=30)
+            state = await act("optin", payload=request["otn_payload"])
+            late = state["transcript"][-1]
+            assert (late["from"], late["reason"]) == ("policy", "late_optin")
+            assert "after the 24-hour window" in late["explain"] and "token is kept" in late["explain"]
+            assert [t["valid"] for t in state["tokens"]] == [True]
+    finally:
+        await served.runner.cleanup()

@@ -246,11 +246,11 @@ async def test_tagged_reply_goes_outside_the_window_and_an_untagged_one_is_refus
         untagged = await carol.opts_in("promo")
         assert untagged == []
         assert [(r["reason"], r["text"]) for r in carol.refusals] == [
-            ("outside_window", "Great, and while you are here: 10% off everything today!")
+            ("late_optin", "Great, and while you are here: 10% off everything today!")
         ]
         assert bot.fake.rejected == []
         metrics = await _metrics(bot)
-        assert 'otnflow_policy_refusals_total{kind="message",reason="outside_window"} 1.0' in metrics
+        assert 'otnflow_policy_refusals_total{kind="message",reason="late_optin"} 1.0' in metrics
 
 
 async def _metrics(bot: Bot) -> str:
