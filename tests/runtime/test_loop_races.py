@@ -312,3 +312,16 @@ async def test_the_playground_explains_a_late_opt_in(tmp_path: Path) -> None:
             assert [t["valid"] for t in state["tokens"]] == [True]
     finally:
         await served.runner.cleanup()
+
+
+async def test_a_re_request_meta_refuses_is_armed_again_for_the_next_engagement(bot: Bot) -> None:
+    alice = await white_lover_with_token(bot)
+    bot.clock.advance(hours=30)
+    await bot.notify("restock", product="Sauvignon 2024")
+    bot.fake.fail("no_user", user_id="alice")  # the re-request's send fails at Meta (once)
+    replies = await alice.taps("Show me")
+    assert [r.otn_topic for r in replies] == [None]  # only the flow's reply reached her
+    assert await bot.app[STORE].armed("alice") == [("restock", "sold_out")]  # not used up: it was never sent
+    replies = await alice.says("menu")
+    assert replies[0].otn_topic == "restock"  # the armed request, before the menu
+    assert await bot.app[STORE].armed("alice") == []
