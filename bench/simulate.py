@@ -213,7 +213,12 @@ async def report(month: Month, wall: float) -> None:
     for sent in fake.sent:
         if request_topic(sent):
             requests[sent.user_id or ""].append(sent)
-    re_asked, due_count, delays = 0, 0, []
+    gate_rows = await refused_messages(bot.app[STORE])
+    limited: dict[str, list[int]] = defaultdict(list)  # when the gate refused a user's request for the request limit
+    for row in gate_rows:
+        if row["kind"] == "otn_request" and row["reason"] == "request_limit":
+            limited[row["user_id"]].append(row["at"])
+    re_asked, due_count, held_back, delays = 0, 0, 0, []
     for delivery in deliveries:
         user = delivery.token_user or ""
         engaged = figures.engaged_at.get(user, [])
@@ -227,8 +232,11 @@ async def report(month: Month, wall: float) -> None:
         )
         if holds or any(delivery.at_ms <= k <= due for k in figures.kills):
             continue  # the gate refuses a request while a token is held; a kill may leave one `uncertain`
-        due_count += 1
         asked = [r for r in requests[user] if due <= r.at_ms < due + HOUR_MS]
+        if not asked and any(due <= at < due + HOUR_MS for at in limited[user]):
+            held_back += 1  # anti-nagging: another request for the topic is still unanswered; it stays armed
+            continue
+        due_count += 1
         if asked:
             re_asked += 1
             if not window and (user, due) in figures.posted_wall:
@@ -238,7 +246,7 @@ async def report(month: Month, wall: float) -> None:
     reuse = "one-time notification token already used"
     refused = Counter(r["error"] for r in fake.rejected)
     confirmations = refused.pop(reuse, 0)
-    gate = Counter(r["reason"] for r in await refused_messages(bot.app[STORE]))
+    gate = Counter(r["reason"] for r in gate_rows)
     share = 100.0 * re_asked / due_count if due_count else float("nan")
     median = statistics.median(delays) if delays else float("nan")
     lines = [
@@ -248,6 +256,8 @@ async def report(month: Month, wall: float) -> None:
         f"  resends on resume that Meta refused as already used (sent before the kill): {confirmations}",
         f"deliveries: {len(deliveries)}",
         f"deliveries re-asked at once or at the user's first engagement: {re_asked}/{due_count} = {share:.1f}%",
+        f"  re-requests the gate held back for the request limit (another request for the topic unanswered; "
+        f"they stay armed): {held_back}",
         f"engagement -> re-request delay (wall): median {median:.1f} ms, p99 {percentile(delays, 0.99):.1f} ms "
         f"({len(delays)} engagements)",
         f"tokens expired unused: {len(expired)}",
