@@ -11,12 +11,13 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import tomli
 
+from .actions import ActionFunction, load_actions, required_args
 from .extensions import FILTER_GROUP, GLOBAL_GROUP, ExtensionError, load_named
 from .flow import FlowOptions, Limits
 from .policy import PolicySettings
@@ -118,6 +119,7 @@ class Settings:
     page_token: str
     verify_token: str
     api_token: str
+    actions: Mapping[str, str] = field(default_factory=dict)  # config.toml's [actions]: name -> "module:function"
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -145,8 +147,16 @@ class Settings:
             otn_skip_if_token_held=bool(v["policy.otn_skip_if_token_held"]),
         )
 
+    def action_functions(self) -> dict[str, ActionFunction]:
+        """The registered actions (entry points, then `[actions]`); ConfigError for one that cannot be imported."""
+        try:
+            return load_actions(self.actions)
+        except ExtensionError as err:
+            raise ConfigError(f"config: {err}") from None
+
     def flow_options(self) -> FlowOptions:
-        """How flows are checked against this configuration (templates folder, OTN availability, allowed tags)."""
+        """How flows are checked against this configuration (templates folder, OTN availability, allowed tags, the
+        registered actions and the arguments they need)."""
         policy = self.policy
         try:
             filters = load_named(str(self.values["templates.filters"]), FILTER_GROUP)
@@ -154,6 +164,7 @@ class Settings:
         except ExtensionError as err:
             raise ConfigError(f"config: templates: {err}") from None
         return FlowOptions(
+            actions={name: required_args(function) for name, function in self.action_functions().items()},
             templates_dir=self.path("flows.templates"),
             template_filters=filters,
             template_globals=globals_,
@@ -208,6 +219,7 @@ def load_settings(
     env = os.environ if environ is None else environ
     path = config_path or Path(env.get("OTNFLOW_CONFIG", "config.toml"))
     values = {key: option.default for key, option in OPTIONS.items()}
+    actions: dict[str, str] = {}
     if path.exists():
         try:
             document = tomli.loads(path.read_text(encoding="utf-8"))
@@ -215,6 +227,9 @@ def load_settings(
             raise ConfigError(f"config: {path}:{err.lineno}: TOML syntax error: {err.msg}") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"config: {path}: cannot read it: {err}") from None
+        actions = document.pop("actions", {})
+        if not isinstance(actions, dict) or not all(isinstance(v, str) for v in actions.values()):
+            raise ConfigError(f'config: {path}: [actions] names actions as name = "module:function"')
         for section, table in document.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"config: {path}: '{section}' must be a [section]; known: {_sections()}")
@@ -244,19 +259,19 @@ def load_settings(
         page_token=env.get("OTNFLOW_PAGE_TOKEN", ""),
         verify_token=env.get("OTNFLOW_VERIFY_TOKEN", ""),
         api_token=env.get("OTNFLOW_API_TOKEN", ""),
+        actions=actions,
     )
     return _check_secrets(settings) if require_secrets else settings
 
 
 def _check_secrets(settings: Settings) -> Settings:
     if settings.local_mode:  # a fresh clone runs with no Facebook account at all
-        return Settings(
-            settings.root,
-            settings.values,
-            settings.app_secret or LOCAL_SECRET,
-            "",
-            settings.verify_token or LOCAL_SECRET,
-            settings.api_token or LOCAL_SECRET,
+        return replace(
+            settings,
+            app_secret=settings.app_secret or LOCAL_SECRET,
+            page_token="",
+            verify_token=settings.verify_token or LOCAL_SECRET,
+            api_token=settings.api_token or LOCAL_SECRET,
         )
     missing = missing_secrets(settings)
     if missing:

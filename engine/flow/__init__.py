@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Limits, check_flow, check_tags_set
-from .compiler import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput
+from .compiler import ActionCall, Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput
 from .diagnostics import Diagnostic, FlowError, Reporter, Severity
 from .loader import read_flow
-from .spec import FlowSpec
+from .spec import FlowSpec, Outcome
 from .templates import make_environment
 
 __all__ = [
+    "ActionCall",
     "Arrival",
     "CompiledFlow",
     "Diagnostic",
@@ -25,6 +26,7 @@ __all__ = [
     "FlowOptions",
     "FlowSpec",
     "Limits",
+    "Outcome",
     "Reply",
     "Severity",
     "Snapshot",
@@ -45,6 +47,7 @@ class FlowOptions:
     tags_set_elsewhere: frozenset[str] = frozenset()  # set outside any flow (the EU tag): never "unset"
     template_filters: Mapping[str, Callable[..., Any]] = field(default_factory=dict)  # config's and packages'
     template_globals: Mapping[str, Any] = field(default_factory=dict)
+    actions: Mapping[str, frozenset[str]] | None = None  # registered actions -> required arguments (None: unchecked)
 
 
 def load_flow(path: Path, options: FlowOptions = FlowOptions()) -> tuple[CompiledFlow | None, list[Diagnostic]]:
@@ -57,7 +60,7 @@ def _load(path: Path, options: FlowOptions) -> tuple[FlowSpec | None, CompiledFl
     spec, report = read_flow(path)
     env = make_environment(options.templates_dir, options.template_filters, options.template_globals)
     if spec is not None:
-        check_flow(spec, report, env, options.limits, options.otn_available)
+        check_flow(spec, report, env, options.limits, options.otn_available, options.actions)
     if spec is None or any(d.is_error for d in report.diagnostics):
         return spec, None, report
     return spec, CompiledFlow(spec, env), report

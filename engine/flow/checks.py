@@ -44,9 +44,16 @@ class Limits:
 
 
 def check_flow(
-    spec: FlowSpec, report: Reporter, env: SandboxedEnvironment, limits: Limits = Limits(), otn_available: bool = True
+    spec: FlowSpec,
+    report: Reporter,
+    env: SandboxedEnvironment,
+    limits: Limits = Limits(),
+    otn_available: bool = True,
+    actions: Mapping[str, frozenset[str]] | None = None,
 ) -> None:
+    """`actions`: the registered actions' names and required arguments (None: names are not checked)."""
     _check_targets(spec, report)
+    _check_actions(spec, report, env, actions)
     _check_reachability(spec, report)
     _check_states(spec, report, limits)
     _check_topics(spec, report, limits, otn_available)
@@ -94,7 +101,7 @@ def _check_reachability(spec: FlowSpec, report: Reporter) -> None:
         if name not in reached:
             report.error(
                 ("states", name),
-                f"state '{name}' is unreachable: no start, goto, then, keyword or on_optin leads to it",
+                f"state '{name}' is unreachable: no start, goto, then, keyword, on_optin or action outcome leads to it",
             )
         elif not outgoing.get(name) and not state.end:
             report.warning(
@@ -103,6 +110,36 @@ def _check_reachability(spec: FlowSpec, report: Reporter) -> None:
                 "keywords (add quick replies, buttons, 'on' or 'then', or mark it "
                 "'end = true')",
             )
+
+
+def _check_actions(
+    spec: FlowSpec, report: Reporter, env: SandboxedEnvironment, actions: Mapping[str, frozenset[str]] | None
+) -> None:
+    """Unknown action names, missing required arguments, and argument templates that read unknown names."""
+    for name, state in spec.states.items():
+        action = state.action
+        if action is None:
+            continue
+        path: KeyPath = ("states", name, "action")
+        if actions is not None and action.name not in actions:
+            hint = suggest(action.name, list(actions)).replace("known keys", "registered actions")
+            report.error((*path, "name"), f"unknown action '{action.name}'{hint if actions else '; none registered'}")
+        elif actions is not None:
+            missing = sorted(actions[action.name] - {arg for arg, _ in action.args})
+            if missing:
+                report.error((*path, "args"), f"action '{action.name}' needs argument(s) {', '.join(missing)}")
+        for arg, value in action.args:
+            if not isinstance(value, str):
+                continue
+            try:
+                unknown = undeclared_names(env, value) - CONVERSATION_NAMES
+            except TemplateProblem as problem:
+                report.error((*path, "args", arg), f"argument '{arg}': {problem.message}")
+                continue
+            for word in sorted(unknown):
+                known = ", ".join(sorted(CONVERSATION_NAMES))
+                message = f"argument '{arg}' uses undefined variable '{word}' (known: {known})"
+                report.error((*path, "args", arg), message)
 
 
 # -- tags across flows ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from transitions import EventData, Machine
 
 from . import payloads
 from .segments import ALWAYS, Segment
-from .spec import Cause, Edge, Effects, FlowSpec, Message, Rule, Scalar, State, source_name
+from .spec import Cause, Edge, Effects, FlowSpec, Message, Outcome, Rule, Scalar, State, source_name
 from .words import Typed
 
 NEW_USER = "__new__"
@@ -92,17 +92,28 @@ class Snapshot:
 
 
 @dataclass(frozen=True)
+class ActionCall:
+    """An action the step stopped at: the runtime runs it, then hands its outcome to `CompiledFlow.resume`."""
+
+    state: str  # the state whose action it is (the user is in it)
+    name: str
+    args: Mapping[str, Scalar]  # rendered
+    timeout_seconds: float
+
+
+@dataclass(frozen=True)
 class StepResult:
     snapshot: Snapshot
     replies: tuple[Reply, ...]
     matched: str  # how the input was understood: start, payload, keyword, title, rule, late_tap, fallback, optin
     consent: bool | None = None  # False: the step unsubscribed the user; True: subscribed them again
+    action: ActionCall | None = None  # the step stopped at a state's action: run it, then `resume`
 
 
 class _Conversation:
     """The model bound to the shared machine for the length of one step."""
 
-    __slots__ = ("consent", "profile", "replies", "state", "tags", "text", "variables")
+    __slots__ = ("action", "consent", "profile", "replies", "state", "tags", "text", "variables")
 
     def __init__(self, snapshot: Snapshot, text: str | None, profile: Mapping[str, Any]) -> None:
         self.state = snapshot.state or NEW_USER
@@ -112,6 +123,7 @@ class _Conversation:
         self.profile = profile
         self.replies: list[Reply] = []
         self.consent: bool | None = None
+        self.action: ActionCall | None = None
 
     def context(self) -> dict[str, Any]:
         user = {**self.profile, "tags": sorted(self.tags)}
@@ -126,6 +138,9 @@ class _Conversation:
 
     def snapshot(self) -> Snapshot:
         return Snapshot(self.state, frozenset(self.tags), dict(self.variables))
+
+    def result(self, matched: str) -> StepResult:
+        return StepResult(self.snapshot(), tuple(self.replies), matched, self.consent, self.action)
 
 
 # -- the compiled flow -----------------------------------------------------------------------------------------
@@ -167,6 +182,15 @@ class CompiledFlow:
     def _on_enter(self, state: State, event: EventData) -> None:
         convo = cast(_Conversation, event.model)
         convo.apply(state.effects)
+        if state.action is None:
+            self._speak(state, convo)
+            return
+        context = convo.context()
+        args = {k: self.render_value(v, context) if isinstance(v, str) else v for k, v in state.action.args}
+        convo.action = ActionCall(state.name, state.action.name, args, state.action.timeout_seconds)
+
+    def _speak(self, state: State, convo: _Conversation) -> None:
+        """The state's message, then its Notify Me request (a state with an action speaks once it has run)."""
         self._say(state, convo)
         if state.otn is not None:
             convo.replies.append(self._otn_request(state.otn.topic, state.name, convo.context(), {}))
@@ -246,7 +270,31 @@ class CompiledFlow:
         else:
             matched = self._match(convo, user_input)
         self._follow_then(convo)
-        return StepResult(convo.snapshot(), tuple(convo.replies), matched, convo.consent)
+        return convo.result(matched)
+
+    def resume(
+        self,
+        snapshot: Snapshot,
+        outcome: Outcome,
+        result: Any = None,
+        profile: Mapping[str, Any] | None = None,
+    ) -> StepResult:
+        """Feed an action's outcome back: save the result, then follow the first result guard that holds, or the
+        success, failure or timeout edge; when none leads on, the state speaks (and may use the result). Pure."""
+        convo = _Conversation(snapshot, None, profile or {})
+        state = self.spec.states[convo.state]
+        assert state.action is not None, f"state {state.name!r} runs no action"
+        if outcome is Outcome.SUCCESS and state.action.save_as:
+            convo.variables[state.action.save_as] = result  # JSON-like data, kept as the store keeps variables
+        triggers = [f"action:{outcome}"]
+        if outcome is Outcome.SUCCESS:
+            triggers = [f"action:result:{i}" for i in range(len(state.action.on_result))] + triggers
+        if outcome is Outcome.TIMEOUT and state.action.on_timeout is None:
+            triggers.append(f"action:{Outcome.FAILURE}")
+        if not any(self._fire(convo, trigger) for trigger in triggers):
+            self._speak(state, convo)
+        self._follow_then(convo)
+        return convo.result(f"action_{outcome}")
 
     def enter_optin(self, snapshot: Snapshot, topic: str, profile: Mapping[str, Any] | None = None) -> StepResult:
         """The user tapped Notify Me for `topic`: run the topic's on_optin state, if it names one."""
@@ -255,7 +303,7 @@ class CompiledFlow:
             convo.state = self.spec.start
         if self._fire(convo, f"optin:{topic}"):
             self._follow_then(convo)
-        return StepResult(convo.snapshot(), tuple(convo.replies), "optin", convo.consent)
+        return convo.result("optin")
 
     def _arrive(self, convo: _Conversation, arrival: Arrival) -> bool:
         """The first entry point matching the referral routes the user; one without `goto` only tags and sets
@@ -279,7 +327,7 @@ class CompiledFlow:
 
     def _follow_then(self, convo: _Conversation) -> None:
         for _ in range(MAX_THEN_CHAIN):  # the checker rejects 'then' cycles; this bounds it regardless
-            if not self._fire(convo, "then"):
+            if convo.action is not None or not self._fire(convo, "then"):  # an action first: the runtime runs it
                 return
 
     def _match(self, convo: _Conversation, user_input: UserInput) -> str:
@@ -401,6 +449,8 @@ def _trigger(edge: Edge) -> str:
         return f"optin:{edge.topic}"
     if edge.cause is Cause.REFERRAL:
         return f"referral:{edge.index}"
+    if edge.cause is Cause.ACTION:
+        return f"action:result:{edge.index}" if edge.outcome is None else f"action:{edge.outcome}"
     return "then" if edge.cause is Cause.THEN else "fallback"
 
 

@@ -13,6 +13,7 @@ from .locate import Locator
 from .segments import ALWAYS, Segment, SegmentError, parse_segment
 from .shapes import check_shape
 from .spec import (
+    Action,
     Choice,
     Effects,
     EntryPoint,
@@ -21,6 +22,7 @@ from .spec import (
     Keyword,
     Message,
     OtnAsk,
+    ResultRule,
     Rule,
     Source,
     State,
@@ -161,6 +163,30 @@ class _Builder:
             end=raw.get("end") is True,
             message_tag=_opt_str(raw.get("message_tag")),
             promotional=raw["promotional"] if isinstance(raw.get("promotional"), bool) else None,
+            action=self.action(raw["action"], (*path, "action")) if isinstance(raw.get("action"), dict) else None,
+        )
+
+    def action(self, raw: dict[str, Any], path: KeyPath) -> Action:
+        timeout = raw.get("timeout_seconds", 2.0)
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            self.report.error((*path, "timeout_seconds"), f"timeout_seconds must be a positive number, got {timeout!r}")
+            timeout = 2.0
+        return Action(
+            name=str(raw.get("name", "")),
+            args=_scalars(raw.get("args")),
+            timeout_seconds=float(timeout),
+            save_as=_opt_str(raw.get("save_as")),
+            on_result=tuple(
+                ResultRule(
+                    self.segment(r.get("when"), (*path, "on_result", i, "when")),
+                    str(r.get("when", "")),
+                    str(r.get("goto", "")),
+                )
+                for i, r in enumerate(_tables(raw.get("on_result")))
+            ),
+            on_success=_opt_str(raw.get("on_success")),
+            on_failure=_opt_str(raw.get("on_failure")),
+            on_timeout=_opt_str(raw.get("on_timeout")),
         )
 
     def message(self, raw: dict[str, Any], path: KeyPath) -> Message | None:

@@ -93,7 +93,22 @@ SHAPES: dict[str, dict[str, Field]] = {
         "message_tag": Field("str", "Meta message tag allowing this message outside the 24h window (non-promotional)."),
         "promotional": Field("bool", "Whether the message promotes something; must be false on a tagged message."),
         "description": Field("str", "Free text for humans."),
+        "action": Field("table:action", "An action to run before speaking (is it in stock?); see `[actions]`."),
         **_EFFECTS,
+    },
+    "action": {
+        "name": Field("str", "The action, as registered (config.toml `[actions]` or entry points).", required=True),
+        "args": Field("scalars", "Its arguments; strings are jinja2 templates over user, vars and text."),
+        "timeout_seconds": Field("number", "Its time budget (default 2); past it the outcome is a timeout."),
+        "save_as": Field("str", "The variable its result is saved to (the state's reply can use it)."),
+        "on_result": Field("tables:result_rule", "Where to go when the result matches a guard; first match wins."),
+        "on_success": Field("str", "Where to go on success when no guard matched; absent: the state speaks."),
+        "on_failure": Field("str", "Where to go when it fails; absent: the state speaks."),
+        "on_timeout": Field("str", "Where to go when it runs out of time (default: on_failure)."),
+    },
+    "result_rule": {
+        "when": Field("str", 'A segment expression over tags and vars, e.g. "vars.stock == 0".', required=True),
+        "goto": Field("str", "The state to move to.", required=True),
     },
     "choice": {
         "title": Field("str", "The text on the quick reply (at most 20 characters).", required=True),
@@ -170,6 +185,8 @@ def _type_ok(kind: str, value: Any) -> bool:
         return isinstance(value, bool)
     if kind == "int":
         return isinstance(value, int) and not isinstance(value, bool)
+    if kind == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
     if kind == "ints":
         return isinstance(value, dict) and all(isinstance(v, int) and not isinstance(v, bool) for v in value.values())
     if kind == "str_list":
@@ -189,6 +206,7 @@ _TYPE_NAMES = {
     "str": "a string",
     "bool": "true or false",
     "int": "an integer",
+    "number": "a number",
     "ints": "a table of integers",
     "str_list": "a list of strings",
     "words": "a string or a list of strings",
@@ -262,6 +280,7 @@ def json_schema() -> dict[str, Any]:
         by_kind: dict[str, dict[str, Any]] = {
             "str": {"type": "string"},
             "bool": {"type": "boolean"},
+            "number": {"type": "number"},
             "str_list": {"type": "array", "items": {"type": "string"}},
             "words": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
             "scalars": {"type": "object", "additionalProperties": scalar},

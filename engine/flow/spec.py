@@ -74,6 +74,39 @@ class Message:
     template: str | None = None
 
 
+class Outcome(StrEnum):
+    """How an action call ended."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"  # it raised, or (HTTP) answered an error
+    TIMEOUT = "timeout"  # it ran past its time budget
+
+
+@dataclass(frozen=True)
+class ResultRule:
+    """A way out of an action's state on a result that matches a guard (over `vars`, the result saved there)."""
+
+    when: Segment
+    when_source: str
+    goto: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    """A named action a state runs before it speaks. The runtime runs it outside the flow step and feeds back the
+    outcome: the result is saved under `save_as`, then the first `on_result` guard that holds, `on_success`,
+    `on_failure` or `on_timeout` (default: `on_failure`) leads on; when none does, the state itself speaks."""
+
+    name: str
+    args: tuple[tuple[str, Scalar], ...] = ()  # string values are jinja2 templates over user, vars and text
+    timeout_seconds: float = 2.0
+    save_as: str | None = None
+    on_result: tuple[ResultRule, ...] = ()
+    on_success: str | None = None
+    on_failure: str | None = None
+    on_timeout: str | None = None
+
+
 @dataclass(frozen=True)
 class State:
     name: str
@@ -87,6 +120,7 @@ class State:
     end: bool = False
     message_tag: str | None = None
     promotional: bool | None = None  # None: not said (treated as promotional)
+    action: Action | None = None
 
     @property
     def choices(self) -> tuple[Choice, ...]:
@@ -197,6 +231,7 @@ class Cause(StrEnum):
     NOTIFICATION_REPLY = "notification_reply"  # a quick reply under a topic's notification, from any state
     OPTIN = "optin"  # Notify Me tapped: the topic's `on_optin`, from any state
     REFERRAL = "referral"  # the user arrived from a link, ad, code, plugin or Discover: an entry point, any state
+    ACTION = "action"  # the outcome of the state's action: a result guard, success, failure or timeout
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,6 +250,7 @@ class Edge:
     when: Segment = ALWAYS  # a rule's guard
     capture: str | None = None  # a rule's variable that keeps the text typed
     effects: Effects = Effects()  # tags and variables changed on the way
+    outcome: Outcome | None = None  # an action's success, failure or timeout edge (None on its result guards)
 
 
 def rule_label(rule: Rule) -> str:
@@ -261,6 +297,8 @@ class FlowSpec:
                 )
                 for i, r in enumerate(state.rules)
             ]
+            if state.action is not None:
+                edges += _action_edges(name, state.action)
             if state.then is not None:
                 edges.append(
                     Edge(source=name, target=state.then, cause=Cause.THEN, label="then", key=("states", name, "then"))
@@ -336,3 +374,39 @@ def _choice_edges(
         for i, c in enumerate(choices)
         if c.goto is not None
     ]
+
+
+def _action_edges(source: str, action: Action) -> list[Edge]:
+    """Where an action's outcome leads: its result guards (in order), then success, failure and timeout."""
+    where: KeyPath = ("states", source, "action")
+    edges = [
+        Edge(
+            source=source,
+            target=r.goto,
+            cause=Cause.ACTION,
+            label=f"{action.name} if {r.when_source}",
+            key=(*where, "on_result", i, "goto"),
+            index=i,
+            when=r.when,
+        )
+        for i, r in enumerate(action.on_result)
+    ]
+    ends = (
+        (Outcome.SUCCESS, action.on_success, "on_success", "ok"),
+        (Outcome.FAILURE, action.on_failure, "on_failure", "failed"),
+        (Outcome.TIMEOUT, action.on_timeout, "on_timeout", "timed out"),
+    )
+    edges += [
+        Edge(
+            source=source,
+            target=target,
+            cause=Cause.ACTION,
+            label=f"{action.name} {said}",
+            key=(*where, key),
+            index=len(action.on_result),
+            outcome=outcome,
+        )
+        for outcome, target, key, said in ends
+        if target is not None
+    ]
+    return edges

@@ -10,6 +10,7 @@ from ..config import Settings
 from ..flow import CompiledFlow
 from ..messenger.client import GraphClient, GraphSettings
 from ..store import Store
+from .actions import ActionRunner
 from .campaigns import CampaignRunner
 from .clock import Clock
 from .conversation import StepHandler, StepMiddleware
@@ -69,7 +70,10 @@ def assemble(
     middlewares: Sequence[StepMiddleware] = (),
 ) -> Runtime:
     gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
-    handler = StepHandler(flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares)
+    actions = ActionRunner(settings.action_functions(), metrics)
+    handler = StepHandler(
+        flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares, actions
+    )
     sender = OutboxSender(store, graph, clock, metrics, sending, gate)
     leases = Leases.for_this_process(float(settings["dispatcher.lease_seconds"])) if settings.leases else None
     dispatcher = Dispatcher(store, handler, sender, metrics, int(settings["dispatcher.concurrency"]), leases, clock)

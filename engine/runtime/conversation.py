@@ -11,12 +11,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..actions import ActionContext
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
 from ..messenger.events import MAX_KEY_CHARS, InboundEvent, Referral, parse_event
 from ..policy import MessageKind
 from ..policy.gate import DAY_MS
 from ..store import OutboxItem, OutboxStatus, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
+from .actions import ActionRunner
 from .clock import Clock
 from .policy_check import Gate, outgoing_from_meta
 
@@ -29,6 +31,9 @@ ProfileFetcher = Callable[[str], Awaitable[dict[str, Any] | None]]
 UNKNOWN_TOPIC = "(unknown)"
 
 #: Event kinds that open (or reopen) the 24h standard messaging window (messenger-platform.md). An opt-in does not.
+#: Actions one event may run in a row (an action's outcome may lead to another state with an action).
+MAX_ACTIONS_PER_EVENT = 5
+
 WINDOW_OPENERS = frozenset({"message", "postback", "reaction", "referral"})
 
 
@@ -106,8 +111,10 @@ class StepHandler:
         clock: Clock,
         gate: Gate,
         middlewares: Sequence[StepMiddleware] = (),
+        actions: ActionRunner | None = None,
     ) -> None:
         self.middlewares = tuple(middlewares)
+        self.actions = actions or ActionRunner({})
         self.flows = flows
         self.default_flow = default_flow
         self._unknown_topics_logged: set[str] = set()  # a warning once per topic, not per opt-in (bounded)
@@ -162,6 +169,8 @@ class StepHandler:
             if write.tokens:  # tapping a Notify Me is asking to hear from us again
                 self._consent(user, write, True)
         result = self.run_flow(flow, user, event) if event is not None else None
+        if result is not None and result.action is not None:
+            result = await self._run_actions(flow, user, result, stored.key)
         if result is not None:
             user.state = result.snapshot.state
             user.tags = set(result.snapshot.tags)
@@ -209,6 +218,29 @@ class StepHandler:
         if event.kind == "referral":  # routed by the flow's entry points; new users start, others resume
             return flow.step(snapshot, UserInput(arrival=arrival), profile)
         return None  # reactions and the like: they reopen the window, nothing to say
+
+    async def _run_actions(self, flow: CompiledFlow, user: UserRecord, result: StepResult, key: str) -> StepResult:
+        """Run the actions the step stopped at, feeding each outcome back into the flow (bounded per event)."""
+        replies, consent = list(result.replies), result.consent
+        for index in range(MAX_ACTIONS_PER_EVENT):
+            call = result.action
+            if call is None:
+                break
+            snapshot = result.snapshot
+            context = ActionContext(
+                user_id=user.user_id,
+                tags=snapshot.tags,
+                vars=dict(snapshot.variables),
+                idempotency_key=f"{key}#action{index}",
+                args=call.args,
+            )
+            done = await self.actions.run(call, context)
+            result = flow.resume(snapshot, done.outcome, done.value, user.profile or {})
+            replies += result.replies
+            consent = result.consent if result.consent is not None else consent
+        if result.action is not None:
+            log.warning("user %s: more than %d actions in one event; stopped", user.user_id, MAX_ACTIONS_PER_EVENT)
+        return StepResult(result.snapshot, tuple(replies), result.matched, consent)
 
     @staticmethod
     def snapshot(flow: CompiledFlow, user: UserRecord) -> Snapshot:

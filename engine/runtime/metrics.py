@@ -50,6 +50,19 @@ class Metrics:
             ["kind", "reason"],
             registry=self.registry,
         )
+        self.action_seconds = Histogram(
+            "otnflow_action_seconds",
+            "How long flow actions took, by action",
+            ["action"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        self.actions = Counter(
+            "otnflow_actions",
+            "Flow action calls by action and outcome (success, failure, timeout)",
+            ["action", "outcome"],
+            registry=self.registry,
+        )
         self.otn = Gauge(
             "otnflow_otn",
             "OTN loop figures per topic (requests, optins, deliveries, re_requests, tokens_held, tokens_expiring_soon)",

@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from ..actions import ActionContext, ActionFunction
 from ..config import OPTIONS, Settings, load_settings
 from ..flow import CompiledFlow, payloads
 from ..flow.spec import META_SOURCES
@@ -264,6 +265,8 @@ class Bot:
         self._runner: web.AppRunner | None = None
         self._compiled: dict[str, CompiledFlow] | None = None
         self.restarts = 0
+        self._stubs: dict[str, ActionFunction] = {}
+        self.action_calls: list[tuple[str, ActionContext]] = []  # (action name, what it was given), in call order
 
     @classmethod
     @asynccontextmanager
@@ -341,6 +344,27 @@ class Bot:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self.app[DISPATCHER].handler.actions.functions.update(self._stubs)
+
+    def stub_action(
+        self, name: str, result: Any = None, *, fails: bool = False, times_out: bool = False
+    ) -> list[ActionContext]:
+        """Replace the action `name` with a stub: it returns `result`, raises (`fails`), or ends as if it ran past
+        its time budget (`times_out`, at once: no test waits for it). Returns the list of calls it receives."""
+        calls: list[ActionContext] = []
+
+        async def stub(context: ActionContext) -> Any:
+            calls.append(context)
+            self.action_calls.append((name, context))
+            if fails:
+                raise RuntimeError(f"stubbed failure of {name}")
+            if times_out:
+                raise TimeoutError
+            return result
+
+        self._stubs[name] = stub
+        self.app[DISPATCHER].handler.actions.functions[name] = stub
+        return calls
 
     async def _shut(self) -> None:
         if self._runner is not None:
