@@ -13,7 +13,7 @@ import pytest
 from engine.flow import Arrival, CompiledFlow, FlowSpec, Snapshot, UserInput, load_flow
 from engine.flow.loader import read_flow
 from engine.flow.mermaid import mermaid_label, mermaid_node, to_mermaid
-from engine.flow.spec import Cause, Edge
+from engine.flow.spec import Cause, Edge, Outcome
 from engine.flow.svg import to_svg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +69,19 @@ end = true
 [states.visit]
 say = "Come by"
 end = true
+[states.visit.action]
+name = "check_stock"
+save_as = "n"
+on_result = [{ when = "vars.n == 0", goto = "sold_out" }]
+on_failure = "shop_down"
+
+[states.sold_out]
+say = "Nothing left"
+end = true
+
+[states.shop_down]
+say = "Try later"
+end = true
 
 [states.helpdesk]
 say = "How can I help?"
@@ -96,6 +109,8 @@ WANT = [
     ("welcome", "visit", Cause.BUTTON, "Visit"),
     ("shop", "large", Cause.RULE, "large / xl if vip"),
     ("large", "checkout", Cause.THEN, "then"),
+    ("visit", "sold_out", Cause.ACTION, "check_stock if vars.n == 0"),
+    ("visit", "shop_down", Cause.ACTION, "check_stock failed"),
     (None, "helpdesk", Cause.KEYWORD, "help / aide"),
     (None, "confused", Cause.FALLBACK, "not understood"),
     (None, "shelf", Cause.NOTIFICATION_REPLY, "Show me (restock notification)"),
@@ -151,6 +166,8 @@ def take(flow: CompiledFlow, edge: Edge) -> str | None:
             return flow.step(at, UserInput(text=quick.title, payload=quick.payload)).snapshot.state
         case Cause.OPTIN:
             return flow.enter_optin(at, "restock").snapshot.state
+        case Cause.ACTION:  # the runtime feeds the action's outcome back: a result guard's, or success/failure
+            return flow.resume(at, edge.outcome or Outcome.SUCCESS, 0).snapshot.state
         case Cause.REFERRAL:
             return flow.step(at, UserInput(arrival=Arrival("summer-2026", "ADS", "42"))).snapshot.state
     raise AssertionError(edge.cause)
