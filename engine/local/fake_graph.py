@@ -1,4 +1,4 @@
-"""A fake Graph API: an aiohttp app answering like Meta's Send API and User Profile API.
+"""A fake Graph API: an aiohttp app answering like Meta's Send API, User Profile API and Handover Protocol.
 
 It validates message shapes and limits (messenger-platform.md), answers errors in Meta's format, records every
 accepted message, and can be told to fail (5xx, 613, timeouts, 551, 190, ...) for tests, in process
@@ -61,6 +61,19 @@ class SentMessage:
 
 
 @dataclass
+class ThreadCall:
+    """One accepted Handover Protocol call: what Meta was asked (`pass_thread_control`, ...), for whose thread,
+    to which app, with which note, and who owned the thread after it."""
+
+    action: str
+    user_id: str
+    target_app_id: str | None
+    metadata: str | None
+    owner_after: str
+    at_ms: int = 0
+
+
+@dataclass
 class _Failure:
     kind: str
     user_id: str | None = None
@@ -76,7 +89,11 @@ class IssuedToken:
 
 WINDOW_MS = 24 * 3_600_000
 TOKEN_MS = 365 * 24 * 3_600_000
+HUMAN_AGENT_MS = 7 * 24 * 3_600_000  # after the user's last interaction (the fake does not tell messages apart)
 ALLOWED_TAGS = frozenset({"CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"})
+BOT_APP_ID = "1517776481860111"  # the bot's app: the Page's Primary Receiver (as in `subscribed_apps`)
+PAGE_INBOX_APP_ID = "263902037430900"  # Meta's Page Inbox, a Secondary Receiver
+THREAD_CONTROL = ("pass_thread_control", "take_thread_control", "release_thread_control", "request_thread_control")
 
 
 @dataclass
@@ -114,6 +131,11 @@ class FakeGraph:
         default_factory=lambda: [{"feature": "one_time_notification", "status": "approved"}]
     )
     issued: dict[str, IssuedToken] = field(default_factory=dict)
+    # the Handover Protocol: the bot's app is the Primary Receiver; a thread not listed belongs to it
+    app_id: str = BOT_APP_ID
+    secondary_receivers: set[str] = field(default_factory=lambda: {PAGE_INBOX_APP_ID})
+    owners: dict[str, str] = field(default_factory=dict)  # user -> the app owning their thread, when not the bot's
+    thread_calls: list[ThreadCall] = field(default_factory=list)
     listeners: list[Callable[[SentMessage], None]] = field(default_factory=list)  # told of every accepted message
     _second: tuple[int, int] = (0, 0)
     _failures: deque[_Failure] = field(default_factory=deque)
@@ -141,17 +163,49 @@ class FakeGraph:
 
     def reset(self) -> None:
         self.sent.clear()
+        self.thread_calls.clear()
         self.rejected.clear()
         self._failures.clear()
 
     def messages_to(self, user_id: str) -> list[SentMessage]:
         return [m for m in self.sent if m.user_id == user_id]
 
+    # -- the Handover Protocol -----------------------------------------------------------------------------
+    def owner(self, user_id: str) -> str:
+        """The app that owns the user's thread (the bot's, unless it passed it on)."""
+        return self.owners.get(user_id, self.app_id)
+
+    def channel(self, user_id: str) -> str:
+        """Where Meta delivers the user's events to the bot: `messaging` when it owns the thread, else `standby`."""
+        return "messaging" if self.owner(user_id) == self.app_id else "standby"
+
+    def give_back(self, user_id: str, metadata: str | None = None) -> dict[str, Any]:
+        """The agent marked the conversation Done in the Page Inbox (or the other app passed it back): the thread
+        is the bot's again, and the `pass_thread_control` event Meta sends the bot is returned."""
+        previous = self.owner(user_id)
+        self.owners.pop(user_id, None)
+        event: dict[str, Any] = {"new_owner_app_id": self.app_id, "previous_owner_app_id": previous}
+        if metadata is not None:
+            event["metadata"] = metadata
+        return {"pass_thread_control": event}
+
+    def take_by(self, user_id: str, app_id: str, metadata: str | None = None) -> dict[str, Any]:
+        """Another app (the Page Inbox, when an agent takes the conversation) takes the thread: the
+        `take_thread_control` event Meta sends the bot, the previous owner."""
+        previous = self.owner(user_id)
+        self.owners[user_id] = app_id
+        event: dict[str, Any] = {"previous_owner_app_id": previous, "new_owner_app_id": app_id}
+        if metadata is not None:
+            event["metadata"] = metadata
+        return {"take_thread_control": event}
+
     # -- the app -------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/{version}/me/messages", self._messages)
         app.router.add_post("/{version}/{page_id}/messages", self._messages)
+        for action in THREAD_CONTROL:
+            app.router.add_post(f"/{{version}}/me/{action}", self._thread_control)
         app.router.add_get("/{version}/me", self._me)
         app.router.add_get("/{version}/me/messaging_feature_review", self._features)
         app.router.add_get("/{version}/{page_id}/messaging_feature_review", self._features)
@@ -207,6 +261,47 @@ class FakeGraph:
                 listener(sent)
         return web.json_response({"recipient_id": str(recipient.get("id", "")), "message_id": message_id})
 
+    async def _thread_control(self, request: web.Request) -> web.Response:
+        """`/me/pass_thread_control` and its siblings, called by the bot's app (the Primary Receiver)."""
+        if (problem := self._token_error(request)) is not None:
+            return problem
+        action = request.path.rsplit("/", 1)[1]
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 100, None, "Invalid JSON body")
+        recipient = body.get("recipient") if isinstance(body, dict) else None
+        if not isinstance(recipient, dict) or not recipient.get("id"):
+            return _error(400, 100, None, "(#100) recipient.id is required")
+        user_id = str(recipient["id"])
+        metadata = body.get("metadata")
+        if metadata is not None and (not isinstance(metadata, str) or len(metadata) > 1000):
+            return _error(400, 100, None, "(#100) metadata must be a string of at most 1000 characters")
+        failure = self._take_failure(user_id)
+        if failure is not None:
+            self.rejected.append({"body": body, "error": failure.kind, "action": action})
+            return _error(*FAILURES[failure.kind])
+        target = body.get("target_app_id")
+        target_id = str(target) if target is not None else None
+        if action == "pass_thread_control":
+            if target_id is None:
+                return _error(400, 100, None, "(#100) target_app_id is required")
+            if target_id != self.app_id and target_id not in self.secondary_receivers:
+                return _error(400, 100, None, f"(#100) app {target_id} is not a receiver of this Page")
+            if self.owner(user_id) != self.app_id:
+                return _error(400, 100, None, "(#100) the app does not own the thread: take it first")
+            self.owners[user_id] = target_id
+            if target_id == self.app_id:
+                self.owners.pop(user_id)
+        elif action == "take_thread_control":
+            self.owners.pop(user_id, None)  # the Primary Receiver may take any thread
+        elif action == "release_thread_control" and self.owner(user_id) != self.app_id:
+            return _error(400, 100, None, "(#100) the app does not own the thread")
+        at_ms = int(self.clock()) if self.clock is not None else 0
+        note = metadata if isinstance(metadata, str) else None
+        self.thread_calls.append(ThreadCall(action, user_id, target_id, note, self.owner(user_id), at_ms))
+        return web.json_response({"success": True})
+
     def _over_rate_limit(self) -> bool:
         if self.rate_limit_per_second is None:
             return False
@@ -230,6 +325,9 @@ class FakeGraph:
         user = str(body["recipient"]["id"])
         if now - self.interactions.get(user, -WINDOW_MS) < WINDOW_MS:
             return None
+        if body.get("messaging_type") == "MESSAGE_TAG" and body.get("tag") == "HUMAN_AGENT":
+            seen = self.interactions.get(user)
+            return None if seen is not None and now - seen < HUMAN_AGENT_MS else "HUMAN_AGENT is allowed for 7 days"
         if body.get("messaging_type") == "MESSAGE_TAG" and body.get("tag") in ALLOWED_TAGS:
             return None
         return "This message is sent outside of allowed window."

@@ -10,6 +10,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
@@ -23,6 +24,18 @@ log = logging.getLogger("otnflow.graph")
 #: USER_FIELDS lists them too).
 PROFILE_FIELDS = ("first_name", "last_name", "profile_pic")
 _JSON_HEADERS = {"Content-Type": "application/json"}
+#: The Page Inbox's app id (people answering in Meta Business Suite): the usual target of a hand-over.
+PAGE_INBOX_APP_ID = "263902037430900"
+METADATA_MAX_CHARS = 1_000  # the note for the agent; Meta's documented limit for `metadata` is 1,000 characters
+
+
+class ThreadControl(StrEnum):
+    """The Handover Protocol's calls, named as Meta names their endpoints."""
+
+    PASS = "pass_thread_control"  # give the thread to another app (target_app_id), with a note
+    TAKE = "take_thread_control"  # take it back (the Primary Receiver may, from any app)
+    RELEASE = "release_thread_control"  # a secondary receiver gives it back to the Primary Receiver
+    REQUEST = "request_thread_control"  # ask the owner for it
 
 
 @dataclass(frozen=True)
@@ -82,11 +95,28 @@ class GraphClient:
 
     async def send(self, body: dict[str, Any]) -> SendResult:
         """POST /me/messages, retrying transient errors and rate limits up to max_attempts."""
+        return await self._post("me/messages", body, "send")
+
+    async def thread_control(
+        self, action: ThreadControl, user_id: str, *, target_app_id: str | None = None, metadata: str = ""
+    ) -> SendResult:
+        """A Handover Protocol call (`/me/pass_thread_control`, ...) for one user's thread, with the note for the
+        agent (`metadata`), retried like a send. Meta answers `{"success": true}`."""
+        body: dict[str, Any] = {"recipient": {"id": user_id}}
+        if target_app_id is not None:
+            body["target_app_id"] = int(target_app_id) if target_app_id.isdigit() else target_app_id
+        if metadata:
+            body["metadata"] = metadata[:METADATA_MAX_CHARS]
+        return await self._post(f"me/{action.value}", body, action.value)
+
+    async def _post(self, path: str, body: dict[str, Any], what: str) -> SendResult:
+        """POST a JSON body, retrying transient errors and rate limits up to max_attempts; a send succeeds with a
+        `message_id`, a thread-control call with `success: true`."""
         reached = False
         error: GraphError | None = None
         for attempt in range(1, self.settings.max_attempts + 1):
             try:
-                status, answer = await self._request("POST", "me/messages", json_body=body)
+                status, answer = await self._request("POST", path, json_body=body)
             except (TimeoutError, aiohttp.ClientError) as err:
                 error = GraphError(0, None, None, f"{type(err).__name__}: {err}", None)
                 outcome = Outcome.RETRY
@@ -94,17 +124,19 @@ class GraphClient:
                 reached = True
                 if status == 200 and isinstance(answer, dict) and "message_id" in answer:
                     return SendResult(Outcome.SENT, str(answer["message_id"]), None, attempt)
+                if status == 200 and isinstance(answer, dict) and answer.get("success") is True:
+                    return SendResult(Outcome.SENT, None, None, attempt)
                 error = GraphError.from_response(status, answer)
                 outcome = classify(error)
             if outcome is not Outcome.RETRY:
-                log.warning("send failed: %s (%s)", outcome.value, error.describe())
+                log.warning("%s failed: %s (%s)", what, outcome.value, error.describe())
                 return SendResult(outcome, None, error, attempt, reached)
             if attempt < self.settings.max_attempts:
                 delay = self.backoff(attempt)
-                log.info("send attempt %d failed (%s); retrying in %.2fs", attempt, error.describe(), delay)
+                log.info("%s attempt %d failed (%s); retrying in %.2fs", what, attempt, error.describe(), delay)
                 await self._sleep(delay)
         assert error is not None
-        log.warning("send gave up after %d attempts: %s", self.settings.max_attempts, error.describe())
+        log.warning("%s gave up after %d attempts: %s", what, self.settings.max_attempts, error.describe())
         return SendResult(Outcome.RETRY, None, error, self.settings.max_attempts, reached)
 
     async def profile(self, user_id: str, timeout: float = 3.0) -> dict[str, Any] | None:

@@ -3,8 +3,8 @@
 Two levels of judgement. The body as a whole: not JSON, not an object or no `entry` list raises
 WebhookFormatError (answered 400: nothing in it can be trusted). Within a well-formed body every event is judged
 alone: it is classified by its kind first (`classify`), then only what a handled kind needs is validated. A good
-event becomes an `InboundEvent`; a kind otnflow does not act on (echoes, receipts, handover, Page-level notices,
-kinds Meta adds later) is counted in `skipped`; a handled kind that is broken becomes a `RejectedItem` naming the
+event becomes an `InboundEvent`; a kind otnflow does not act on (echoes, receipts, Page-level notices, kinds Meta
+adds later) is counted in `skipped`; a handled kind that is broken becomes a `RejectedItem` naming the
 place and the reason, for the dead-letter table, and never takes the rest of its body down with it.
 """
 
@@ -14,7 +14,8 @@ import hashlib
 import json
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 # Sane ranges: outside them an event is rejected, never an exception further down (SQLite and BSON hold 64 bits).
@@ -28,7 +29,19 @@ MAX_TEXT_CHARS = 20_000  # a text, a title, a payload
 MAX_DEPTH = 32  # Meta's events nest ~6 levels
 MAX_REJECTED_CHARS = 8_192  # of a rejected event's JSON kept in the dead-letter table
 
-HANDLED_KINDS = ("message", "postback", "optin", "reaction", "referral")
+HANDLED_KINDS = (
+    "message",
+    "postback",
+    "optin",
+    "reaction",
+    "referral",
+    "pass_thread_control",
+    "take_thread_control",
+    "request_thread_control",
+)
+#: The kind an event is stored under when it came in `standby[]`: the thread belongs to another app (a person in
+#: the Page Inbox); it is recorded, never answered. Its body is the event as Meta sent it (a message, a postback).
+STANDBY = "standby"
 #: Kinds Meta sends that otnflow does not act on; anything else is counted as `unknown` (and named in the log).
 SKIPPED_KINDS = frozenset(
     {
@@ -36,9 +49,6 @@ SKIPPED_KINDS = frozenset(
         "delivery",
         "read",
         "account_linking",
-        "pass_thread_control",
-        "take_thread_control",
-        "request_thread_control",
         "app_roles",
         "policy_enforcement",
         "policy-enforcement",
@@ -76,6 +86,26 @@ class Referral:
     ad_id: str | None = None
 
 
+class HandoverKind(StrEnum):
+    """The Handover Protocol's webhook events (`messaging_handovers`), named as Meta names their keys."""
+
+    PASS = "pass_thread_control"  # control passed to the app receiving it (e.g. an agent marked the chat Done)
+    TAKE = "take_thread_control"  # another app took the thread from the app receiving it
+    REQUEST = "request_thread_control"  # another app asks the owner (us) for the thread
+
+
+@dataclass(frozen=True)
+class Handover:
+    """A Handover Protocol event: Meta's app ids as text (Meta sends digits, as strings or numbers) and the note
+    the other app attached (`metadata`)."""
+
+    kind: HandoverKind
+    new_owner_app_id: str | None = None
+    previous_owner_app_id: str | None = None
+    requested_owner_app_id: str | None = None
+    metadata: str | None = None
+
+
 @dataclass(frozen=True)
 class InboundEvent:
     key: str  # dedup key: the mid, or sender:timestamp:kind:detail where Meta sends no mid
@@ -87,6 +117,13 @@ class InboundEvent:
     payload: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
     referral: Referral | None = None  # on a `referral` event, and on a Get Started postback from a link or ad
+    handover: Handover | None = None  # on pass/take/request_thread_control events
+    standby: bool = False  # came in `standby[]`: another app owns the thread; recorded, never answered
+
+    @property
+    def stored_kind(self) -> str:
+        """The inbox kind: the event's own, or `standby` for what arrived while another app owned the thread."""
+        return STANDBY if self.standby else self.kind
 
     def to_json(self) -> str:
         return json.dumps(self.raw, separators=(",", ":"), ensure_ascii=False)
@@ -159,25 +196,32 @@ def parse_webhook(body: Any, *, simulated_ids: bool = False) -> ParsedWebhook:
         if not isinstance(entry, dict):
             parsed.rejected.append(RejectedItem(where, "item", f"{where} must be an object", entry))
             continue
-        for skipped_list in ("changes", "standby"):
-            if skipped_list in entry:
-                value = entry[skipped_list]
-                parsed.skipped[skipped_list] += len(value) if isinstance(value, list) else 1
-        messaging = entry.get("messaging", [])
-        if not isinstance(messaging, list):
-            parsed.rejected.append(RejectedItem(where, "item", f"{where}.messaging must be a list", messaging))
-            continue
-        for j, item in enumerate(messaging):
-            _judge(item, f"{where}.messaging[{j}]", parsed, simulated_ids)
+        if "changes" in entry:
+            value = entry["changes"]
+            parsed.skipped["changes"] += len(value) if isinstance(value, list) else 1
+        for channel in ("messaging", STANDBY):
+            items = entry.get(channel, [])
+            if not isinstance(items, list):
+                parsed.rejected.append(RejectedItem(where, "item", f"{where}.{channel} must be a list", items))
+                continue
+            for j, item in enumerate(items):
+                _judge(item, f"{where}.{channel}[{j}]", parsed, simulated_ids, standby=channel == STANDBY)
     return parsed
 
 
-def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool) -> None:
-    """One item of `messaging`, judged alone: stored, skipped or rejected."""
+#: What a standby event can be that otnflow records: what the user said or tapped while a person had the thread.
+STANDBY_KINDS = ("message", "postback")
+
+
+def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, standby: bool = False) -> None:
+    """One item of `messaging` (or `standby`), judged alone: stored, skipped or rejected."""
     if not isinstance(item, dict):
         parsed.rejected.append(RejectedItem(where, "item", f"{where} must be an object, not {_describe(item)}", item))
         return
     kind = classify(item)
+    if standby and kind not in STANDBY_KINDS:  # receipts, echoes of the agent's replies: one bounded label
+        parsed.skipped[STANDBY] += 1
+        return
     if kind not in HANDLED_KINDS:
         parsed.skipped[kind] += 1
         if kind in ("policy_enforcement", "policy-enforcement"):
@@ -189,7 +233,7 @@ def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool) ->
         parsed.rejected.append(RejectedItem(where, kind, str(err), item))
         return
     if event is not None:
-        parsed.events.append(event)
+        parsed.events.append(replace(event, standby=True) if standby else event)
 
 
 def classify(item: Any) -> str:
@@ -285,8 +329,30 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
         action = _string(body, "action", f"{where}.reaction", MAX_KEY_CHARS)
         target = _string(body, "mid", f"{where}.reaction", MAX_KEY_CHARS)
         return make(f"{sender}:{timestamp}:reaction:{action}:{target}")
-    referral = _referral(item, where)
-    return make(f"{sender}:{timestamp}:referral:{referral.ref}", None, referral.ref, referral)
+    if kind == "referral":
+        referral = _referral(item, where)
+        return make(f"{sender}:{timestamp}:referral:{referral.ref}", None, referral.ref, referral)
+    handover = _handover(HandoverKind(kind), body, f"{where}.{kind}")
+    detail = handover.new_owner_app_id or handover.requested_owner_app_id or ""
+    return replace(make(f"{sender}:{timestamp}:{kind}:{detail}"), handover=handover)
+
+
+def _handover(kind: HandoverKind, body: dict[str, Any], where: str) -> Handover:
+    """`pass_thread_control` / `take_thread_control` / `request_thread_control` (messenger-platform.md)."""
+
+    def app_id(name: str) -> str | None:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):  # app ids are digits; sent as numbers too
+            value = str(value)
+        return _string({name: value}, name, where, MAX_KEY_CHARS)
+
+    return Handover(
+        kind,
+        new_owner_app_id=app_id("new_owner_app_id"),
+        previous_owner_app_id=app_id("previous_owner_app_id"),
+        requested_owner_app_id=app_id("requested_owner_app_id"),
+        metadata=_string(body, "metadata", where),
+    )
 
 
 def _referral(parent: dict[str, Any], where: str) -> Referral:

@@ -7,7 +7,10 @@ Meta's rules (messenger-platform.md), all lengths and lists from configuration:
   last message), or a One-Time Notification sent with a valid token;
 - an OTN request (the "Notify Me" template) is an ordinary message: inside the window only, and never where OTN is
   unavailable (a page in the EU, EU users, or switched off);
-- nothing at all to a user who blocked the page.
+- nothing at all to a user who blocked the page;
+- nothing from the bot while a person has the conversation (Handover Protocol: another app owns the thread);
+- a human agent's reply (`AGENT_REPLY`) always goes with the HUMAN_AGENT tag, up to 7 days (configurable) after
+  the user's last own message, never later, and only while the tag is allowed.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
 UNSUBSCRIBED = "unsubscribed"  # the refusal of an OTN request or notification to a user who unsubscribed
+WITH_HUMAN = "with_human"  # the refusal of anything the bot would send while a person has the conversation
+HUMAN_AGENT = "HUMAN_AGENT"
 
 
 class MessageKind(StrEnum):
@@ -27,6 +32,7 @@ class MessageKind(StrEnum):
     MESSAGE = "message"  # a flow reply or an update
     OTN_REQUEST = "otn_request"  # the "Notify Me" template
     NOTIFICATION = "notification"  # the one message an OTN token allows
+    AGENT_REPLY = "agent_reply"  # a person's reply, sent through otnflow: only with the HUMAN_AGENT tag
 
 
 class Via(StrEnum):
@@ -66,6 +72,7 @@ class Facts:
     tokens_held: int = 0  # valid, unused OTN tokens for the message's topic
     recent_requests: int = 0  # OTN requests for the topic within the anti-nagging period
     unsubscribed: bool = False  # the user asked to hear no more (a flow step with `unsubscribe = true`)
+    with_human: bool = False  # another app (a person in the Page Inbox) owns the thread: the bot stays silent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +114,10 @@ def window_open(facts: Facts, now_ms: int, settings: PolicySettings) -> bool:
 def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySettings) -> Decision:
     if facts.unreachable:
         return refuse("user_unreachable")
+    if message.kind == MessageKind.AGENT_REPLY:
+        return _agent_reply(facts, now_ms, settings)
+    if facts.with_human:
+        return refuse(WITH_HUMAN)
     otn = message.kind in (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION)
     if otn and facts.unsubscribed:
         return refuse(UNSUBSCRIBED)
@@ -136,6 +147,21 @@ def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySetting
         return refuse("tag_not_allowed")
     if message.promotional:
         return refuse("promotional_on_tag")
-    if message.tag == "HUMAN_AGENT" and now_ms - facts.last_message_ms >= settings.human_agent_days * DAY_MS:
+    if message.tag == HUMAN_AGENT and not human_agent_open(facts, now_ms, settings):
         return refuse("human_agent_expired")
     return Decision(via=Via.MESSAGE_TAG, tag=message.tag)
+
+
+def human_agent_open(facts: Facts, now_ms: int, settings: PolicySettings) -> bool:
+    """Whether a person may still answer: the user wrote within the last `human_agent_days` (7 days)."""
+    return facts.last_message_ms > 0 and now_ms - facts.last_message_ms < settings.human_agent_days * DAY_MS
+
+
+def _agent_reply(facts: Facts, now_ms: int, settings: PolicySettings) -> Decision:
+    """A person's reply goes tagged HUMAN_AGENT, inside the 24h window too (it says who wrote it), and never
+    once the 7 days after the user's last own message are over."""
+    if HUMAN_AGENT not in settings.allowed_tags:
+        return refuse("tag_not_allowed")
+    if not human_agent_open(facts, now_ms, settings):
+        return refuse("human_agent_expired")
+    return Decision(via=Via.MESSAGE_TAG, tag=HUMAN_AGENT)

@@ -14,7 +14,7 @@ from typing import Any
 from ..actions import ActionContext
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
-from ..messenger.events import MAX_KEY_CHARS, InboundEvent, Referral, parse_event
+from ..messenger.events import MAX_KEY_CHARS, STANDBY, InboundEvent, Referral, parse_event
 from ..policy import MessageKind
 from ..policy.gate import DAY_MS
 from ..store import OutboxItem, OutboxStatus, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
@@ -162,6 +162,9 @@ class StepHandler:
             user.last_interaction_ms = max(user.last_interaction_ms, event.timestamp)
             if event.kind == "message":
                 user.last_message_ms = max(user.last_message_ms, event.timestamp)
+        if stored.kind == STANDBY:  # a person has the thread: recorded (the window moved), never answered
+            event = None
+        elif event is not None and engaged:
             replies += self._armed_requests(flow, armed, user, write)  # the loop: before the flow's own reply
         rerequests = len(replies)
         if event is not None and event.kind == "optin":

@@ -191,7 +191,8 @@ class BotUser:
         event = {"sender": {"id": self.id}, "recipient": {"id": PAGE_ID}, "timestamp": now, **payload}
         if interaction:
             self.bot.fake.saw(self.id, now)  # what Meta knows: the user's window opens
-        await self.bot.post({"object": "page", "entry": [{"id": PAGE_ID, "time": now, "messaging": [event]}]})
+        channel = self.bot.fake.channel(self.id)  # `standby` while another app (a person) owns the thread
+        await self.bot.post({"object": "page", "entry": [{"id": PAGE_ID, "time": now, channel: [event]}]})
         await self.refresh()
         return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)[before:]]
 

@@ -90,3 +90,68 @@ async def test_shapes_and_limits_are_validated() -> None:
                 assert (await response.json())["error"]["code"] == 190
     finally:
         await served.runner.cleanup()
+
+
+async def control(session: aiohttp.ClientSession, url: str, action: str, body: dict) -> tuple[int, dict]:  # type: ignore[type-arg]
+    async with session.post(f"{url}/v21.0/me/{action}", params={"access_token": "tok"}, json=body) as response:
+        return response.status, await response.json()
+
+
+async def test_the_handover_protocol_moves_the_thread_and_records_each_call() -> None:
+    fake = FakeGraph(page_token="tok", clock=lambda: 5)
+    served = await serve_on_loopback(fake.app())
+    inbox = 263902037430900
+    try:
+        async with aiohttp.ClientSession() as session:
+            assert fake.channel("u1") == "messaging"
+            passed = {"recipient": {"id": "u1"}, "target_app_id": inbox, "metadata": "wants a person"}
+            assert await control(session, served.url, "pass_thread_control", passed) == (200, {"success": True})
+            assert (fake.owner("u1"), fake.channel("u1"), fake.channel("u2")) == (str(inbox), "standby", "messaging")
+            status, body = await control(session, served.url, "pass_thread_control", passed)  # not ours any more
+            assert (status, body["error"]["code"]) == (400, 100)
+            stranger = {"recipient": {"id": "u2"}, "target_app_id": 42}
+            assert (await control(session, served.url, "pass_thread_control", stranger))[0] == 400
+            assert (await control(session, served.url, "pass_thread_control", {"recipient": {}}))[0] == 400
+            too_long = {"recipient": {"id": "u2"}, "target_app_id": inbox, "metadata": "x" * 1001}
+            assert (await control(session, served.url, "pass_thread_control", too_long))[0] == 400
+            assert await control(session, served.url, "take_thread_control", {"recipient": {"id": "u1"}}) == (
+                200,
+                {"success": True},
+            )
+            assert fake.channel("u1") == "messaging"
+            async with session.post(
+                f"{served.url}/v21.0/me/take_thread_control", params={"access_token": "bad"}, json={}
+            ) as response:
+                assert (await response.json())["error"]["code"] == 190
+        assert [
+            (c.action, c.user_id, c.target_app_id, c.metadata, c.owner_after, c.at_ms) for c in fake.thread_calls
+        ] == [
+            ("pass_thread_control", "u1", str(inbox), "wants a person", str(inbox), 5),
+            ("take_thread_control", "u1", None, None, fake.app_id, 5),
+        ]
+        # what Meta sends the bot when an agent takes the thread, and when the agent marks it Done
+        assert fake.take_by("u1", str(inbox)) == {
+            "take_thread_control": {"previous_owner_app_id": fake.app_id, "new_owner_app_id": str(inbox)}
+        }
+        assert fake.channel("u1") == "standby"
+        assert fake.give_back("u1") == {
+            "pass_thread_control": {"new_owner_app_id": fake.app_id, "previous_owner_app_id": str(inbox)}
+        }
+        assert fake.channel("u1") == "messaging"
+    finally:
+        await served.runner.cleanup()
+
+
+async def test_human_agent_is_refused_after_seven_days() -> None:
+    now = [1_000_000_000]
+    fake = FakeGraph(page_token="tok", clock=lambda: now[0])
+    served = await serve_on_loopback(fake.app())
+    try:
+        async with aiohttp.ClientSession() as session:
+            fake.saw("u1", now[0])
+            now[0] += 7 * 24 * 3_600_000 - 1
+            assert (await send(session, served.url, text_to("u1", "MESSAGE_TAG", "HUMAN_AGENT")))[0] == 200
+            now[0] += 1
+            assert (await send(session, served.url, text_to("u1", "MESSAGE_TAG", "HUMAN_AGENT")))[0] == 400
+    finally:
+        await served.runner.cleanup()

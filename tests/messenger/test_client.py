@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aioresponses import aioresponses
 
-from engine.messenger.client import GraphClient, GraphSettings
+from engine.messenger.client import PAGE_INBOX_APP_ID, GraphClient, GraphSettings, ThreadControl
 from engine.messenger.errors import Outcome
 from engine.messenger.signature import appsecret_proof
 
@@ -131,3 +131,28 @@ async def test_profile_returns_fields_or_none(client: GraphClient) -> None:
         mocked.get(profile_url, **meta_error(100))
         assert await client.profile("u1") == {"first_name": "Ann", "last_name": "Lee"}
         assert await client.profile("u1") is None
+
+
+# -- the Handover Protocol --------------------------------------------------------------------------------------
+PASS_URL = re.compile(r"^https://graph\.test/v21\.0/me/pass_thread_control\?.*$")
+
+
+async def test_pass_thread_control_sends_the_target_and_the_note_and_retries_a_5xx(client: GraphClient) -> None:
+    with aioresponses() as mocked:
+        mocked.post(PASS_URL, **meta_error(2, status=500))
+        mocked.post(PASS_URL, payload={"success": True})
+        result = await client.thread_control(
+            ThreadControl.PASS, "u1", target_app_id=PAGE_INBOX_APP_ID, metadata="n" * 1500
+        )
+        calls = next(iter(mocked.requests.values()))
+    assert (result.outcome, result.attempts) == (Outcome.SENT, 2)
+    body = json.loads(calls[0].kwargs["data"])
+    assert body == {"recipient": {"id": "u1"}, "target_app_id": 263902037430900, "metadata": "n" * 1000}
+
+
+async def test_a_refused_thread_control_call_is_classified_not_retried(client: GraphClient) -> None:
+    with aioresponses() as mocked:
+        mocked.post(re.compile(r"^https://graph\.test/v21\.0/me/take_thread_control\?.*$"), **meta_error(100))
+        result = await client.thread_control(ThreadControl.TAKE, "u1")
+    assert (result.outcome, result.attempts) == (Outcome.FAILED, 1)
+    assert result.error is not None and result.error.code == 100

@@ -56,7 +56,6 @@ def test_optin_keeps_the_token_in_its_raw_event() -> None:
         ("echo.json", "echo"),
         ("delivery.json", "delivery"),
         ("read.json", "read"),
-        ("standby.json", "standby"),
         ("changes_entry.json", "changes"),
     ],
 )

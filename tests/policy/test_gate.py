@@ -103,3 +103,53 @@ def test_nothing_reaches_an_unreachable_user() -> None:
         Outgoing(kind=MessageKind.NOTIFICATION, with_token=True),
     ):
         assert decide(blocked, message, NOW, S).reason == "user_unreachable"
+
+
+# -- the Handover Protocol: a person's reply, and the bot's silence while a person has the thread -------------
+AGENT = Outgoing(kind=MessageKind.AGENT_REPLY)
+
+
+@pytest.mark.parametrize(
+    ("ago", "expected"),
+    [
+        (0, (Via.MESSAGE_TAG, "HUMAN_AGENT", "")),
+        (HOUR_MS, (Via.MESSAGE_TAG, "HUMAN_AGENT", "")),  # inside the window too: it says a person wrote it
+        (7 * DAY_MS - 1, (Via.MESSAGE_TAG, "HUMAN_AGENT", "")),
+        (7 * DAY_MS, (None, None, "human_agent_expired")),
+        (30 * DAY_MS, (None, None, "human_agent_expired")),
+    ],
+)
+def test_an_agent_reply_goes_tagged_up_to_seven_days_after_the_users_last_message(
+    ago: int, expected: tuple[object, ...]
+) -> None:
+    decision = decide(last_seen(ago), AGENT, NOW, S)
+    assert (decision.via, decision.tag, decision.reason) == expected
+
+
+def test_an_agent_reply_counts_from_the_last_message_not_the_last_tap() -> None:
+    facts = Facts(last_interaction_ms=NOW - HOUR_MS, last_message_ms=NOW - 8 * DAY_MS)
+    assert decide(facts, AGENT, NOW, S).reason == "human_agent_expired"
+    assert decide(Facts(last_interaction_ms=NOW), AGENT, NOW, S).reason == "human_agent_expired"  # never wrote
+
+
+def test_an_agent_reply_follows_the_configured_days_and_tags() -> None:
+    assert decide(last_seen(2 * DAY_MS), AGENT, NOW, PolicySettings(human_agent_days=1.0)).reason == (
+        "human_agent_expired"
+    )
+    no_tag = PolicySettings(allowed_tags=frozenset({"ACCOUNT_UPDATE"}))
+    assert decide(last_seen(HOUR_MS), AGENT, NOW, no_tag).reason == "tag_not_allowed"
+    assert decide(last_seen(HOUR_MS, unreachable=True), AGENT, NOW, S).reason == "user_unreachable"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Outgoing(kind=MessageKind.MESSAGE, responding=True),
+        Outgoing(kind=MessageKind.OTN_REQUEST, responding=True),
+        Outgoing(kind=MessageKind.NOTIFICATION, with_token=True),
+        Outgoing(kind=MessageKind.MESSAGE, tag="POST_PURCHASE_UPDATE", promotional=False),
+    ],
+)
+def test_the_bot_says_nothing_while_a_person_has_the_thread(message: Outgoing) -> None:
+    assert decide(last_seen(HOUR_MS, with_human=True), message, NOW, S).reason == "with_human"
+    assert decide(last_seen(HOUR_MS, with_human=True), AGENT, NOW, S).allowed
