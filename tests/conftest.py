@@ -8,8 +8,9 @@ import json
 import re
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,10 +21,11 @@ import aioresponses.core
 import pytest
 from aiohttp import ClientResponse, web
 
-from engine.config import Settings, load_settings
+from engine.config import LOCAL_SECRET, Settings, load_settings
 from engine.local import FakeGraph
 from engine.messenger.signature import sign
 from engine.testing import ManualClock
+from engine.testing.harness import Bot
 from engine.web import create_app
 from engine.web.deadline import server_options
 from engine.web.keys import DISPATCHER, SETTINGS, STORE
@@ -105,6 +107,12 @@ class Playground:
             answer: dict[str, Any] = await r.json()
             return r.status, answer
 
+    async def done(self, action: str, **body: Any) -> dict[str, Any]:
+        """`act`, which must succeed: the user's state after it."""
+        status, state = await self.act(action, **body)
+        assert status == 200, state
+        return state
+
 
 @asynccontextmanager
 async def served_playground(tmp_path: Path) -> AsyncIterator[Playground]:
@@ -122,6 +130,48 @@ async def served_playground(tmp_path: Path) -> AsyncIterator[Playground]:
             yield Playground(served.url, session, {"X-Playground-Token": found.group(1)})
     finally:
         await served.runner.cleanup()
+
+
+def example_bot(**settings: Any) -> AbstractAsyncContextManager[Bot]:
+    """The example flows and templates with config.toml under the flow-test harness; `settings` override
+    config.toml (e.g. `notify_concurrency=1`)."""
+    return Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", **settings)
+
+
+async def local_serve_replies(url: str, what: str) -> None:
+    """`otnflow serve` in local mode at `url`: wait until /healthz answers, post a signed text message sent now
+    (inside the 24h window), and wait until its one reply has reached the in-process fake Graph API."""
+    async with aiohttp.ClientSession() as session:
+
+        async def up() -> bool:
+            try:
+                async with session.get(f"{url}/healthz") as response:
+                    return response.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await wait_until(up, timeout=20, what=what)
+        body = webhook_fixture("text.json")
+        body["entry"][0]["messaging"][0]["timestamp"] = int(time.time() * 1000)
+        raw = json.dumps(body).encode()
+        headers = {"X-Hub-Signature-256": sign(raw, LOCAL_SECRET)}
+        async with session.post(f"{url}/webhook", data=raw, headers=headers) as response:
+            assert response.status == 200
+
+        async def replied() -> bool:
+            async with session.get(f"{url}/healthz") as response:
+                return (await response.json())["store"].get("outbox_sent", 0) == 1
+
+        await wait_until(replied, timeout=10, what=f"the reply of {what} to reach the in-process fake Graph API")
+
+
+async def stop_serve(process: Any) -> str:
+    """SIGTERM an `otnflow serve` subprocess started with piped text output; its output once it has exited."""
+    import signal
+
+    process.send_signal(signal.SIGTERM)
+    output, _ = await asyncio.to_thread(process.communicate, None, 20)
+    return str(output)
 
 
 def free_port() -> int:
@@ -208,6 +258,14 @@ def start_serve(config: Path, graph_url: str, log: Path, *args: str) -> Any:
 def mongo_database_url(base: str, name: str) -> str:
     """A fresh database per test on the shared server."""
     return f"{base}/{name}?directConnection=true"
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store on each backend: a SQLite file under tmp_path, a new database on the test MongoDB."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'backend.sqlite3'}"
+    return mongo_database_url(request.getfixturevalue("mongo_server"), f"otnflow_test_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

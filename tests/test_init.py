@@ -3,14 +3,11 @@ pass there with no further setup (CI does exactly what a new author does, in a t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -19,11 +16,9 @@ import jsonschema
 import pytest
 import tomli
 
-from engine.config import LOCAL_SECRET
 from engine.flow.shapes import schema_text
-from engine.messenger.signature import sign
 from engine.starter import project_files
-from tests.conftest import free_port, wait_until, webhook_fixture
+from tests.conftest import free_port, local_serve_replies, stop_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "otnflow"  # the console script `pip install` made
@@ -95,34 +90,11 @@ async def test_serve_in_the_new_folder_answers_on_loopback(project: Path) -> Non
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
-
-            async def up() -> bool:
-                try:
-                    async with session.get(f"{url}/healthz") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(up, timeout=20, what="otnflow serve in the new project")
-            async with session.get(f"{url}/playground") as response:
-                assert response.status == 200
-            body = webhook_fixture("text.json")
-            body["entry"][0]["messaging"][0]["timestamp"] = int(time.time() * 1000)
-            raw = json.dumps(body).encode()
-            async with session.post(
-                f"{url}/webhook", data=raw, headers={"X-Hub-Signature-256": sign(raw, LOCAL_SECRET)}
-            ) as response:
-                assert response.status == 200
-
-            async def replied() -> bool:
-                async with session.get(f"{url}/healthz") as response:
-                    return (await response.json())["store"].get("outbox_sent", 0) == 1
-
-            await wait_until(replied, timeout=10, what="the bakery's reply")
+        await local_serve_replies(url, "otnflow serve in the new project")
+        async with aiohttp.ClientSession() as session, session.get(f"{url}/playground") as response:
+            assert response.status == 200
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.to_thread(process.communicate, None, 20)
+        output = await stop_serve(process)
     assert "flows: bakery" in output
     assert process.returncode == 0
     assert (project / "data" / "otnflow.sqlite3").exists()  # in the project, as config.toml says (and .gitignore)

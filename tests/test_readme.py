@@ -2,22 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import aiohttp
-
-from engine.config import LOCAL_SECRET
-from engine.messenger.signature import sign
-from tests.conftest import wait_until, webhook_fixture
+from tests.conftest import free_port, local_serve_replies, stop_serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,12 +30,9 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 
 
 async def test_serve_in_local_mode_answers_a_message_through_the_fake_graph(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTNFLOW_")}
     env.update(
-        OTNFLOW_SERVER_PORT=str(port),
+        OTNFLOW_SERVER_PORT=str(port := free_port()),
         OTNFLOW_STORE_URL=f"sqlite:///{tmp_path / 'local.sqlite3'}",
         OTNFLOW_LOG_LEVEL="WARNING",
     )
@@ -56,33 +44,9 @@ async def test_serve_in_local_mode_answers_a_message_through_the_fake_graph(tmp_
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
-
-            async def up() -> bool:
-                try:
-                    async with session.get(f"{url}/healthz") as response:
-                        return response.status == 200
-                except aiohttp.ClientError:
-                    return False
-
-            await wait_until(up, timeout=20, what="otnflow serve")
-            body = webhook_fixture("text.json")
-            body["entry"][0]["messaging"][0]["timestamp"] = int(time.time() * 1000)  # inside the 24h window
-            raw = json.dumps(body).encode()
-            async with session.post(
-                f"{url}/webhook", data=raw, headers={"X-Hub-Signature-256": sign(raw, LOCAL_SECRET)}
-            ) as response:
-                assert response.status == 200
-
-            async def replied() -> bool:
-                async with session.get(f"{url}/healthz") as response:
-                    return (await response.json())["store"].get("outbox_sent", 0) == 1
-
-            await wait_until(replied, timeout=10, what="the reply to reach the in-process fake Graph API")
+        await local_serve_replies(f"http://127.0.0.1:{port}", "otnflow serve")
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = await asyncio.to_thread(process.communicate, None, 20)
+        output = await stop_serve(process)
     assert re.search(r"LOCAL MODE: no OTNFLOW_PAGE_TOKEN set; replies go to the in-process fake Graph API", output)
     assert process.returncode == 0

@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from engine.config import LOCAL_SECRET
 from engine.testing.harness import Bot
@@ -88,11 +87,6 @@ async def test_stop_disarms_the_loop_and_a_notify_me_tap_subscribes_again() -> N
 async def test_the_playground_shows_consent_and_api_stats_counts_the_unsubscribed(tmp_path: Path) -> None:
     async with served_playground(tmp_path) as playground:
 
-        async def act(action: str, **body: object) -> dict[str, Any]:
-            status, state = await playground.act(action, user="pat", **body)
-            assert status == 200, state
-            return state
-
         async def unsubscribed_users() -> int:
             bearer = {"Authorization": f"Bearer {LOCAL_SECRET}"}  # local mode's API token
             async with playground.session.get(f"{playground.url}/api/stats", headers=bearer) as r:
@@ -100,13 +94,13 @@ async def test_the_playground_shows_consent_and_api_stats_counts_the_unsubscribe
                 count: int = (await r.json())["unsubscribed_users"]
                 return count
 
-        await act("say", text="hi")
-        state = await act("tap", title="White", payload="WHITE")
+        await playground.done("say", user="pat", text="hi")
+        state = await playground.done("tap", user="pat", title="White", payload="WHITE")
         request = next(e for e in state["transcript"] if e.get("kind") == "otn_request")
-        state = await act("optin", payload=request["otn_payload"])
+        state = await playground.done("optin", user="pat", payload=request["otn_payload"])
         assert state["subscribed"] is True and await unsubscribed_users() == 0
 
-        state = await act("say", text="stop")
+        state = await playground.done("say", user="pat", text="stop")
         assert state["subscribed"] is False
         assert [t["status"] for t in state["tokens"]] == ["revoked"]
         url = f"{playground.url}/playground/api/state?user=pat"
@@ -114,5 +108,5 @@ async def test_the_playground_shows_consent_and_api_stats_counts_the_unsubscribe
             assert (await r.json())["subscribed"] is False  # what the panel reads on a refresh
         assert await unsubscribed_users() == 1
 
-        state = await act("say", text="subscribe")
+        state = await playground.done("say", user="pat", text="subscribe")
         assert state["subscribed"] is True and await unsubscribed_users() == 0

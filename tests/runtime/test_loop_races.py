@@ -4,55 +4,19 @@ the harness's server on loopback, a real store, the fake Graph API enforcing Met
 from __future__ import annotations
 
 import asyncio
-import re
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-import pytest
-
-from engine.config import load_settings
 from engine.runtime.campaigns import NO_VALID_TOKEN, campaign_counts, campaign_runs
 from engine.store import StepWrite, StoredEvent, Token, UserRecord
-from engine.testing.harness import PAGE_ID, Bot, BotUser
-from engine.web import create_app
+from engine.testing.harness import PAGE_ID, Bot
 from engine.web.keys import CAMPAIGNS, STORE
-from engine.web.playground import TOKEN_HEADER
-from tests.conftest import mongo_database_url, serve_on_loopback, wait_until
+from tests.conftest import example_bot, served_playground, wait_until
+from tests.runtime.wine import requests_to, white_lover_with_token
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR_MS = 3_600_000
-
-
-@pytest.fixture(params=["sqlite", "mongo"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'loop.sqlite3'}"
-    return mongo_database_url(request.getfixturevalue("mongo_server"), f"otnflow_loop_{uuid.uuid4().hex[:12]}")
-
-
-@pytest.fixture
-async def bot() -> AsyncIterator[Bot]:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as running:
-        yield running
-
-
-async def white_lover_with_token(bot: Bot, name: str = "alice") -> BotUser:
-    user = bot.user(name, first_name=name.title())
-    await user.says("hi")
-    await user.taps("White")
-    await user.opts_in("restock")
-    return user
-
-
-def requests_to(bot: Bot, user_id: str) -> list[str]:
-    """The Notify Me requests the fake Graph API accepted for the user, by topic."""
-    from engine.testing.harness import ReplyView
-
-    return [view.otn_topic for m in bot.fake.messages_to(user_id) if (view := ReplyView.of(m)).otn_topic]
 
 
 def message(user_id: str, mid: str, at_ms: int, text: str, payload: str | None = None) -> dict[str, Any]:
@@ -101,7 +65,7 @@ async def test_the_armed_request_and_the_flows_own_request_in_one_step_respect_t
 
 async def test_double_taps_in_one_batch_are_asked_once_on_both_stores(store_url: str) -> None:
     users = 150
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", store_url=store_url) as bot:
+    async with example_bot(store_url=store_url) as bot:
         names = [f"dt{i:03d}" for i in range(users)]
         now = bot.clock.advance(seconds=1)
         for name in names:
@@ -129,7 +93,7 @@ async def test_the_quick_reply_payload_of_white_is_what_the_batch_test_taps(bot:
 
 # -- 1. the first engagement after a delivery is re-asked -------------------------------------------------------
 async def test_a_tap_on_the_notification_at_once_gets_the_next_request() -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", notify_concurrency=1) as bot:
+    async with example_bot(notify_concurrency=1) as bot:
         users = [await white_lover_with_token(bot, f"fan{i}") for i in range(5)]
         bot.clock.advance(hours=30)  # every window has closed: each delivery arms the next request
         bot.fake.delay = 0.1  # Meta's latency: the campaign is still sending to the others when fan0 taps
@@ -197,9 +161,7 @@ async def test_a_resumed_item_is_gated_again_and_a_refusal_recorded_with_its_rea
 
 
 async def test_a_resumed_campaign_sends_nothing_where_otn_is_off() -> None:
-    async with Bot.start(
-        ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", policy_otn_available=False
-    ) as bot:
+    async with example_bot(policy_otn_available=False) as bot:
         await holders_with_claims_left_by_a_dead_run(bot, 2, claim_ms=0)
         report = await bot.notify("restock", product="Sauvignon 2024")
         assert report.counts == {"skipped": 2, "skipped:otn_unavailable": 2}
@@ -282,36 +244,16 @@ async def test_a_late_opt_in_keeps_the_token_and_records_why_no_confirmation_wen
 
 
 async def test_the_playground_explains_a_late_opt_in(tmp_path: Path) -> None:
-    settings = load_settings(
-        ROOT / "config.toml",
-        {"OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}", "OTNFLOW_LOG_LEVEL": "ERROR"},
-    )
-    served = await serve_on_loopback(create_app(settings))
-    try:
-        async with aiohttp.ClientSession() as session:
-            async with session.get(f"{served.url}/playground") as r:
-                found = re.search(r'<meta name="playground-token" content="([^"]+)">', await r.text())
-            assert found is not None
-            headers = {TOKEN_HEADER: found.group(1)}
-
-            async def act(action: str, **body: Any) -> dict[str, Any]:
-                async with session.post(
-                    f"{served.url}/playground/api/{action}", json={"user": "pat", **body}, headers=headers
-                ) as r:
-                    assert r.status == 200, await r.text()
-                    return await r.json()  # type: ignore[no-any-return]
-
-            await act("say", text="hi")
-            state = await act("tap", title="White", payload="WHITE")
-            request = next(e for e in state["transcript"] if e.get("otn_payload"))
-            await act("advance", hours=30)
-            state = await act("optin", payload=request["otn_payload"])
-            late = state["transcript"][-1]
-            assert (late["from"], late["reason"]) == ("policy", "late_optin")
-            assert "after the 24-hour window" in late["explain"] and "token is kept" in late["explain"]
-            assert [t["valid"] for t in state["tokens"]] == [True]
-    finally:
-        await served.runner.cleanup()
+    async with served_playground(tmp_path) as playground:
+        await playground.done("say", user="pat", text="hi")
+        state = await playground.done("tap", user="pat", title="White", payload="WHITE")
+        request = next(e for e in state["transcript"] if e.get("otn_payload"))
+        await playground.done("advance", user="pat", hours=30)
+        state = await playground.done("optin", user="pat", payload=request["otn_payload"])
+        late = state["transcript"][-1]
+        assert (late["from"], late["reason"]) == ("policy", "late_optin")
+        assert "after the 24-hour window" in late["explain"] and "token is kept" in late["explain"]
+        assert [t["valid"] for t in state["tokens"]] == [True]
 
 
 async def test_a_re_request_meta_refuses_is_armed_again_for_the_next_engagement(bot: Bot) -> None:

@@ -4,30 +4,17 @@ Meta's enforcement of the window and of tokens switched on), driven by the flow-
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from engine.testing.harness import Bot, BotUser
 from engine.web.keys import STORE
+from tests.conftest import example_bot
+from tests.runtime.wine import white_lover_with_token
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY_FLOWS = ROOT / "tests" / "fixtures" / "policy_flows"
-
-
-@pytest.fixture
-async def bot() -> AsyncIterator[Bot]:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as running:
-        yield running
-
-
-async def white_lover_with_token(bot: Bot, name: str = "alice") -> BotUser:
-    user = bot.user(name, first_name=name.title())
-    await user.says("hi")
-    await user.taps("White")
-    await user.opts_in("restock")
-    return user
 
 
 async def test_otn_request_follows_the_documented_template(bot: Bot) -> None:
@@ -205,9 +192,7 @@ async def test_three_times_round_the_loop_without_a_single_rejection(bot: Bot) -
 
 
 async def test_eu_page_gets_no_otn_requests_and_no_notifications() -> None:
-    async with Bot.start(
-        ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", policy_page_in_eu=True
-    ) as bot:
+    async with example_bot(policy_page_in_eu=True) as bot:
         alice = bot.user("alice")
         await alice.says("hi")
         replies = await alice.taps("White")

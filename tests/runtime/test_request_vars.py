@@ -9,7 +9,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,12 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 SAUVIGNON, RIOJA = "Sauvignon 2024", "Rioja Gran Reserva 2015"
 YEAR_MS = 365 * 24 * 3_600_000
-
-
-@pytest.fixture
-async def bot() -> AsyncIterator[Bot]:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as running:
-        yield running
 
 
 async def asks_for(bot: Bot, name: str, product: str) -> BotUser:

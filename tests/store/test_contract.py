@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -28,18 +27,10 @@ from engine.store import (
 )
 from engine.store.mongo import MongoStore
 from engine.store.sqlite import SqliteStore
-from tests.conftest import mongo_database_url
 
 
 def event(key: str, user: str = "u1", ts: int = 1) -> StoredEvent:
     return StoredEvent(key, user, "page", ts, "message", json.dumps({"message": {"mid": key}}), 0)
-
-
-@pytest.fixture(params=["sqlite", "mongo"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 's.sqlite3'}"
-    return mongo_database_url(request.getfixturevalue("mongo_server"), f"otnflow_test_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture
