@@ -242,8 +242,11 @@ class Dispatcher:
                 user = await self._handle_all(events, user)
         while handed := self._handed.pop(user_id, None):
             user = await self._handle_all(sorted(handed, key=lambda e: e.timestamp), user)
-        for job, future in self._jobs.pop(user_id, []):
-            await self._renew(user_id)
+        while queued := self._jobs.get(user_id):
+            await self._renew(user_id)  # a lost lease leaves the job queued, for the user's next turn
+            job, future = queued.pop(0)
+            if not queued:
+                del self._jobs[user_id]
             try:
                 future.set_result(await job())
             except Exception as err:  # the job's owner gets the error; the worker goes on
