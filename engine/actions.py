@@ -32,6 +32,11 @@ class ActionContext:
     args: Mapping[str, Any]
 
 
+class ActionFailed(Exception):
+    """An action's failure whose message is safe to log (it names what failed, never a secret): the flow's
+    `on_failure` decides what follows. Any other exception is a failure too, logged by its type only."""
+
+
 ActionFunction = Callable[[ActionContext], Awaitable[Any]]
 F = TypeVar("F", bound=ActionFunction)
 

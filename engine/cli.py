@@ -296,7 +296,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     setup_logging(
         str(settings["log.level"]),
         str(settings["log.format"]),
-        [settings.app_secret, settings.page_token, settings.verify_token, settings.api_token],
+        [
+            settings.app_secret,
+            settings.page_token,
+            settings.verify_token,
+            settings.api_token,
+            *settings.action_env.values(),
+        ],
     )
     try:
         app = create_app(settings, playground=True if args.playground else None)

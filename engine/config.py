@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,6 +21,8 @@ import tomli
 from .actions import ActionFunction, load_actions, required_args
 from .extensions import FILTER_GROUP, GLOBAL_GROUP, ExtensionError, load_named
 from .flow import FlowOptions, Limits
+from .flow.locate import Locator
+from .http_actions import HttpAction, HttpActionError, parse_http_action
 from .policy import PolicySettings
 
 
@@ -119,7 +122,10 @@ class Settings:
     page_token: str
     verify_token: str
     api_token: str
-    actions: Mapping[str, str] = field(default_factory=dict)  # config.toml's [actions]: name -> "module:function"
+    actions: Mapping[str, str] = field(default_factory=dict)  # config.toml's Python actions: name -> "module:function"
+    http_actions: Mapping[str, HttpAction] = field(default_factory=dict)  # config.toml's [actions.NAME] kind = "http"
+    #: The values of the environment variables HTTP actions name (`env = [...]`), set ones only: secrets, never logged.
+    action_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -148,11 +154,19 @@ class Settings:
         )
 
     def action_functions(self) -> dict[str, ActionFunction]:
-        """The registered actions (entry points, then `[actions]`); ConfigError for one that cannot be imported."""
+        """The registered Python actions (entry points, then `[actions]`); ConfigError for one that cannot be
+        imported. The project's own modules are found from config.toml's folder (`flows.sneaker_actions`)."""
+        if self.actions and str(self.root) not in sys.path:
+            sys.path.append(str(self.root))
         try:
             return load_actions(self.actions)
         except ExtensionError as err:
             raise ConfigError(f"config: {err}") from None
+
+    def action_signatures(self) -> dict[str, frozenset[str]]:
+        """Every registered action's name and the arguments it needs, for `otnflow check`."""
+        python = {name: required_args(function) for name, function in self.action_functions().items()}
+        return {**python, **{name: action.args for name, action in self.http_actions.items()}}
 
     def flow_options(self) -> FlowOptions:
         """How flows are checked against this configuration (templates folder, OTN availability, allowed tags, the
@@ -164,7 +178,7 @@ class Settings:
         except ExtensionError as err:
             raise ConfigError(f"config: templates: {err}") from None
         return FlowOptions(
-            actions={name: required_args(function) for name, function in self.action_functions().items()},
+            actions=self.action_signatures(),
             templates_dir=self.path("flows.templates"),
             template_filters=filters,
             template_globals=globals_,
@@ -220,16 +234,16 @@ def load_settings(
     path = config_path or Path(env.get("OTNFLOW_CONFIG", "config.toml"))
     values = {key: option.default for key, option in OPTIONS.items()}
     actions: dict[str, str] = {}
+    http_actions: dict[str, HttpAction] = {}
     if path.exists():
         try:
-            document = tomli.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            document = tomli.loads(text)
         except tomli.TOMLDecodeError as err:
             raise ConfigError(f"config: {path}:{err.lineno}: TOML syntax error: {err.msg}") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"config: {path}: cannot read it: {err}") from None
-        actions = document.pop("actions", {})
-        if not isinstance(actions, dict) or not all(isinstance(v, str) for v in actions.values()):
-            raise ConfigError(f'config: {path}: [actions] names actions as name = "module:function"')
+        actions, http_actions = _actions(document.pop("actions", {}), path, text)
         for section, table in document.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"config: {path}: '{section}' must be a [section]; known: {_sections()}")
@@ -260,8 +274,35 @@ def load_settings(
         verify_token=env.get("OTNFLOW_VERIFY_TOKEN", ""),
         api_token=env.get("OTNFLOW_API_TOKEN", ""),
         actions=actions,
+        http_actions=http_actions,
+        action_env={name: env[name] for action in http_actions.values() for name in action.env if name in env},
     )
     return _check_secrets(settings) if require_secrets else settings
+
+
+def _actions(declared: Any, path: Path, text: str) -> tuple[dict[str, str], dict[str, HttpAction]]:
+    """config.toml's `[actions]`: Python actions as `name = "module:function"`, HTTP actions as
+    `[actions.NAME]` tables with kind = "http" (engine/http_actions.py). ConfigError with the line of a problem."""
+    if not isinstance(declared, dict):
+        raise ConfigError(f"config: {path}: 'actions' must be a [section]")
+    python: dict[str, str] = {}
+    http: dict[str, HttpAction] = {}
+    locate = Locator(text)
+    for name, value in declared.items():
+        where = f"config: {path}:{locate.line(('actions', name))}: actions.{name}"
+        if isinstance(value, str):
+            python[name] = value
+        elif isinstance(value, dict) and value.get("kind") == "http":
+            try:
+                http[name] = parse_http_action(name, value)
+            except HttpActionError as err:
+                line = locate.line(("actions", name, *err.key))
+                raise ConfigError(f"config: {path}:{line}: actions.{name}: {err}") from None
+        elif isinstance(value, dict):
+            raise ConfigError(f'{where}: a table declares an HTTP action: kind = "http" (got {value.get("kind")!r})')
+        else:
+            raise ConfigError(f'{where}: name a Python action as "module:function", or declare an HTTP action table')
+    return python, http
 
 
 def _check_secrets(settings: Settings) -> Settings:

@@ -115,11 +115,16 @@ class Playground:
 
 
 @asynccontextmanager
-async def served_playground(tmp_path: Path) -> AsyncIterator[Playground]:
-    """The example bot in local mode (config.toml, a SQLite file under tmp_path) with its playground."""
+async def served_playground(tmp_path: Path, environ: dict[str, str] | None = None) -> AsyncIterator[Playground]:
+    """The example bot in local mode (config.toml, a SQLite file under tmp_path) with its playground; `environ`
+    adds environment variables (those the HTTP actions read)."""
     settings = load_settings(
         ROOT / "config.toml",
-        {"OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}", "OTNFLOW_LOG_LEVEL": "WARNING"},
+        {
+            "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'pg.sqlite3'}",
+            "OTNFLOW_LOG_LEVEL": "WARNING",
+            **(environ or {}),
+        },
     )
     served = await serve_on_loopback(create_app(settings))
     try:

@@ -179,6 +179,8 @@ def suggest(word: str, known: list[str]) -> str:
 
 
 def _type_ok(kind: str, value: Any) -> bool:
+    if kind == "any":  # any TOML value (a stubbed action's result)
+        return True
     if kind == "str":
         return isinstance(value, str)
     if kind == "bool":
@@ -211,6 +213,7 @@ _TYPE_NAMES = {
     "str_list": "a list of strings",
     "words": "a string or a list of strings",
     "scalars": "a table of strings, numbers or booleans",
+    "any": "any value",
 }
 
 
@@ -278,6 +281,7 @@ def json_schema() -> dict[str, Any]:
         scalar = {"type": ["string", "number", "boolean"]}
         kind, _, sub = field.kind.partition(":")
         by_kind: dict[str, dict[str, Any]] = {
+            "any": {},
             "str": {"type": "string"},
             "bool": {"type": "boolean"},
             "number": {"type": "number"},

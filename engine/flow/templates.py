@@ -94,23 +94,38 @@ def template_reads(env: SandboxedEnvironment, source: str, name: str | None = No
     for node in ast.find_all(nodes.Name):
         if node.name in undeclared and node.name not in env.globals:  # globals (range, the project's) are defined
             names.setdefault(node.name, node.lineno)
-    fields: dict[str, int] = {}
-    if "user" in undeclared:
-        for access in ast.find_all((nodes.Getattr, nodes.Getitem)):
-            field = _user_field(access)
-            if field is not None and field not in _DICT_METHODS:
-                fields.setdefault(field, access.lineno)
+    fields = _attributes(ast, "user") if "user" in undeclared else {}
     return TemplateReads(names, fields)
 
 
-def _user_field(access: nodes.Node) -> str | None:
-    """'first_name' for `user.first_name` or `user["first_name"]`; None for anything else (user[expr] too)."""
-    if isinstance(access, nodes.Getattr) and isinstance(access.node, nodes.Name) and access.node.name == "user":
+def attribute_reads(env: SandboxedEnvironment, source: str, base: str) -> dict[str, int]:
+    """The attributes of the name `base` a template reads (`args.sku`, `env["KEY"]`), each with its first line;
+    TemplateProblem on a syntax error."""
+    try:
+        ast = env.parse(source)
+    except TemplateSyntaxError as err:
+        raise TemplateProblem(err.message or "syntax error", err.lineno) from None
+    return _attributes(ast, base)
+
+
+def _attributes(ast: nodes.Template, base: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for access in ast.find_all((nodes.Getattr, nodes.Getitem)):
+        field = _field_of(access, base)
+        if field is not None and field not in _DICT_METHODS:
+            found.setdefault(field, access.lineno)
+    return found
+
+
+def _field_of(access: nodes.Node, base: str) -> str | None:
+    """'first_name' for `user.first_name` or `user["first_name"]` (base "user"); None for anything else
+    (user[expr] too)."""
+    if isinstance(access, nodes.Getattr) and isinstance(access.node, nodes.Name) and access.node.name == base:
         return str(access.attr)
     if (
         isinstance(access, nodes.Getitem)
         and isinstance(access.node, nodes.Name)
-        and access.node.name == "user"
+        and access.node.name == base
         and isinstance(access.arg, nodes.Const)
         and isinstance(access.arg.value, str)
     ):

@@ -66,6 +66,12 @@ class SendResult:
 Sleep = Callable[[float], Awaitable[None]]
 
 
+def full_jitter(attempt: int, base: float, longest: float, rng: random.Random) -> float:
+    """The wait before retry `attempt` (1, 2, ...): uniform in [0, min(longest, base * 2**attempt)] (AWS's "full
+    jitter": retries from many callers spread out instead of arriving together)."""
+    return rng.uniform(0, min(longest, base * 2**attempt))
+
+
 class GraphClient:
     def __init__(
         self,
@@ -84,14 +90,17 @@ class GraphClient:
         if settings.app_secret:
             self._auth["appsecret_proof"] = appsecret_proof(settings.page_token, settings.app_secret)
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The app's one HTTP session (HTTP actions share its connection pool)."""
+        return self._session
+
     def url(self, path: str) -> str:
         version = self.settings.version.lstrip("v")
         return f"{self.settings.base_url.rstrip('/')}/v{version}/{path.lstrip('/')}"
 
     def backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, base * 2**attempt)]."""
-        cap = min(self.settings.backoff_max_seconds, self.settings.backoff_base_seconds * 2**attempt)
-        return self._rng.uniform(0, cap)
+        return full_jitter(attempt, self.settings.backoff_base_seconds, self.settings.backoff_max_seconds, self._rng)
 
     async def send(self, body: dict[str, Any]) -> SendResult:
         """POST /me/messages, retrying transient errors and rate limits up to max_attempts."""

@@ -10,11 +10,11 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..actions import ActionContext, ActionFunction, required_args
+from ..actions import ActionContext, ActionFailed, ActionFunction, required_args
 from ..flow import ActionCall, Outcome
 from .metrics import Metrics
 
@@ -28,12 +28,27 @@ class ActionOutcome:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class ActionRecord:
+    """One call as a watcher sees it (the harness's `bot.action_calls`, the playground's transcript)."""
+
+    name: str
+    context: ActionContext
+    outcome: Outcome
+    value: Any  # the result on success, else None
+    seconds: float
+
+
+ActionWatcher = Callable[[ActionRecord], None]
+
+
 class ActionRunner:
     """Runs registered actions under their time budget, counting outcomes and latency in /metrics."""
 
     def __init__(self, functions: Mapping[str, ActionFunction], metrics: Metrics | None = None) -> None:
         self.functions = dict(functions)
         self.metrics = metrics
+        self.watchers: list[ActionWatcher] = []  # told of every call once it ended (tests, the playground)
 
     def signatures(self) -> dict[str, frozenset[str]]:
         """Each action's required arguments, for the flow checker."""
@@ -53,8 +68,9 @@ class ActionRunner:
             except TimeoutError:
                 outcome = Outcome.TIMEOUT
                 log.warning("action %r timed out after %ss (user %s)", call.name, call.timeout_seconds, context.user_id)
+            except ActionFailed as err:  # a failure that says what failed, safely
+                log.warning("action %r failed (user %s): %s", call.name, context.user_id, err)
             except Exception as err:  # the action's own failure: the flow's on_failure decides what follows
-                value = None
                 log.warning(  # the type only: an exception's text may carry a URL or a token
                     "action %r failed (user %s): %s", call.name, context.user_id, type(err).__name__
                 )
@@ -62,4 +78,8 @@ class ActionRunner:
         if self.metrics is not None:
             self.metrics.action_seconds.labels(call.name).observe(seconds)
             self.metrics.actions.labels(call.name, str(outcome)).inc()
-        return ActionOutcome(outcome, value if outcome is Outcome.SUCCESS else None, seconds)
+        done = ActionOutcome(outcome, value if outcome is Outcome.SUCCESS else None, seconds)
+        record = ActionRecord(name=call.name, context=context, outcome=outcome, value=done.value, seconds=seconds)
+        for watcher in self.watchers:
+            watcher(record)
+        return done

@@ -15,6 +15,7 @@ from .campaigns import CampaignRunner
 from .clock import Clock
 from .conversation import StepHandler, StepMiddleware
 from .dispatcher import Dispatcher, Leases
+from .http_actions import HttpActionCaller
 from .metrics import Metrics
 from .policy_check import Gate
 from .sender import OutboxSender, SendingHealth
@@ -70,7 +71,11 @@ def assemble(
     middlewares: Sequence[StepMiddleware] = (),
 ) -> Runtime:
     gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
-    actions = ActionRunner(settings.action_functions(), metrics)
+    http = {
+        name: HttpActionCaller(action, graph.session, settings.action_env)
+        for name, action in settings.http_actions.items()
+    }
+    actions = ActionRunner({**settings.action_functions(), **http}, metrics)
     handler = StepHandler(
         flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares, actions
     )

@@ -36,12 +36,15 @@ from ..flow.diagnostics import KeyPath, Reporter
 from ..flow.loader import parse_toml, read_source
 from ..flow.locate import Locator
 from ..flow.shapes import Field, check_shape
+from ..runtime.actions import ActionRecord
 from ..runtime.assembly import no_such_flow
 from .harness import Bot, BotUser, HarnessError, ReplyView, unknown_setting
 
-ACTIONS = ("says", "taps", "opts_in", "arrives", "advance", "notify", "expect")
+ACTIONS = ("says", "taps", "opts_in", "arrives", "advance", "notify", "stub", "expect")
 #: Options of an `arrives` step.
 ARRIVAL_OPTIONS = ("source", "ad_id", "get_started")
+#: Options of a `stub` step: what the stubbed flow action does.
+STUB_OPTIONS = ("result", "fails", "times_out")
 
 SHAPES: dict[str, dict[str, Field]] = {
     "file": {
@@ -84,6 +87,10 @@ SHAPES: dict[str, dict[str, Field]] = {
         "notify": Field("str", "The page sends this topic's notification to every token holder."),
         "segment": Field("str", "With notify: only users matching this segment expression."),
         "vars": Field("scalars", "With notify: the notification's variables."),
+        "stub": Field("str", "From now on the flow action with this name is stubbed: it returns `result`."),
+        "result": Field("any", "With stub: what the action returns (any TOML value)."),
+        "fails": Field("bool", "With stub: the action fails (the state's on_failure follows)."),
+        "times_out": Field("bool", "With stub: the action runs out of time (on_timeout, else on_failure)."),
         "user": Field("str", "Which user acts or is checked (in a test with `users`)."),
         "expect": Field("table:expect", "What must hold now."),
     },
@@ -104,6 +111,11 @@ SHAPES: dict[str, dict[str, Field]] = {
         "refused": Field("str", "The policy gate refused a message to the user for this reason."),
         "delivered": Field("int", "With notify: how many users the notification reached."),
         "subscribed": Field("bool", "Whether the user is subscribed (false once a step unsubscribed them)."),
+        "action_calls": Field("str_list", "The flow actions the previous step called, in order ([]: none)."),
+        "action_args": Field("scalars", "Arguments the previous step's last action call got, with these values."),
+        "action_outcome": Field(
+            "str", "How the previous step's last action call ended.", choices=("success", "failure", "timeout")
+        ),
     },
 }
 
@@ -271,10 +283,13 @@ def _test(raw: dict[str, Any], path: KeyPath, report: Reporter) -> ConversationT
                 re.compile(step["expect"]["reply_matches"])
             except re.error as err:
                 report.error((*where, "expect", "reply_matches"), f"invalid regex: {err}")
-        stray = [k for k in ARRIVAL_OPTIONS if k in step]
-        if stray and action != "arrives":
-            report.error(where, f"{', '.join(repr(k) for k in stray)} only go with 'arrives'")
-        options = {k: step[k] for k in ("segment", "vars", *ARRIVAL_OPTIONS) if k in step}
+        for kind, allowed in (("arrives", ARRIVAL_OPTIONS), ("stub", STUB_OPTIONS)):
+            stray = [k for k in allowed if k in step]
+            if stray and action != kind:
+                report.error(where, f"{', '.join(repr(k) for k in stray)} only go with '{kind}'")
+        if action == "stub" and sum(k in step for k in STUB_OPTIONS) > 1:
+            report.error(where, "a stub does one of: result, fails, times_out")
+        options = {k: step[k] for k in ("segment", "vars", *ARRIVAL_OPTIONS, *STUB_OPTIONS) if k in step}
         steps.append(Step(i + 1, report.line(where), action, step[action], str(user), options))
     return ConversationTest(str(raw.get("name", "")), report.line(path), users, steps)
 
@@ -287,13 +302,27 @@ class _Run:
         self.users = {uid: bot.user(uid, p.get("first_name"), p.get("last_name")) for uid, p in test.users.items()}
         self.last: dict[str, list[ReplyView]] = {uid: [] for uid in self.users}
         self.refusals_before: dict[str, int] = {uid: 0 for uid in self.users}
+        self.calls_before = 0  # bot.action_calls before the previous step
         self.delivered: int | None = None
 
     async def do(self, step: Step) -> list[str]:
         user = self.users[step.user]
         if step.action == "expect":
             return self.check(user, step.value)
+        if step.action == "stub":
+            options = step.options
+            try:
+                self.bot.stub_action(
+                    step.value,
+                    options.get("result"),
+                    fails=options.get("fails") is True,
+                    times_out=options.get("times_out") is True,
+                )
+            except HarnessError as err:
+                return [str(err)]
+            return []
         self.refusals_before[step.user] = len(user.refusals)
+        self.calls_before = len(self.bot.action_calls)
         before = {uid: len(u.replies) for uid, u in self.users.items()}
         try:
             if step.action == "says":
@@ -325,7 +354,8 @@ class _Run:
         return []
 
     def check(self, user: BotUser, expect: dict[str, Any]) -> list[str]:
-        seen = Seen(user, self.last[user.id], user.refusals[self.refusals_before[user.id] :], self.delivered)
+        calls = self.bot.action_calls[self.calls_before :]
+        seen = Seen(user, self.last[user.id], user.refusals[self.refusals_before[user.id] :], self.delivered, calls)
         return [problem for key, wanted in expect.items() if (problem := CHECKS[key](seen, wanted))]
 
 
@@ -337,6 +367,7 @@ class Seen:
     brought: list[ReplyView]
     refusals: list[dict[str, Any]]
     delivered: int | None
+    action_calls: list[ActionRecord]  # what the previous step called
 
     @property
     def last(self) -> ReplyView | None:
@@ -382,6 +413,13 @@ def _refused(seen: Seen, reason: str) -> str | None:
     return None if reason in reasons else f"refused: expected a refusal for {reason!r}, got {reasons or 'none'}"
 
 
+def _action_args(seen: Seen, wanted: dict[str, Any]) -> str | None:
+    if not seen.action_calls:
+        return f"action_args: expected a call with {wanted!r}, but the previous step called no action"
+    args = seen.action_calls[-1].context.args
+    return _differ("action_args", dict(wanted), {k: args.get(k) for k in wanted})
+
+
 CHECKS: dict[str, Callable[[Seen, Any], str | None]] = {
     "reply": lambda seen, w: _differ("reply", w, seen.last.text if seen.last else None),
     "reply_matches": _reply_matches,
@@ -399,6 +437,11 @@ CHECKS: dict[str, Callable[[Seen, Any], str | None]] = {
     "refused": _refused,
     "delivered": lambda seen, w: _differ("delivered", w, seen.delivered),
     "subscribed": lambda seen, w: _differ("subscribed", w, seen.user.subscribed),
+    "action_calls": lambda seen, w: _differ("action_calls", w, [c.name for c in seen.action_calls]),
+    "action_args": _action_args,
+    "action_outcome": lambda seen, w: _differ(
+        "action_outcome", w, str(seen.action_calls[-1].outcome) if seen.action_calls else None
+    ),
 }
 assert set(CHECKS) == set(SHAPES["expect"]), "every expectation key has a check"
 

@@ -20,7 +20,7 @@ import difflib
 import itertools
 import json
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +29,13 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from ..actions import ActionContext, ActionFunction
+from ..actions import ActionContext, ActionFailed, ActionFunction
 from ..config import OPTIONS, Settings, load_settings
 from ..flow import CompiledFlow, payloads
 from ..flow.spec import META_SOURCES
 from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
+from ..runtime.actions import ActionRecord
 from ..runtime.assembly import no_such_flow
 from ..runtime.audience import Audience
 from ..runtime.campaigns import CampaignReport
@@ -44,7 +45,7 @@ from ..store import OPERATIONS, Token, TokenStatus, UserRecord
 from ..web import create_app
 from ..web.app import load_configured_flows
 from ..web.deadline import server_options
-from ..web.keys import CAMPAIGNS, DISPATCHER, GRAPH, STORE
+from ..web.keys import CAMPAIGNS, DISPATCHER, FLOWS, GRAPH, STORE
 
 PAGE_ID = "106000000000001"
 SECRET = "harness-app-secret"
@@ -267,7 +268,7 @@ class Bot:
         self._compiled: dict[str, CompiledFlow] | None = None
         self.restarts = 0
         self._stubs: dict[str, ActionFunction] = {}
-        self.action_calls: list[tuple[str, ActionContext]] = []  # (action name, what it was given), in call order
+        self.action_calls: list[ActionRecord] = []  # every action call (stubbed or not), in call order
 
     @classmethod
     @asynccontextmanager
@@ -279,12 +280,14 @@ class Bot:
         store_dir: str | Path | None = None,
         compiled: dict[str, CompiledFlow] | None = None,
         flow: str | None = None,
+        action_env: Mapping[str, str] | None = None,
         **settings: Any,
     ) -> AsyncIterator[Bot]:
         """A bot over the flows in `flows` (default: config.toml's flows.dir, else ./flows), with a fresh SQLite
         store in `store_dir` (a temporary folder by default); new users enter `flow` (default: config.toml's
         flows.default). `settings` override config.toml's, by dotted name with '_' for '.':
-        policy_page_in_eu=True. `compiled` reuses flows already loaded (fast test suites)."""
+        policy_page_in_eu=True. `compiled` reuses flows already loaded (fast test suites). `action_env` holds the
+        environment variables HTTP actions read (`STOCK_API_URL`): the harness never reads the real environment."""
         for name in settings:
             if problem := unknown_setting(name):
                 raise HarnessError(problem)
@@ -309,6 +312,7 @@ class Bot:
                 "OTNFLOW_GRAPH_BACKOFF_BASE_SECONDS": "0.001",
                 "OTNFLOW_GRAPH_BACKOFF_MAX_SECONDS": "0.005",
             }
+            env.update(action_env or {})
             env.update(
                 {
                     f"OTNFLOW_{key.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
@@ -345,26 +349,33 @@ class Bot:
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", 0).start()
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
-        self.app[DISPATCHER].handler.actions.functions.update(self._stubs)
+        actions = self.app[DISPATCHER].handler.actions
+        actions.functions.update(self._stubs)
+        actions.watchers.append(self.action_calls.append)
 
     def stub_action(
         self, name: str, result: Any = None, *, fails: bool = False, times_out: bool = False
     ) -> list[ActionContext]:
         """Replace the action `name` with a stub: it returns `result`, raises (`fails`), or ends as if it ran past
-        its time budget (`times_out`, at once: no test waits for it). Returns the list of calls it receives."""
+        its time budget (`times_out`, at once: no test waits for it). Returns the list of calls it receives.
+        HarnessError for a name no flow uses and nothing registers (a typo would stub nothing)."""
+        registered = self.app[DISPATCHER].handler.actions.functions
+        used = {s.action.name for f in self.app[FLOWS].values() for s in f.spec.states.values() if s.action}
+        if name not in registered and name not in used:
+            known = ", ".join(sorted(used | set(registered))) or "none"
+            raise HarnessError(f"stub: no action named '{name}' (the flows use and the config registers: {known})")
         calls: list[ActionContext] = []
 
         async def stub(context: ActionContext) -> Any:
             calls.append(context)
-            self.action_calls.append((name, context))
             if fails:
-                raise RuntimeError(f"stubbed failure of {name}")
+                raise ActionFailed(f"stubbed failure of {name}")
             if times_out:
                 raise TimeoutError
             return result
 
         self._stubs[name] = stub
-        self.app[DISPATCHER].handler.actions.functions[name] = stub
+        registered[name] = stub
         return calls
 
     async def _shut(self) -> None:

@@ -27,11 +27,13 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from ..flow import Outcome
 from ..flow.svg import to_svg
 from ..local.fake_graph import SentMessage
 from ..messenger.signature import sign
 from ..policy import Facts, window_open
 from ..policy.gate import HOUR_MS
+from ..runtime.actions import ActionRecord
 from ..runtime.campaigns import CampaignError
 from ..runtime.clock import OffsetClock
 from ..runtime.inspection import inspect_user, message_text, refused_messages
@@ -87,6 +89,21 @@ class Playground:
         transcript = self.transcripts.setdefault(user_id, [])
         transcript.append(entry)
         del transcript[:-MAX_TRANSCRIPT]
+
+    def action_called(self, call: ActionRecord) -> None:
+        """A flow action ran for a user: the transcript shows the call, how it ended and its result."""
+        args = ", ".join(f"{k}={json.dumps(v)}" for k, v in call.context.args.items())
+        shown = f": {json.dumps(call.value)[:300]}" if call.outcome is Outcome.SUCCESS else ""
+        self.note(
+            call.context.user_id,
+            {
+                "from": "action",
+                "text": f"{call.name}({args}) {call.outcome} in {call.seconds * 1000:.0f} ms{shown}",
+                "name": call.name,
+                "outcome": str(call.outcome),
+                "result": call.value,
+            },
+        )
 
     def reloaded(self, outcome: Reloaded) -> None:
         self.reload_status, self.reload_errors = outcome.message, outcome.errors
@@ -173,6 +190,7 @@ async def _release_waiting_pages(app: web.Application) -> None:
 
 async def _session_ctx(app: web.Application) -> Any:
     app[PLAYGROUND].session = aiohttp.ClientSession()
+    app[DISPATCHER].handler.actions.watchers.append(app[PLAYGROUND].action_called)
     yield
     await app[PLAYGROUND].session.close()  # type: ignore[union-attr]
 

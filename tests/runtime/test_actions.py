@@ -48,7 +48,9 @@ async def test_a_stubbed_action_is_called_with_its_arguments_and_the_event_key(c
         assert ann.variables["stock"] == 5
         assert len(calls) == 1 and calls[0].args == {"sku": "SL13", "who": "Ann"}
         assert calls[0].user_id == "ann" and calls[0].idempotency_key.endswith("#action0")
-        assert bot.action_calls == [("check_stock", calls[0])]
+        assert [(c.name, c.context, c.outcome, c.value) for c in bot.action_calls] == [
+            ("check_stock", calls[0], Outcome.SUCCESS, 5)
+        ]
 
 
 @pytest.mark.parametrize(
