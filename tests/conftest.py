@@ -54,6 +54,14 @@ PAGE_TOKEN = "test-page-token"
 VERIFY_TOKEN = "test-verify-token"
 
 
+def example_actions() -> str:
+    """config.toml's `[actions]` part, for tests that write a config of their own around the example flows (which
+    call those actions: without them the flows do not load)."""
+    text = (ROOT / "config.toml").read_text(encoding="utf-8")
+    start = text.index("[actions]\n")
+    return text[start : text.index("\n[", text.index("[actions.check_stock]")) + 1]
+
+
 def webhook_fixture(name: str) -> dict[str, Any]:
     """A sample body from ../shared/fixtures/webhooks (copied under tests/fixtures/webhooks when shared/ is absent)."""
     for folder in (FIXTURES, LOCAL_FIXTURES / "webhooks"):

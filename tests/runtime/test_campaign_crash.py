@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.store import StepWrite, StoredEvent, Token, UserRecord
 from engine.store.sqlite import SqliteStore
-from tests.conftest import live_env, wait_until
+from tests.conftest import example_actions, live_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 USERS = 240
@@ -80,7 +80,7 @@ async def test_campaign_killed_halfway_then_rerun_sends_each_user_exactly_one(tm
     await seed(tmp_path / "store.sqlite3", fake)
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[flows]\ndir = "{ROOT / "flows"}"\ntemplates = "{ROOT / "templates"}"\n'
+        f'[flows]\ndir = "{ROOT / "flows"}"\ntemplates = "{ROOT / "templates"}"\n{example_actions()}'
         f'[store]\nurl = "sqlite:///{tmp_path / "store.sqlite3"}"\n'
         '[notify]\nconcurrency = 16\nrate_per_second = 300.0\nclaim_seconds = 1.5\n[log]\nlevel = "WARNING"\n'
     )

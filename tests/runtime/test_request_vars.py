@@ -18,7 +18,7 @@ from engine.store import StepWrite, StoredEvent, Token, UserRecord
 from engine.store.sqlite import SqliteStore
 from engine.testing.harness import API_TOKEN, Bot, BotUser
 from engine.web.keys import STORE
-from tests.conftest import live_env, served_playground
+from tests.conftest import example_actions, live_env, served_playground
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -202,7 +202,7 @@ async def test_cli_notify_lists_held_values_dry_runs_and_stats_shows_holders_per
     await seed(tmp_path / "store.sqlite3", {"u1": SAUVIGNON, "u2": SAUVIGNON, "u3": SAUVIGNON, "u4": RIOJA})
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[flows]\ndir = "{ROOT / "flows"}"\ntemplates = "{ROOT / "templates"}"\n'
+        f'[flows]\ndir = "{ROOT / "flows"}"\ntemplates = "{ROOT / "templates"}"\n{example_actions()}'
         f'[store]\nurl = "sqlite:///{tmp_path / "store.sqlite3"}"\n[log]\nlevel = "WARNING"\n'
     )
     missing = await asyncio.to_thread(otnflow, config, graph_url, "notify", "restock")

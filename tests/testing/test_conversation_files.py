@@ -15,8 +15,8 @@ from engine.testing.conversations import load_conversations
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "flows" / "tests" / "test_sneaker_drop.toml"
-RIGHT = 'reply = "Here\'s the SL13, size 42."'
-WRONG = 'reply = "Here\'s the SL13, size 43."'
+RIGHT = 'action_calls = ["hold_pair"], action_args = { size = "42" }'
+WRONG = 'action_calls = ["hold_pair"], action_args = { size = "43" }'
 
 
 def broken_copy(tmp_path: Path) -> tuple[Path, int]:
@@ -44,8 +44,8 @@ def test_otnflow_test_reports_file_line_step_expected_and_got(tmp_path: Path) ->
     out = done.stdout
     assert "ok   collectors and runners get their own message" in out  # the other tests still pass
     assert f"{path}:{line}: step 16 (expect) of 'a runner is tagged, asked, opted in" in out
-    assert 'reply: expected "Here\'s the SL13, size 43.", got "Here\'s the SL13, size 42."' in out
-    assert out.strip().endswith("3 passed, 1 failed")
+    assert "action_args: expected {'size': '43'}, got {'size': '42'}" in out
+    assert out.strip().endswith("4 passed, 1 failed")
 
 
 def test_pytest_collects_the_file_and_fails_with_the_same_message(tmp_path: Path) -> None:
@@ -71,8 +71,8 @@ def test_pytest_collects_the_file_and_fails_with_the_same_message(tmp_path: Path
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"{path}:{line}: step 16 (expect)" in done.stdout
-    assert "size 43" in done.stdout and "size 42" in done.stdout
-    assert re.search(r"1 failed, 3 passed", done.stdout)
+    assert "'size': '43'" in done.stdout and "'size': '42'" in done.stdout
+    assert re.search(r"1 failed, 4 passed", done.stdout)
 
 
 def test_the_examples_pass_through_otnflow_test() -> None:
@@ -80,7 +80,7 @@ def test_the_examples_pass_through_otnflow_test() -> None:
         [sys.executable, "-m", "engine.cli", "test", "flows/"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout
-    assert done.stdout.strip().endswith("6 passed, 0 failed")
+    assert done.stdout.strip().endswith("11 passed, 0 failed")
     assert "ok   arrivals: a race-day Messenger code" in done.stdout  # the referral entry points' file ran
 
 
@@ -107,7 +107,7 @@ def test_malformed_conversation_files_list_every_problem_with_its_line(tmp_path:
     assert found == [
         (
             4,
-            "a step does exactly one of says, taps, opts_in, arrives, advance, notify, expect; this one has says, taps",
+            "a step does exactly one of says, taps, opts_in, arrives, advance, notify, stub, expect; this one has says, taps",
         ),
         (5, "duration 'soon' must be a number and a unit: s, m, h or d (e.g. '25h')"),
         (6, "unknown key 'rpely'; did you mean 'reply'?"),

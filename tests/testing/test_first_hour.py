@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +115,7 @@ def test_the_marker_chooses_the_flow_and_refuses_unknown_keywords(tmp_path: Path
             "test_marked.py",
         ],
         cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # the example's own modules (its Python action)
         capture_output=True,
         text=True,
         timeout=120,
