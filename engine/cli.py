@@ -106,7 +106,7 @@ async def _notify(
             file=sys.stderr,
         )
         return 2
-    store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
+    store = open_store(settings.store_url, settings.store.inbox_retention_days)
     await store.open()
     try:
         async with aiohttp.ClientSession() as session:
@@ -206,10 +206,10 @@ def cmd_stats(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def run() -> dict[str, Any]:
-        store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
+        store = open_store(settings.store_url, settings.store.inbox_retention_days)
         await store.open()
         try:
-            now, soon = SystemClock().now_ms(), float(settings["notify.expiring_soon_days"])
+            now, soon = SystemClock().now_ms(), settings.notify.expiring_soon_days
             return await stats_document(store, now, soon)
         finally:
             await store.close()
@@ -232,7 +232,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def run() -> tuple[dict[str, int], list[RejectedEvent]]:
-        store = open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
+        store = open_store(settings.store_url, settings.store.inbox_retention_days)
         await store.open()
         try:
             return await store.counts(), (await store.rejected_events(args.limit) if args.rejected else [])
@@ -294,8 +294,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     setup_logging(
-        str(settings["log.level"]),
-        str(settings["log.format"]),
+        settings.log.level,
+        settings.log.format,
         [
             settings.app_secret,
             settings.page_token,
@@ -314,8 +314,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"otnflow: {err}", file=sys.stderr)
         return 2
-    host = args.host or str(settings["server.host"])
-    port = args.port if args.port is not None else int(settings["server.port"])
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
 
     async def banner(app: web.Application) -> None:
         s = app[SETTINGS]

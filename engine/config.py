@@ -4,6 +4,9 @@ The rule: a setting `section.key` in config.toml is overridden by `OTNFLOW_SECTI
 `OTNFLOW_GRAPH_URL`, `server.port` by `OTNFLOW_SERVER_PORT`). Secrets (`OTNFLOW_APP_SECRET`,
 `OTNFLOW_PAGE_TOKEN`, `OTNFLOW_VERIFY_TOKEN`, `OTNFLOW_API_TOKEN`) are never read from the file. Every problem
 stops the start with one line naming the setting and how to fix it (ConfigError).
+
+Settings are parsed once, at load, into typed sections (`settings.server.port`, `settings.graph.timeout_seconds`):
+a section's fields are its keys, and `OPTIONS` gives each its default, type and documentation.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ import difflib
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import tomli
 
@@ -24,6 +27,9 @@ from .flow import FlowOptions, Limits
 from .flow.locate import Locator
 from .http_actions import HttpAction, HttpActionError, parse_http_action
 from .policy import PolicySettings
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 class ConfigError(ValueError):
@@ -114,44 +120,154 @@ def env_name(key: str) -> str:
     return "OTNFLOW_" + key.replace(".", "_").upper()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
+class ServerSection:
+    host: str
+    port: int
+    max_body_bytes: int
+    read_timeout_seconds: float
+    allow_sha1_signature: bool
+    simulated_user_ids: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class FlowsSection:
+    dir: str
+    templates: str
+    default: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class TemplatesSection:
+    filters: str  # comma-separated entry points or module:name (engine/flow extensions)
+    globals: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreSection:
+    url: str
+    inbox_retention_days: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphSection:
+    url: str
+    version: str
+    app_id: str
+    timeout_seconds: float
+    max_attempts: int
+    backoff_base_seconds: float
+    backoff_max_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatcherSection:
+    concurrency: int
+    leases: str  # auto, on or off
+    lease_seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class NotifySection:
+    concurrency: int
+    rate_per_second: float
+    claim_seconds: float
+    expiring_soon_days: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogSection:
+    level: str
+    format: str  # json or text
+
+
+Section = TypeVar("Section", bound="DataclassInstance")
+
+
+def _section(cls: type[Section], name: str, values: Mapping[str, Any]) -> Section:
+    """A section from the parsed values: its fields are the keys `name.field` (already of the right type)."""
+    return cls(**{f.name: values[f"{name}.{f.name}"] for f in fields(cls)})
+
+
+def _policy(values: Mapping[str, Any]) -> PolicySettings:
+    return PolicySettings(
+        window_hours=values["policy.window_hours"],
+        allowed_tags=frozenset(t.strip() for t in str(values["policy.allowed_tags"]).split(",") if t.strip()),
+        human_agent_days=values["policy.human_agent_days"],
+        otn_available=values["policy.otn_available"],
+        page_in_eu=values["policy.page_in_eu"],
+        otn_token_days=values["policy.otn_token_days"],
+        otn_max_requests=values["policy.otn_max_requests"],
+        otn_request_period_hours=values["policy.otn_request_period_hours"],
+        otn_skip_if_token_held=values["policy.otn_skip_if_token_held"],
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     root: Path  # the folder of config.toml: relative paths are relative to it
-    values: Mapping[str, Any]
+    values: Mapping[str, Any]  # every setting by `section.key`, parsed (what the sections are built from)
     app_secret: str
     page_token: str
     verify_token: str
     api_token: str
+    server: ServerSection
+    flows: FlowsSection
+    templates: TemplatesSection
+    store: StoreSection
+    graph: GraphSection
+    dispatcher: DispatcherSection
+    policy: PolicySettings
+    eu_user_tag: str  # policy.eu_user_tag: users tagged so are treated as in the EU
+    notify: NotifySection
+    log: LogSection
     actions: Mapping[str, str] = field(default_factory=dict)  # config.toml's Python actions: name -> "module:function"
     http_actions: Mapping[str, HttpAction] = field(default_factory=dict)  # config.toml's [actions.NAME] kind = "http"
     #: The values of the environment variables HTTP actions name (`env = [...]`), set ones only: secrets, never logged.
     action_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
+    @classmethod
+    def parsed(
+        cls,
+        root: Path,
+        values: Mapping[str, Any],
+        secrets: Mapping[str, str],
+        *,
+        actions: Mapping[str, str] | None = None,
+        http_actions: Mapping[str, HttpAction] | None = None,
+        action_env: Mapping[str, str] | None = None,
+    ) -> Settings:
+        """The typed sections of checked values; `secrets` by attribute name (app_secret, page_token, ...)."""
+        return cls(
+            root=root,
+            values=values,
+            app_secret=secrets.get("app_secret", ""),
+            page_token=secrets.get("page_token", ""),
+            verify_token=secrets.get("verify_token", ""),
+            api_token=secrets.get("api_token", ""),
+            server=_section(ServerSection, "server", values),
+            flows=_section(FlowsSection, "flows", values),
+            templates=_section(TemplatesSection, "templates", values),
+            store=_section(StoreSection, "store", values),
+            graph=_section(GraphSection, "graph", values),
+            dispatcher=_section(DispatcherSection, "dispatcher", values),
+            policy=_policy(values),
+            eu_user_tag=str(values["policy.eu_user_tag"]),
+            notify=_section(NotifySection, "notify", values),
+            log=_section(LogSection, "log", values),
+            actions=dict(actions or {}),
+            http_actions=dict(http_actions or {}),
+            action_env=dict(action_env or {}),
+        )
 
     @property
     def local_mode(self) -> bool:
         """No page token: replies go to an in-process fake Graph API instead of Facebook."""
         return not self.page_token
 
-    def path(self, key: str) -> Path:
-        return (self.root / str(self.values[key])).resolve()
-
-    @property
-    def policy(self) -> PolicySettings:
-        v = self.values
-        return PolicySettings(
-            window_hours=float(v["policy.window_hours"]),
-            allowed_tags=frozenset(t.strip() for t in str(v["policy.allowed_tags"]).split(",") if t.strip()),
-            human_agent_days=float(v["policy.human_agent_days"]),
-            otn_available=bool(v["policy.otn_available"]),
-            page_in_eu=bool(v["policy.page_in_eu"]),
-            otn_token_days=float(v["policy.otn_token_days"]),
-            otn_max_requests=int(v["policy.otn_max_requests"]),
-            otn_request_period_hours=float(v["policy.otn_request_period_hours"]),
-            otn_skip_if_token_held=bool(v["policy.otn_skip_if_token_held"]),
-        )
+    def path(self, folder: str) -> Path:
+        """A configured folder (e.g. `self.flows.dir`) as an absolute path, relative to config.toml's folder."""
+        return (self.root / folder).resolve()
 
     def action_functions(self) -> dict[str, ActionFunction]:
         """The registered Python actions (entry points, then `[actions]`); ConfigError for one that cannot be
@@ -173,28 +289,28 @@ class Settings:
         registered actions and the arguments they need)."""
         policy = self.policy
         try:
-            filters = load_named(str(self.values["templates.filters"]), FILTER_GROUP)
-            globals_ = load_named(str(self.values["templates.globals"]), GLOBAL_GROUP, callables=False)
+            filters = load_named(self.templates.filters, FILTER_GROUP)
+            globals_ = load_named(self.templates.globals, GLOBAL_GROUP, callables=False)
         except ExtensionError as err:
             raise ConfigError(f"config: templates: {err}") from None
         return FlowOptions(
             actions=self.action_signatures(),
-            templates_dir=self.path("flows.templates"),
+            templates_dir=self.path(self.flows.templates),
             template_filters=filters,
             template_globals=globals_,
             limits=Limits(allowed_tags=policy.allowed_tags),
             otn_available=policy.otn_enabled,
-            tags_set_elsewhere=frozenset({str(self.values["policy.eu_user_tag"])}),
+            tags_set_elsewhere=frozenset({self.eu_user_tag}),
         )
 
     @property
     def leases(self) -> bool:
-        mode = str(self.values["dispatcher.leases"])
+        mode = self.dispatcher.leases
         return mode == "on" or (mode == "auto" and self.store_url.startswith("mongodb"))
 
     @property
     def store_url(self) -> str:
-        url = str(self.values["store.url"])
+        url = self.store.url
         if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             return "sqlite:///" + str(self.root / url.removeprefix("sqlite:///"))
         return url
@@ -266,13 +382,10 @@ def load_settings(
         raise ConfigError(f"config: log.format = {values['log.format']!r} must be json or text")
     if not str(values["store.url"]).startswith(("sqlite:///", "mongodb://", "mongodb+srv://")):
         raise ConfigError(f"config: store.url = {values['store.url']!r} must start with sqlite:/// or mongodb://")
-    settings = Settings(
-        root=path.parent.resolve() if path.exists() else Path.cwd(),
-        values=values,
-        app_secret=env.get("OTNFLOW_APP_SECRET", ""),
-        page_token=env.get("OTNFLOW_PAGE_TOKEN", ""),
-        verify_token=env.get("OTNFLOW_VERIFY_TOKEN", ""),
-        api_token=env.get("OTNFLOW_API_TOKEN", ""),
+    settings = Settings.parsed(
+        path.parent.resolve() if path.exists() else Path.cwd(),
+        values,
+        {name.removeprefix("OTNFLOW_").lower(): env.get(name, "") for name in SECRETS},
         actions=actions,
         http_actions=http_actions,
         action_env={name: env[name] for action in http_actions.values() for name in action.env if name in env},

@@ -95,7 +95,7 @@ class Doctor:
             return
         yield ok("config", f"{self.config or 'config.toml'} loads")
         settings = self.settings
-        flows, diagnostics = check_paths([settings.path("flows.dir")], settings.flow_options())
+        flows, diagnostics = check_paths([settings.path(settings.flows.dir)], settings.flow_options())
         errors = [d for d in diagnostics if d.is_error]
         self.asks_for_otn = any(s.otn for f in flows.values() for s in f.spec.states.values())
         if errors:
@@ -150,7 +150,7 @@ class Doctor:
         if status != 200 or not isinstance(body, dict):
             return fail("webhook fields", f"GET /{self.page_id}/subscribed_apps answered {status}: {_describe(body)}")
         apps = body.get("data", [])
-        app_id = str(self.settings["graph.app_id"])
+        app_id = self.settings.graph.app_id
         if app_id:
             apps = [a for a in apps if str(a.get("id")) == app_id]
         if not apps:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,21 @@ def test_shipped_config_lists_every_setting_with_its_default() -> None:
     settings = load_settings(ROOT / "config.toml", {})
     for key, option in OPTIONS.items():
         if key != "flows.default":
-            assert settings[key] == option.default, key
+            assert settings.values[key] == option.default, key
+
+
+def test_every_setting_is_parsed_into_its_typed_section() -> None:
+    settings = load_settings(ROOT / "config.toml", {"OTNFLOW_POLICY_EU_USER_TAG": "in_eu"})
+    typed = {"policy.eu_user_tag": settings.eu_user_tag}
+    for section in ("server", "flows", "templates", "store", "graph", "dispatcher", "policy", "notify", "log"):
+        for field in fields(getattr(settings, section)):
+            typed[f"{section}.{field.name}"] = getattr(getattr(settings, section), field.name)
+    assert set(typed) == set(OPTIONS)
+    for key, value in typed.items():
+        if key != "policy.allowed_tags":  # parsed from its comma-separated text
+            assert value == settings.values[key] and type(value) is type(OPTIONS[key].default), key
+    assert settings.eu_user_tag == "in_eu"
+    assert "HUMAN_AGENT" in settings.policy.allowed_tags
 
 
 def test_every_setting_is_overridden_by_its_environment_variable() -> None:
@@ -26,10 +41,10 @@ def test_every_setting_is_overridden_by_its_environment_variable() -> None:
             "OTNFLOW_GRAPH_TIMEOUT_SECONDS": "2",
         },
     )
-    assert settings["server.port"] == 9999
-    assert settings["graph.url"] == "http://x"
-    assert settings["server.allow_sha1_signature"] is True
-    assert settings["graph.timeout_seconds"] == 2.0
+    assert settings.server.port == 9999
+    assert settings.graph.url == "http://x"
+    assert settings.server.allow_sha1_signature is True
+    assert settings.graph.timeout_seconds == 2.0
     assert env_name("dispatcher.concurrency") == "OTNFLOW_DISPATCHER_CONCURRENCY"
 
 

@@ -34,19 +34,19 @@ class Runtime:
 
 def graph_settings(settings: Settings, base_url: str | None = None) -> GraphSettings:
     return GraphSettings(
-        base_url=base_url or str(settings["graph.url"]),
-        version=str(settings["graph.version"]),
+        base_url=base_url or settings.graph.url,
+        version=settings.graph.version,
         page_token=settings.page_token or "local-page-token",
         app_secret=settings.app_secret,
-        timeout_seconds=float(settings["graph.timeout_seconds"]),
-        max_attempts=int(settings["graph.max_attempts"]),
-        backoff_base_seconds=float(settings["graph.backoff_base_seconds"]),
-        backoff_max_seconds=float(settings["graph.backoff_max_seconds"]),
+        timeout_seconds=settings.graph.timeout_seconds,
+        max_attempts=settings.graph.max_attempts,
+        backoff_base_seconds=settings.graph.backoff_base_seconds,
+        backoff_max_seconds=settings.graph.backoff_max_seconds,
     )
 
 
 def default_flow_name(settings: Settings, flows: Mapping[str, CompiledFlow]) -> str:
-    default = str(settings["flows.default"]) or sorted(flows)[0]
+    default = settings.flows.default or sorted(flows)[0]
     if default not in flows:
         raise ValueError(f"flows.default: {no_such_flow(default, flows)}")
     return default
@@ -70,7 +70,7 @@ def assemble(
     campaigns_through_dispatcher: bool = True,
     middlewares: Sequence[StepMiddleware] = (),
 ) -> Runtime:
-    gate = Gate(settings.policy, metrics, str(settings["policy.eu_user_tag"]))
+    gate = Gate(settings.policy, metrics, settings.eu_user_tag)
     http = {
         name: HttpActionCaller(action, graph.session, settings.action_env)
         for name, action in settings.http_actions.items()
@@ -80,8 +80,8 @@ def assemble(
         flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares, actions
     )
     sender = OutboxSender(store, graph, clock, metrics, sending, gate)
-    leases = Leases.for_this_process(float(settings["dispatcher.lease_seconds"])) if settings.leases else None
-    dispatcher = Dispatcher(store, handler, sender, metrics, int(settings["dispatcher.concurrency"]), leases, clock)
+    leases = Leases.for_this_process(settings.dispatcher.lease_seconds) if settings.leases else None
+    dispatcher = Dispatcher(store, handler, sender, metrics, settings.dispatcher.concurrency, leases, clock)
     campaigns = CampaignRunner(
         flows,
         store,
@@ -90,9 +90,9 @@ def assemble(
         gate,
         clock,
         metrics,
-        int(settings["notify.concurrency"]),
-        float(settings["notify.rate_per_second"]),
-        claim_seconds=float(settings["notify.claim_seconds"]),
+        settings.notify.concurrency,
+        settings.notify.rate_per_second,
+        claim_seconds=settings.notify.claim_seconds,
     )
     if campaigns_through_dispatcher:
         campaigns.run_for_user = dispatcher.run_job

@@ -202,7 +202,7 @@ def load_conversations(path: Path) -> ConversationFile:
     if config is not None and config.exists():
         try:
             loaded = load_settings(config, {})
-            settings_dir = (loaded.path("flows.dir"), loaded.path("flows.templates"))
+            settings_dir = (loaded.path(loaded.flows.dir), loaded.path(loaded.flows.templates))
         except ConfigError as err:
             report.error(("conversation", "config"), f"cannot use {config}: {err}")
     elif config is not None:

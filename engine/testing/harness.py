@@ -297,8 +297,8 @@ class Bot:
             if config_path is None and Path("config.toml").exists():
                 config_path = Path("config.toml")
             configured = load_settings(config_path, {}) if config_path else None
-            flows = flows or (configured.path("flows.dir") if configured else Path("flows"))
-            templates = templates or (configured.path("flows.templates") if configured else Path("templates"))
+            flows = flows or (configured.path(configured.flows.dir) if configured else Path("flows"))
+            templates = templates or (configured.path(configured.flows.templates) if configured else Path("templates"))
             env = {
                 "OTNFLOW_APP_SECRET": SECRET,
                 "OTNFLOW_PAGE_TOKEN": "harness-page-token",
@@ -402,9 +402,9 @@ class Bot:
             await asyncio.sleep(0)  # let the old server's tasks run into the wall before the shutdown
         await self._shut()
         if kill:
-            held = float(self.settings["notify.claim_seconds"])
+            held = self.settings.notify.claim_seconds
             if self.settings.leases:
-                held = max(held, float(self.settings["dispatcher.lease_seconds"]))
+                held = max(held, self.settings.dispatcher.lease_seconds)
             self.clock.advance(seconds=held)
         self.restarts += 1
         await self._serve()

@@ -110,7 +110,5 @@ async def stats(request: web.Request) -> web.Response:
     if not _authorized(request):
         return _unauthorized()
     settings = request.app[SETTINGS]
-    figures = await stats_document(
-        request.app[STORE], request.app[CLOCK].now_ms(), float(settings["notify.expiring_soon_days"])
-    )
+    figures = await stats_document(request.app[STORE], request.app[CLOCK].now_ms(), settings.notify.expiring_soon_days)
     return web.json_response(figures)

@@ -45,7 +45,7 @@ PLAYGROUND_REFUSED = (
 
 
 def load_configured_flows(settings: Settings) -> dict[str, CompiledFlow]:
-    return load_flows([settings.path("flows.dir")], settings.flow_options())
+    return load_flows([settings.path(settings.flows.dir)], settings.flow_options())
 
 
 def create_app(
@@ -67,7 +67,7 @@ def create_app(
     if playground and not settings.local_mode:
         raise ValueError(PLAYGROUND_REFUSED)
     app = web.Application(
-        client_max_size=int(settings["server.max_body_bytes"]),
+        client_max_size=settings.server.max_body_bytes,
         middlewares=[api.json_errors, deadline.read_deadline],  # /api errors in JSON, the read deadline's too
     )
     app[SETTINGS] = settings
@@ -100,9 +100,7 @@ def create_app(
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    store = (
-        app[STORE] if STORE in app else open_store(settings.store_url, float(settings["store.inbox_retention_days"]))
-    )
+    store = app[STORE] if STORE in app else open_store(settings.store_url, settings.store.inbox_retention_days)
     await store.open()
     app[STORE] = store
     yield
@@ -111,7 +109,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _graph_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    base_url = str(settings["graph.url"])
+    base_url = settings.graph.url
     runner = None
     if FAKE_GRAPH in app:
         runner = web.AppRunner(app[FAKE_GRAPH].app(), access_log=None)

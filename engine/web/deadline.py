@@ -29,14 +29,14 @@ def server_options(settings: Settings) -> dict[str, Any]:
     than the read timeout is closed; and no lingering: aiohttp would otherwise keep reading (and discarding) the
     rest of a body cut off at the deadline or the size limit for another 10 s. Every body a handler sees has been
     read in full by `read_deadline`, so lingering never had anything else to do here."""
-    return {"keepalive_timeout": float(settings["server.read_timeout_seconds"]), "lingering_time": 0.0}
+    return {"keepalive_timeout": settings.server.read_timeout_seconds, "lingering_time": 0.0}
 
 
 @web.middleware
 async def read_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.body_exists:
         settings = request.app[SETTINGS]
-        timeout = float(settings["server.read_timeout_seconds"])
+        timeout = settings.server.read_timeout_seconds
         try:
             async with asyncio.timeout(timeout):
                 await request.read()  # kept by aiohttp: the handler's read() returns it
@@ -53,7 +53,7 @@ async def read_deadline(request: web.Request, handler: Handler) -> web.StreamRes
                 "%s %s: body over server.max_body_bytes (%d): refused",
                 request.method,
                 request.path,
-                settings["server.max_body_bytes"],
+                settings.server.max_body_bytes,
             )
             raise
     return await handler(request)

@@ -29,7 +29,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     app = request.app
-    figures = await loop_stats(app[STORE], app[CLOCK].now_ms(), float(app[SETTINGS]["notify.expiring_soon_days"]))
+    figures = await loop_stats(app[STORE], app[CLOCK].now_ms(), app[SETTINGS].notify.expiring_soon_days)
     for topic, values in figures.items():
         for name, value in values.items():
             app[METRICS].otn.labels(topic, name).set(value)

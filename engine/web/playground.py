@@ -382,7 +382,7 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
     settings = app[SETTINGS]
     record = view.record
     flows = app[FLOWS]
-    flow_name = record.flow if record and record.flow in flows else str(settings["flows.default"] or sorted(flows)[0])
+    flow_name = record.flow if record and record.flow in flows else settings.flows.default or sorted(flows)[0]
     flow = flows[flow_name]
     gate_settings = settings.policy
     last = record.last_interaction_ms if record else 0
@@ -448,7 +448,7 @@ async def diagram(request: web.Request) -> web.Response:
     flows = app[FLOWS]
     record = view.record
     name = request.query.get("flow") or (record.flow if record and record.flow in flows else None)
-    name = name or str(app[SETTINGS]["flows.default"] or sorted(flows)[0])
+    name = name or app[SETTINGS].flows.default or sorted(flows)[0]
     if name not in flows:
         return web.Response(status=404, text=f"no flow {name}")
     return web.Response(text=to_svg(flows[name].spec, record.state if record else None), content_type="image/svg+xml")

@@ -39,9 +39,9 @@ class Reloaded:
 def reload_flows(app: web.Application) -> Reloaded:
     """Check the flow files; swap them in when they are clean, keep the running ones otherwise."""
     settings = app[SETTINGS]
-    flows, diagnostics = check_paths([settings.path("flows.dir")], settings.flow_options())
+    flows, diagnostics = check_paths([settings.path(settings.flows.dir)], settings.flow_options())
     errors = [d for d in diagnostics if d.is_error]
-    default = str(settings["flows.default"])
+    default = settings.flows.default
     listed = tuple(str(d) for d in errors)
     if not errors and default and default not in flows:
         listed = (f"flows.default {default!r} is no longer a flow",)
@@ -65,7 +65,7 @@ def reload_flows(app: web.Application) -> Reloaded:
 
 async def _watch(app: web.Application) -> None:
     settings = app[SETTINGS]
-    folders = [settings.path("flows.dir"), settings.path("flows.templates")]
+    folders = [settings.path(settings.flows.dir), settings.path(settings.flows.templates)]
     seen = fingerprint(folders)
     while True:
         await asyncio.sleep(INTERVAL_SECONDS)

@@ -41,13 +41,13 @@ async def receive(request: web.Request) -> web.Response:
         settings.app_secret,
         request.headers.get("X-Hub-Signature-256"),
         request.headers.get("X-Hub-Signature"),
-        settings["server.allow_sha1_signature"],
+        settings.server.allow_sha1_signature,
     ):
         metrics.webhook_rejected.labels("403").inc()
         log.warning("webhook signature missing or invalid: %d bytes refused, nothing stored", len(raw))
         return web.Response(status=403, text="invalid signature")
     try:
-        simulated = settings["server.simulated_user_ids"] or FAKE_GRAPH in app  # local mode: named users
+        simulated = settings.server.simulated_user_ids or FAKE_GRAPH in app  # local mode: named users
         parsed = parse_body(raw, simulated_ids=simulated)
     except WebhookFormatError as err:
         metrics.webhook_rejected.labels("400").inc()
