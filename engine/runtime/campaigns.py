@@ -514,7 +514,7 @@ class CampaignRunner:
         snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
         request = flow.otn_request(topic, source_state, snapshot, user.profile, campaign.vars)
         item = reply_to_outbox(request, f"campaign:{campaign.id}:{user.user_id}:request", user.user_id, False)
-        item.meta["re_request"] = True
+        item.meta.re_request = True
         asked = request_key(dict(request.otn_vars))
         facts = await self.gate.request_facts(self.store, user, topic, now, request_key=asked)
         decision = self.gate.check(facts, Outgoing(kind=MessageKind.OTN_REQUEST), now)

@@ -17,7 +17,7 @@ from ..messenger import outbound
 from ..messenger.events import MAX_KEY_CHARS, STANDBY, InboundEvent, Referral, parse_event
 from ..policy import MessageKind
 from ..policy.gate import DAY_MS
-from ..store import OutboxItem, OutboxStatus, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
+from ..store import OutboxItem, OutboxMeta, OutboxStatus, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
 from .actions import ActionRunner
 from .clock import Clock
 from .policy_check import Gate, outgoing_from_meta
@@ -40,17 +40,13 @@ WINDOW_OPENERS = frozenset({"message", "postback", "reaction", "referral"})
 def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> OutboxItem:
     """A flow reply as a Send API `message`, with what the policy gate needs to know in `meta`."""
     quick = [(q.title, q.payload) for q in reply.quick_replies]
-    meta: dict[str, Any] = {
-        "kind": MessageKind.MESSAGE.value,
-        "responding": responding,
-        "promotional": reply.promotional,
-    }
-    if reply.message_tag:
-        meta["tag"] = reply.message_tag
+    meta = OutboxMeta(
+        kind=MessageKind.MESSAGE, responding=responding, promotional=reply.promotional, tag=reply.message_tag or None
+    )
     if reply.otn_topic is not None:
         payload = payloads.request(reply.otn_topic, reply.otn_state, key, dict(reply.otn_vars), reply.text)
         message = outbound.otn_request(reply.text, payload)
-        meta.update(kind=MessageKind.OTN_REQUEST.value, topic=reply.otn_topic, source_state=reply.otn_state)
+        meta.kind, meta.topic, meta.source_state = MessageKind.OTN_REQUEST, reply.otn_topic, reply.otn_state
     elif reply.buttons:
         message = outbound.button_message(reply.text, [(b.title, b.payload, b.url) for b in reply.buttons], quick)
     else:
@@ -184,11 +180,9 @@ class StepHandler:
         after_optin = event is not None and event.kind == "optin"
         write.outbox = await self._gated(replies, stored.key, user, engaged, after_optin, write)
         for item in write.outbox[:rerequests]:
-            item.meta["re_request"] = True
-            if (
-                item.status != OutboxStatus.REFUSED
-            ):  # used up only when the gate let it go; else it waits for the next engagement
-                write.disarm.append(str(item.meta["topic"]))
+            item.meta.re_request = True
+            if item.status != OutboxStatus.REFUSED:  # used up only when the gate let it go; else it waits
+                write.disarm.append(str(item.meta.topic))
         if send_now:  # refused rows are never sent, so the first pending row is the next to go out
             first = next((item for item in write.outbox if item.status == OutboxStatus.PENDING), None)
             if first is not None:
@@ -315,7 +309,7 @@ class StepHandler:
                     self.store, user, reply.otn_topic, now, queued[reply.otn_topic], received, asked
                 )
             if after_optin:
-                item.meta["after_optin"] = True  # the sender's last gate gives the same reason
+                item.meta.after_optin = True  # the sender's last gate gives the same reason
             decision = self.gate.check(facts, outgoing_from_meta(item.meta), now)
             if not decision.allowed:
                 item.status, item.detail = OutboxStatus.REFUSED, decision.reason

@@ -27,8 +27,8 @@ def refused_message(row: OutboxItem) -> dict[str, Any]:
     """A refused outbox row as shown to people: user_id, kind, topic, reason, text, at."""
     return {
         "user_id": row.user_id,
-        "kind": row.meta.get("kind", "message"),
-        "topic": row.meta.get("topic"),
+        "kind": row.meta.kind,
+        "topic": row.meta.topic,
         "reason": row.detail,
         "text": message_text(row.message),
         "at": row.updated_ms,

@@ -8,7 +8,7 @@ import logging
 
 from ..policy import Decision, Facts, MessageKind, Outgoing, PolicySettings, decide
 from ..policy.gate import HOUR_MS
-from ..store import Store, UserRecord
+from ..store import OutboxMeta, Store, UserRecord
 from .metrics import Metrics
 
 log = logging.getLogger("otnflow.policy")
@@ -61,15 +61,13 @@ class Gate:
         return decision
 
 
-def outgoing_from_meta(meta: dict[str, object]) -> Outgoing:
-    """An outbox row's meta as the gate's Outgoing."""
-    kind = str(meta.get("kind", MessageKind.MESSAGE))
-    tag = meta.get("tag")
+def outgoing_from_meta(meta: OutboxMeta) -> Outgoing:
+    """An outbox row's meta as the gate's Outgoing (an unknown kind is an ordinary message)."""
+    kinds = (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION)
     return Outgoing(
-        kind=MessageKind(kind) if kind in (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION) else MessageKind.MESSAGE,
-        responding=bool(meta.get("responding", False)),
-        tag=str(tag) if tag else None,
-        promotional=bool(meta.get("promotional", True)),
-        with_token=bool(meta.get("otn_token")),
-        after_optin=bool(meta.get("after_optin", False)),
+        kind=MessageKind(meta.kind) if meta.kind in kinds else MessageKind.MESSAGE,
+        responding=meta.responding,
+        tag=meta.tag,
+        promotional=meta.promotional,
+        after_optin=meta.after_optin,
     )

@@ -16,7 +16,7 @@ from typing import Any
 from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
-from ..policy import Via
+from ..policy import MessageKind, Via
 from ..store import OutboxItem, OutboxStatus, Store, UserRecord
 from .clock import Clock
 from .metrics import Metrics
@@ -95,9 +95,9 @@ class OutboxSender:
             # Not awaited: the write is queued in order behind the others; if the process dies before it lands,
             # the row stays `sending` and becomes `uncertain` at restart, which never resends it.
             self._background(self._finish(item, OutboxStatus.SENT, result.message_id or ""))
-            if item.meta.get("kind") == "otn_request":
-                what = "re_request" if item.meta.get("re_request") else "request"
-                self._background(self.store.log_otn(item.user_id, str(item.meta["topic"]), what, now))
+            if item.meta.kind == MessageKind.OTN_REQUEST:
+                what = "re_request" if item.meta.re_request else "request"
+                self._background(self.store.log_otn(item.user_id, str(item.meta.topic), what, now))
             return result.outcome
         detail = f"{result.outcome.value}: {result.detail}"
         if result.outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):
@@ -123,7 +123,7 @@ class OutboxSender:
         now = self.clock.now_ms()
         await self.store.set_outbox_status(item.key, status, detail, now)
         self.health.counts[status] = self.health.counts.get(status, 0) + 1
-        if status in (OutboxStatus.REFUSED, OutboxStatus.FAILED) and item.meta.get("re_request"):
+        if status in (OutboxStatus.REFUSED, OutboxStatus.FAILED) and item.meta.re_request:
             # the loop's request did not go: armed again, for the user's next engagement (used up only when sent)
-            topic, source_state = str(item.meta["topic"]), str(item.meta.get("source_state", ""))
+            topic, source_state = str(item.meta.topic), item.meta.source_state
             await self.store.arm(item.user_id, topic, source_state, now)

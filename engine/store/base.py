@@ -76,6 +76,48 @@ class RejectedEvent:
     received_ms: int = 0
 
 
+@dataclass(kw_only=True)
+class OutboxMeta:
+    """What the policy gate needs to know of an outbox row, stored with it (as JSON: the keys below, those left at
+    their default omitted, except `kind`, `responding` and `promotional`)."""
+
+    kind: str = "message"  # a policy MessageKind: message or otn_request (token sends are campaigns')
+    responding: bool = False  # answers the user's own action
+    promotional: bool = True
+    tag: str | None = None  # the message tag the flow declared
+    topic: str | None = None  # an OTN request's topic
+    source_state: str = ""  # an OTN request's state (its otn.vars title the request)
+    re_request: bool = False  # the loop's request, armed again when it does not go
+    after_optin: bool = False  # a reply to a Notify Me tap: the sender's last gate gives the same reason
+
+    def to_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": str(self.kind), "responding": self.responding, "promotional": self.promotional}
+        if self.tag:
+            data["tag"] = self.tag
+        if self.topic is not None:
+            data.update(topic=self.topic, source_state=self.source_state)
+        if self.re_request:
+            data["re_request"] = True
+        if self.after_optin:
+            data["after_optin"] = True
+        return data
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> OutboxMeta:
+        """Unknown keys are ignored; missing ones take their defaults."""
+        tag, topic = data.get("tag"), data.get("topic")
+        return cls(
+            kind=str(data.get("kind", "message")),
+            responding=bool(data.get("responding", False)),
+            promotional=bool(data.get("promotional", True)),
+            tag=str(tag) if tag else None,
+            topic=str(topic) if topic is not None else None,
+            source_state=str(data.get("source_state", "")),
+            re_request=bool(data.get("re_request", False)),
+            after_optin=bool(data.get("after_optin", False)),
+        )
+
+
 @dataclass
 class OutboxItem:
     """One message to send. `message` is the Send API `message` object; how it goes (messaging type, tag, OTN
@@ -84,7 +126,7 @@ class OutboxItem:
     key: str  # "<event key>#<position>": a replayed event maps to the same keys, so nothing is queued twice
     user_id: str
     message: dict[str, Any]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: OutboxMeta = field(default_factory=OutboxMeta)
     status: OutboxStatus = OutboxStatus.PENDING
     detail: str = ""
     created_ms: int = 0

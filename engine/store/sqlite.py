@@ -23,6 +23,7 @@ from .base import (
     Delivery,
     DeliveryResult,
     OutboxItem,
+    OutboxMeta,
     RejectedEvent,
     StepWrite,
     StoredEvent,
@@ -156,7 +157,7 @@ def _outbox_row(o: OutboxItem, now_ms: int) -> tuple[Any, ...]:
         o.key,
         o.user_id,
         json.dumps(o.message, separators=(",", ":")),
-        json.dumps(o.meta),
+        json.dumps(o.meta.to_data()),
         o.status,
         o.detail,
         now_ms,
@@ -170,7 +171,15 @@ _OUTBOX_COLUMNS = "key, user_id, message, meta, status, detail, created_ms, seq,
 def _outbox_item(row: Sequence[Any]) -> OutboxItem:
     key, user_id, message, meta, status, detail, created, seq, updated = row
     return OutboxItem(
-        key, user_id, json.loads(message), json.loads(meta), OutboxStatus(status), detail, created, seq, updated
+        key,
+        user_id,
+        json.loads(message),
+        OutboxMeta.from_data(json.loads(meta)),
+        OutboxStatus(status),
+        detail,
+        created,
+        seq,
+        updated,
     )
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from engine.runtime.campaigns import campaign_runs, item_counts
 from engine.runtime.inspection import message_text, refused_message
-from engine.store import Campaign, OutboxItem, open_store
+from engine.store import Campaign, OutboxItem, OutboxMeta, OutboxStatus, open_store
 
 
 def test_item_counts_by_status_and_by_status_and_reason() -> None:
@@ -30,7 +30,9 @@ def test_the_text_of_a_message_text_template_or_title() -> None:
 
 
 def test_a_refused_row_as_people_see_it() -> None:
-    row = OutboxItem("e#0", "u1", {"text": "no"}, {"kind": "otn_request", "topic": "t"}, "refused", "nagging")
+    row = OutboxItem(
+        "e#0", "u1", {"text": "no"}, OutboxMeta(kind="otn_request", topic="t"), OutboxStatus.REFUSED, "nagging"
+    )
     row.updated_ms = 42
     assert refused_message(row) == {
         "user_id": "u1",

@@ -17,6 +17,8 @@ from engine.store import (
     DeliveryResult,
     ItemStatus,
     OutboxItem,
+    OutboxMeta,
+    OutboxStatus,
     RejectedEvent,
     StepWrite,
     StoredEvent,
@@ -133,13 +135,13 @@ async def test_tokens_arrive_with_the_step_and_are_counted_until_they_expire(sto
 
 
 def request(key: str, status: str, topic: str = "restock") -> OutboxItem:
-    return OutboxItem(key, "u1", {"text": key}, {"kind": "otn_request", "topic": topic}, status)
+    return OutboxItem(key, "u1", {"text": key}, OutboxMeta(kind="otn_request", topic=topic), status)
 
 
 async def test_request_counts_come_from_the_outbox_from_the_commit_that_queued_them(store: Backend) -> None:
     await store.add_events([event("a"), event("b", ts=2)])
     rows = [request("a#0", "sending"), request("a#1", "refused"), request("a#2", "pending", "promo")]
-    rows.append(OutboxItem("a#3", "u1", {"text": "hi"}, {"kind": "message"}))
+    rows.append(OutboxItem("a#3", "u1", {"text": "hi"}, OutboxMeta(kind="message")))
     await store.commit_step(StepWrite("a", UserRecord("u1"), rows, tokens=[token("t1")]), 100)
     assert await store.request_counts("u1", "restock", 0, 5_000) == (1, 1)  # refused rows never count
     assert await store.request_counts("u1", "restock", 101, 5_000) == (1, 0)  # before the period
@@ -311,13 +313,15 @@ async def test_campaigns_by_prefix_oldest_first(store: Backend) -> None:
 
 async def test_inspect_and_forget_a_user(store: Backend) -> None:
     await store.add_events([event("a")])
-    refused = OutboxItem("a#0", "u1", {"text": "no"}, {"kind": "message"}, "refused", "outside_window")
+    refused = OutboxItem(
+        "a#0", "u1", {"text": "no"}, OutboxMeta(kind="message"), OutboxStatus.REFUSED, "outside_window"
+    )
     await store.commit_step(StepWrite("a", UserRecord("u1", tags={"x"}), [refused], tokens=[token("t1")]), 5)
     (row,) = await store.refused_rows("u1")
     assert (row.key, row.message, row.meta, row.detail, row.updated_ms) == (
         "a#0",
         {"text": "no"},
-        {"kind": "message"},
+        OutboxMeta(kind="message"),
         "outside_window",
         5,
     )
