@@ -125,7 +125,7 @@ async def runtime_parts(
     tmp_path (or `store`, opened here), the clock at T0."""
     options: dict[str, Any] = {"flows_dir": ECHO_FLOWS, "flows_default": "echo", **settings}
     config = make_settings(tmp_path, graph_url, **options)
-    flows = load_flows([config.path("flows.dir")], config.flow_options())
+    flows = load_flows([config.path(config.flows.dir)], config.flow_options())
     path = Path(config.store_url.removeprefix("sqlite:///"))
     backend = store or open_store(config.store_url)
     await backend.open()
