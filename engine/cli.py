@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import os
 import sys
@@ -282,6 +283,18 @@ def cmd_graph(args: argparse.Namespace) -> int:
     return 0
 
 
+def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
+    """The server's event loop: uvloop unless the settings ask for asyncio's own or uvloop is not installed."""
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # an optional speed-up: Windows has none
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -340,7 +353,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     app.on_startup.append(banner)
     web.run_app(
-        app, host=host, port=port, print=None, access_log=None, shutdown_timeout=5.0, **server_options(settings)
+        app,
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        shutdown_timeout=5.0,
+        loop=_event_loop(settings.server.event_loop),
+        **server_options(settings),
     )
     return 0
 

@@ -96,3 +96,23 @@ def test_a_config_that_cannot_be_read_is_one_clear_line(tmp_path: Path) -> None:
     for path, reason in ((tmp_path, "Is a directory"), (tmp_path / "binary.toml", "can.t decode")):
         with pytest.raises(ConfigError, match=f"cannot read it: .*{reason}"):
             load_settings(path, {})
+
+
+def test_the_event_loop_is_uvloop_or_asyncio_and_nothing_else() -> None:
+    assert load_settings(ROOT / "config.toml", {}).server.event_loop == "uvloop"
+    assert load_settings(ROOT / "config.toml", {"OTNFLOW_SERVER_EVENT_LOOP": "asyncio"}).server.event_loop == "asyncio"
+    with pytest.raises(ConfigError, match=r"server\.event_loop = 'trio' must be uvloop or asyncio"):
+        load_settings(ROOT / "config.toml", {"OTNFLOW_SERVER_EVENT_LOOP": "trio"})
+
+
+def test_serve_runs_on_the_event_loop_the_settings_name() -> None:
+    import uvloop
+
+    from engine.cli import _event_loop
+
+    for choice, uses_uvloop in (("uvloop", True), ("asyncio", False)):
+        loop = _event_loop(choice)
+        try:
+            assert isinstance(loop, uvloop.Loop) is uses_uvloop, choice
+        finally:
+            loop.close()
