@@ -12,10 +12,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
-from .extensions import ExtensionError, load_reference
+from .extensions import ExtensionError, installed_entry_points, load_reference
 
 #: The entry point group a package registers its actions under (name = "module:function").
 ENTRY_POINT_GROUP = "otnflow.actions"
@@ -69,5 +68,5 @@ def import_action(name: str, reference: str) -> ActionFunction:
 def load_actions(declared: Mapping[str, str]) -> dict[str, ActionFunction]:
     """Actions registered by installed packages (entry point group `otnflow.actions`), then those config.toml's
     `[actions]` names (which win on a name both give)."""
-    found = {point.name: point.value for point in entry_points(group=ENTRY_POINT_GROUP)}
+    found = {point.name: point.value for point in installed_entry_points(ENTRY_POINT_GROUP)}
     return {name: import_action(name, reference) for name, reference in {**found, **declared}.items()}
