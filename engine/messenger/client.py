@@ -5,7 +5,6 @@ from the returned outcome."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -16,6 +15,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from .. import jsonio
 from .errors import GraphError, Outcome, classify
 from .signature import appsecret_proof
 
@@ -180,11 +180,11 @@ class GraphClient:
             url = URL(self.url(path)).with_query({**self._auth, **(params or {})})
             if params is None and len(self._urls) < 8:
                 self._urls[path] = url
-        body = json.dumps(json_body, separators=(",", ":")).encode() if json_body is not None else None
+        body = jsonio.dumps_bytes(json_body) if json_body is not None else None
         headers = _JSON_HEADERS if body is not None else None
         async with self._session.request(method, url, data=body, headers=headers, timeout=client_timeout) as response:
-            text = await response.text()
+            raw = await response.read()  # Graph answers UTF-8 JSON: no charset sniffing
             try:
-                return response.status, json.loads(text) if text else None
-            except json.JSONDecodeError:
+                return response.status, jsonio.loads(raw) if raw else None
+            except ValueError:  # not JSON, or not UTF-8 (JSONDecodeError, UnicodeDecodeError)
                 return response.status, None

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from .. import jsonio
+
 # Sane ranges: outside them an event is rejected, never an exception further down (SQLite and BSON hold 64 bits).
 MIN_TIMESTAMP_MS = 1_072_915_200_000  # 2004-01-01: Facebook did not exist before
 MAX_TIMESTAMP_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
@@ -126,7 +128,7 @@ class InboundEvent:
         return STANDBY if self.standby else self.kind
 
     def to_json(self) -> str:
-        return json.dumps(self.raw, separators=(",", ":"), ensure_ascii=False)
+        return jsonio.dumps(self.raw)
 
 
 @dataclass(frozen=True)
@@ -168,13 +170,17 @@ class ParsedWebhook:
 
 
 def parse_body(raw: bytes, *, simulated_ids: bool = False) -> ParsedWebhook:
+    return parse_webhook(jsonio.loads(raw, _strict_loads), simulated_ids=simulated_ids)
+
+
+def _strict_loads(raw: bytes) -> Any:
+    """The standard library's reading of what orjson refused: its answer, or the reason it is not JSON."""
     try:
-        body = json.loads(raw, parse_constant=_refuse_constant)
+        return json.loads(raw, parse_constant=_refuse_constant)
     except RecursionError:
         raise WebhookFormatError("body is not JSON we can read: nested too deeply") from None
     except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, over-long integers, NaN/Infinity
         raise WebhookFormatError(f"body is not JSON: {err}") from None
-    return parse_webhook(body, simulated_ids=simulated_ids)
 
 
 def _refuse_constant(name: str) -> Any:

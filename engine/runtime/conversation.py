@@ -4,13 +4,13 @@ atomic write."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import jsonio
 from ..actions import ActionContext
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
@@ -64,6 +64,14 @@ def _record_plugin_optin(user: UserRecord, optin: dict[str, Any]) -> None:
         value = optin.get(key)
         if isinstance(value, str) and value:
             user.variables[variable] = value[:MAX_KEY_CHARS]
+
+
+def _inbound(stored: StoredEvent) -> InboundEvent | None:
+    """The stored event as the webhook judged it on receipt: the webhook's own parse when this process stored it
+    (and no middleware changed its body), else its body parsed again."""
+    if stored.parsed is not None and stored.parsed[0] is stored.body and isinstance(stored.parsed[1], InboundEvent):
+        return stored.parsed[1]
+    return parse_event(jsonio.loads(stored.body), stored.key, Counter(), simulated_ids=True)
 
 
 def _arrival(referral: Referral | None) -> Arrival | None:
@@ -140,7 +148,7 @@ class StepHandler:
         `send_now` the first allowed reply is recorded as `sending` in that same write, because the caller sends
         it at once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
         `user` is the record this worker itself just committed for the same user, when it has one: no read back."""
-        event = parse_event(json.loads(stored.body), stored.key, Counter(), simulated_ids=True)  # judged on receipt
+        event = _inbound(stored)
         armed: list[tuple[str, str]] = []
         if user is None or user.user_id != stored.user_id:
             user, armed = await self.store.load_for_step(stored.user_id)

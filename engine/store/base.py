@@ -61,6 +61,9 @@ class StoredEvent:
     kind: str
     body: str  # the event's own JSON, as Meta sent it
     received_ms: int = 0
+    #: (body, the event as the webhook parsed it), when this process's webhook just stored it: the step need not
+    #: parse `body` again. Not stored; a copy with another body (a middleware's) is parsed from its body.
+    parsed: tuple[str, object] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

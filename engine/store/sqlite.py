@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import jsonio
 from .base import (
     Campaign,
     Delivery,
@@ -156,8 +157,8 @@ def _outbox_row(o: OutboxItem, now_ms: int) -> tuple[Any, ...]:
     return (
         o.key,
         o.user_id,
-        json.dumps(o.message, separators=(",", ":")),
-        json.dumps(o.meta.to_data()),
+        jsonio.dumps(o.message),
+        jsonio.dumps(o.meta.to_data()),
         o.status,
         o.detail,
         now_ms,
@@ -173,8 +174,8 @@ def _outbox_item(row: Sequence[Any]) -> OutboxItem:
     return OutboxItem(
         key,
         user_id,
-        json.loads(message),
-        OutboxMeta.from_data(json.loads(meta)),
+        jsonio.loads(message),
+        OutboxMeta.from_data(jsonio.loads(meta)),
         OutboxStatus(status),
         detail,
         created,
@@ -401,13 +402,13 @@ class SqliteStore:
     async def load_user(self, user_id: str) -> UserRecord | None:
         def work(db: sqlite3.Connection) -> UserRecord | None:
             row = db.execute("SELECT data FROM users WHERE user_id = ?", (user_id,)).fetchone()
-            return UserRecord.from_data(user_id, json.loads(row[0])) if row else None
+            return UserRecord.from_data(user_id, jsonio.loads(row[0])) if row else None
 
         return await self._read(work)
 
     async def commit_step(self, write: StepWrite, now_ms: int) -> bool:
         user = write.user
-        data = json.dumps(user.to_data(), separators=(",", ":"))
+        data = jsonio.dumps(user.to_data())
         rows = [_outbox_row(o, now_ms) for o in write.outbox]
 
         def work(db: sqlite3.Connection) -> bool:
@@ -451,7 +452,7 @@ class SqliteStore:
             armed = db.execute(
                 "SELECT topic, source_state FROM armed WHERE user_id = ? ORDER BY armed_ms, topic", (user_id,)
             ).fetchall()
-            user = UserRecord.from_data(user_id, json.loads(row[0])) if row else None
+            user = UserRecord.from_data(user_id, jsonio.loads(row[0])) if row else None
             return user, [(topic, state) for topic, state in armed]
 
         return await self._read(work)
@@ -460,12 +461,12 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> dict[str, UserRecord]:
             marks = ",".join("?" * len(user_ids))
             rows = db.execute(f"SELECT user_id, data FROM users WHERE user_id IN ({marks})", list(user_ids))
-            return {uid: UserRecord.from_data(uid, json.loads(data)) for uid, data in rows}
+            return {uid: UserRecord.from_data(uid, jsonio.loads(data)) for uid, data in rows}
 
         return await self._read(work) if user_ids else {}
 
     async def put_user(self, user: UserRecord) -> None:
-        data = json.dumps(user.to_data(), separators=(",", ":"))
+        data = jsonio.dumps(user.to_data())
 
         def work(db: sqlite3.Connection) -> None:
             db.execute(
@@ -733,7 +734,7 @@ class SqliteStore:
     ) -> list[Delivery]:
         keys = list(request_keys)
         among = ", ".join("?" * len(keys))
-        texts = [(user_id, message, json.dumps(message, separators=(",", ":"))) for user_id, message in requests]
+        texts = [(user_id, message, jsonio.dumps(message)) for user_id, message in requests]
 
         def work(db: sqlite3.Connection) -> list[Delivery]:
             claimed = []

@@ -56,8 +56,8 @@ async def receive(request: web.Request) -> web.Response:
     _report_skipped(parsed, metrics)
     received = app[CLOCK].now_ms()
     stored = [
-        StoredEvent(e.key, e.user_id, e.page_id, e.timestamp, e.stored_kind, e.to_json(), received)
-        for e in parsed.events
+        StoredEvent(e.key, e.user_id, e.page_id, e.timestamp, e.stored_kind, body, received, (body, e))
+        for e, body in ((e, e.to_json()) for e in parsed.events)
     ]
     new = await app[STORE].add_events(stored) if stored else []
     if parsed.rejected:
