@@ -19,7 +19,7 @@ import aiohttp
 
 def machine_line(*packages: str) -> str:
     """`cores 2 | Python 3.11.7 | otnflow 0.1.0 | aiohttp 3.14.0 | ...`: the cores and the versions a run used."""
-    names = ("otnflow", "aiohttp", "transitions", "jinja2", *packages)
+    names = ("otnflow", "aiohttp", "uvloop", "orjson", "transitions", "jinja2", *packages)
     versions = []
     for name in dict.fromkeys(names):
         try:

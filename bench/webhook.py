@@ -6,6 +6,8 @@ loopback, with the same bounded load. Prints both rates, the ratio, and p50/p99 
 
 Three processes: the fake Graph API, the server under test (engine or bare), and this load generator. Each user
 sends its events one after another (a real user waits for the reply... here only for the 200), users in parallel.
+Then the engine gets the same load paced at half the rate it just reached: the latency a user sees when the
+server is busy but not saturated (at saturation, receipt-to-reply mostly measures the queue).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from _common import free_port, machine_line, start_fake_graph, wait_http  # noqa
 from engine.messenger.signature import sign  # noqa: E402
 
 SECRET = "bench-secret"
+PAGE_ID = "106000000000001"
 
 
 async def sent_records(graph: str) -> list[dict]:  # type: ignore[type-arg]
@@ -40,23 +43,30 @@ async def sent_records(graph: str) -> list[dict]:  # type: ignore[type-arg]
         return await response.json()  # type: ignore[no-any-return]
 
 
-async def load(server: str, graph: str, users: int, per_user: int, timeout: float) -> dict[str, float]:
+async def load(
+    server: str, graph: str, users: int, per_user: int, timeout: float, rate: float | None = None
+) -> dict[str, float]:
+    """`rate`: events per second for all users together, paced (event n of user u is due at (n * users + u) /
+    rate); None: as fast as the server answers."""
     posted: dict[tuple[str, int], float] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=users)) as session:
         async with session.post(f"{graph}/_fake/reset") as response:
             await response.read()
 
         async def user(u: int) -> None:
+            psid = str(7_100_000_000_000_000 + u)  # Meta's user ids are digits (others are dead letters)
             for n in range(per_user):
+                if rate:
+                    await asyncio.sleep(max(0.0, start + (n * users + u) / rate - time.time()))
                 event = {
-                    "sender": {"id": f"u{u}"},
-                    "recipient": {"id": "page"},
+                    "sender": {"id": psid},
+                    "recipient": {"id": PAGE_ID},
                     "timestamp": int(time.time() * 1000),
                     "message": {"mid": f"m{u}_{n}_{time.time_ns()}", "text": f"u{u} n{n}"},
                 }
-                raw = json.dumps({"object": "page", "entry": [{"id": "page", "time": 1, "messaging": [event]}]})
+                raw = json.dumps({"object": "page", "entry": [{"id": PAGE_ID, "time": 1, "messaging": [event]}]})
                 data = raw.encode()
-                posted[(f"u{u}", n)] = time.time()
+                posted[(psid, n)] = time.time()
                 async with session.post(
                     f"{server}/webhook", data=data, headers={"X-Hub-Signature-256": sign(data, SECRET)}
                 ) as response:
@@ -162,8 +172,17 @@ async def main() -> None:
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
-                results["otnflow engine (SQLite)"] = await load(
+                saturated = await load(
                     f"http://127.0.0.1:{engine_port}", graph, args.users, args.per_user, args.timeout
+                )
+                results["otnflow engine (SQLite)"] = saturated
+                results["engine at half that rate"] = await load(
+                    f"http://127.0.0.1:{engine_port}",
+                    graph,
+                    args.users,
+                    args.per_user,
+                    args.timeout,
+                    rate=saturated["rate"] / 2,
                 )
             finally:
                 stop(engine)
