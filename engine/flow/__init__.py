@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Limits, check_flow, check_tags_set
-from .compiler import ActionCall, Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput
+from .compiler import ActionCall, Arrival, CompiledFlow, Match, Reply, Snapshot, StepResult, UserInput
 from .diagnostics import Diagnostic, FlowError, Reporter, Severity
 from .loader import read_flow
 from .spec import FlowSpec, Outcome
@@ -26,6 +26,7 @@ __all__ = [
     "FlowOptions",
     "FlowSpec",
     "Limits",
+    "Match",
     "Outcome",
     "Reply",
     "Severity",

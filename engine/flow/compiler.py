@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import partial
 from typing import Any, cast
 
@@ -101,11 +102,30 @@ class ActionCall:
     timeout_seconds: float
 
 
-@dataclass(frozen=True)
+class Match(StrEnum):
+    """How a step understood its input (shown as the same plain words)."""
+
+    START = "start"  # a new user began the flow
+    RESUME = "resume"  # a referral no entry point routes: a returning user hears their state again
+    REFERRAL = "referral"  # an entry point routed the referral
+    KEYWORD = "keyword"
+    PAYLOAD = "payload"  # a quick reply, button or rule on the tap's payload
+    ENGAGED = "engaged"  # a tap on a notification that offers no choice: the user engaged, nothing more
+    LATE_TAP = "late_tap"  # a tap on an earlier message, followed from the state that sent it
+    TITLE = "title"  # typed text equal to a quick reply's title
+    RULE = "rule"  # a state's rule on the typed text
+    FALLBACK = "fallback"  # nothing else matched
+    OPTIN = "optin"  # a Notify Me tap ran the topic's on_optin state
+    ACTION_SUCCESS = "action_success"  # `resume` with the action's outcome
+    ACTION_FAILURE = "action_failure"
+    ACTION_TIMEOUT = "action_timeout"
+
+
+@dataclass(frozen=True, kw_only=True)
 class StepResult:
     snapshot: Snapshot
     replies: tuple[Reply, ...]
-    matched: str  # how the input was understood: start, payload, keyword, title, rule, late_tap, fallback, optin
+    matched: Match  # how the input was understood
     consent: bool | None = None  # False: the step unsubscribed the user; True: subscribed them again
     action: ActionCall | None = None  # the step stopped at a state's action: run it, then `resume`
 
@@ -139,8 +159,14 @@ class _Conversation:
     def snapshot(self) -> Snapshot:
         return Snapshot(self.state, frozenset(self.tags), dict(self.variables))
 
-    def result(self, matched: str) -> StepResult:
-        return StepResult(self.snapshot(), tuple(self.replies), matched, self.consent, self.action)
+    def result(self, matched: Match) -> StepResult:
+        return StepResult(
+            snapshot=self.snapshot(),
+            replies=tuple(self.replies),
+            matched=matched,
+            consent=self.consent,
+            action=self.action,
+        )
 
 
 # -- the compiled flow -----------------------------------------------------------------------------------------
@@ -264,7 +290,7 @@ class CompiledFlow:
         if arrival is not None:
             _remember(convo.variables, arrival)
         if arrival is not None and self._arrive(convo, arrival):
-            matched = "referral"
+            matched = Match.REFERRAL
         elif arrival is not None and user_input.payload is None and user_input.text is None:
             matched = self._resume(convo)
         else:
@@ -294,7 +320,7 @@ class CompiledFlow:
         if not any(self._fire(convo, trigger) for trigger in triggers):
             self._speak(state, convo)
         self._follow_then(convo)
-        return convo.result(f"action_{outcome}")
+        return convo.result(Match(f"action_{outcome}"))
 
     def enter_optin(self, snapshot: Snapshot, topic: str, profile: Mapping[str, Any] | None = None) -> StepResult:
         """The user tapped Notify Me for `topic`: run the topic's on_optin state, if it names one."""
@@ -303,7 +329,7 @@ class CompiledFlow:
             convo.state = self.spec.start
         if self._fire(convo, f"optin:{topic}"):
             self._follow_then(convo)
-        return convo.result("optin")
+        return convo.result(Match.OPTIN)
 
     def _arrive(self, convo: _Conversation, arrival: Arrival) -> bool:
         """The first entry point matching the referral routes the user; one without `goto` only tags and sets
@@ -316,56 +342,56 @@ class CompiledFlow:
                 return self._fire(convo, f"referral:{index}")
         return False
 
-    def _resume(self, convo: _Conversation) -> str:
+    def _resume(self, convo: _Conversation) -> Match:
         """A referral no entry point routes: a new user starts, a returning one hears their current state again
         (opening a link must never be met with silence)."""
         if convo.state == NEW_USER:
             self._fire(convo, "begin")
-            return "start"
+            return Match.START
         self._say(self.spec.states[convo.state], convo)
-        return "resume"
+        return Match.RESUME
 
     def _follow_then(self, convo: _Conversation) -> None:
         for _ in range(MAX_THEN_CHAIN):  # the checker rejects 'then' cycles; this bounds it regardless
             if convo.action is not None or not self._fire(convo, "then"):  # an action first: the runtime runs it
                 return
 
-    def _match(self, convo: _Conversation, user_input: UserInput) -> str:
+    def _match(self, convo: _Conversation, user_input: UserInput) -> Match:
         text = (user_input.text or "").strip()
         typed = Typed(text)
         folded = typed.folded
         if convo.state == NEW_USER:
             if folded and self._match_keyword(convo, typed):
-                return "keyword"
+                return Match.KEYWORD
             self._fire(convo, "begin")
-            return "start"
+            return Match.START
         state = self.spec.states[convo.state]
         if user_input.payload is not None:
             payload = user_input.payload
             tap = payloads.parse_tap(payload)
             if tap is not None:  # a quick reply under a notification
                 if tap.choice is None:
-                    return "engaged"
+                    return Match.ENGAGED
                 payload = payloads.notification_reply(tap.topic, tap.choice)  # as sent now, old messages too
             if self._fire(convo, f"tap:{payload}") or self._match_rules(convo, state.rules, payload=payload):
-                return "payload"
+                return Match.PAYLOAD
             source = self._late_taps.get(payload)
             if source is not None and source != convo.state:
                 convo.state = source  # the tap belongs to an earlier message: follow it from there
                 if self._fire(convo, f"tap:{payload}"):
-                    return "late_tap"
+                    return Match.LATE_TAP
                 convo.state = state.name
         if folded:
             if self._match_keyword(convo, typed):
-                return "keyword"
+                return Match.KEYWORD
             for choice in state.choices:
                 if choice.goto is not None and choice.title.casefold() == folded:
                     self._fire(convo, f"tap:{choice.payload}")
-                    return "title"
+                    return Match.TITLE
             if self._match_rules(convo, state.rules, typed=typed):
-                return "rule"
+                return Match.RULE
         self._fallback(convo, state)
-        return "fallback"
+        return Match.FALLBACK
 
     def _match_keyword(self, convo: _Conversation, typed: Typed) -> bool:
         """The first keyword in file order that matches wins, whatever its `match`."""

@@ -21,8 +21,6 @@ from enum import StrEnum
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
-UNSUBSCRIBED = "unsubscribed"  # the refusal of an OTN request or notification to a user who unsubscribed
-WITH_HUMAN = "with_human"  # the refusal of anything the bot would send while a person has the conversation
 HUMAN_AGENT = "HUMAN_AGENT"
 
 
@@ -33,6 +31,25 @@ class MessageKind(StrEnum):
     OTN_REQUEST = "otn_request"  # the "Notify Me" template
     NOTIFICATION = "notification"  # the one message an OTN token allows
     AGENT_REPLY = "agent_reply"  # a person's reply, sent through otnflow: only with the HUMAN_AGENT tag
+
+
+class Refusal(StrEnum):
+    """Why the gate refused a message: stored as the refused outbox row's detail and a skipped campaign item's
+    reason, counted in /metrics, shown in the playground (the same plain words as before the enum)."""
+
+    USER_UNREACHABLE = "user_unreachable"  # blocked the page, or Meta said the user is unavailable
+    UNSUBSCRIBED = "unsubscribed"  # an OTN request or notification to a user who unsubscribed
+    OTN_UNAVAILABLE = "otn_unavailable"  # switched off, the page in the EU, or the user tagged EU
+    NO_VALID_TOKEN = "no_valid_token"  # a notification without a claimed token
+    TOKEN_EXPIRED = "token_expired"
+    OUTSIDE_WINDOW = "outside_window"  # the 24h window is closed and no allowed tag lets the message out
+    LATE_OPTIN = "late_optin"  # the same, in reply to a Notify Me tap (an opt-in reopens no window)
+    TOKEN_ALREADY_HELD = "token_already_held"  # an OTN request for a topic the user holds a token for
+    REQUEST_LIMIT = "request_limit"  # too many OTN requests for the topic in the period
+    TAG_NOT_ALLOWED = "tag_not_allowed"
+    PROMOTIONAL_ON_TAG = "promotional_on_tag"  # a message tag never carries promotional content
+    HUMAN_AGENT_EXPIRED = "human_agent_expired"  # HUMAN_AGENT past its days after the user's last message
+    WITH_HUMAN = "with_human"  # anything the bot would send while a person has the conversation
 
 
 class Via(StrEnum):
@@ -90,9 +107,17 @@ class Outgoing:
 
 @dataclass(frozen=True, kw_only=True)
 class Decision:
+    """Allowed (how it goes: `via`, `tag`) or refused (why: `reason`), never both nor neither."""
+
     via: Via | None
     tag: str | None = None
-    reason: str = ""  # why it was refused; empty when allowed
+    reason: Refusal | None = None  # why it was refused; None when allowed
+
+    def __post_init__(self) -> None:
+        if (self.via is None) == (self.reason is None):
+            raise ValueError(
+                f"a decision is allowed (via) or refused (reason), not via={self.via} reason={self.reason}"
+            )
 
     @property
     def allowed(self) -> bool:
@@ -100,10 +125,10 @@ class Decision:
 
     @property
     def unsubscribed(self) -> bool:
-        return self.reason == UNSUBSCRIBED
+        return self.reason is Refusal.UNSUBSCRIBED
 
 
-def refuse(reason: str) -> Decision:
+def refuse(reason: Refusal) -> Decision:
     return Decision(via=None, reason=reason)
 
 
@@ -113,42 +138,42 @@ def window_open(facts: Facts, now_ms: int, settings: PolicySettings) -> bool:
 
 def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySettings) -> Decision:
     if facts.unreachable:
-        return refuse("user_unreachable")
+        return refuse(Refusal.USER_UNREACHABLE)
     if message.kind == MessageKind.AGENT_REPLY:
         return _agent_reply(facts, now_ms, settings)
     if facts.with_human:
-        return refuse(WITH_HUMAN)
+        return refuse(Refusal.WITH_HUMAN)
     otn = message.kind in (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION)
     if otn and facts.unsubscribed:
-        return refuse(UNSUBSCRIBED)
+        return refuse(Refusal.UNSUBSCRIBED)
     if otn and not (settings.otn_enabled and not facts.in_eu):
-        return refuse("otn_unavailable")
+        return refuse(Refusal.OTN_UNAVAILABLE)
     if message.kind == MessageKind.NOTIFICATION:
         if not message.with_token:
-            return refuse("no_valid_token")
+            return refuse(Refusal.NO_VALID_TOKEN)
         if message.token_expires_ms is not None and message.token_expires_ms <= now_ms:
-            return refuse("token_expired")
+            return refuse(Refusal.TOKEN_EXPIRED)
         return Decision(via=Via.OTN_TOKEN)
     inside = window_open(facts, now_ms, settings)
-    closed = "late_optin" if message.after_optin else "outside_window"  # a late Notify Me tap says so
+    closed = Refusal.LATE_OPTIN if message.after_optin else Refusal.OUTSIDE_WINDOW  # a late Notify Me tap says so
     if message.kind == MessageKind.OTN_REQUEST:
         if not inside:
             return refuse(closed)
         if settings.otn_skip_if_token_held and facts.tokens_held > 0:
-            return refuse("token_already_held")
+            return refuse(Refusal.TOKEN_ALREADY_HELD)
         if facts.recent_requests >= settings.otn_max_requests:
-            return refuse("request_limit")
+            return refuse(Refusal.REQUEST_LIMIT)
         return Decision(via=Via.RESPONSE if message.responding else Via.UPDATE)
     if inside:
         return Decision(via=Via.RESPONSE if message.responding else Via.UPDATE)
     if message.tag is None:
         return refuse(closed)
     if message.tag not in settings.allowed_tags:
-        return refuse("tag_not_allowed")
+        return refuse(Refusal.TAG_NOT_ALLOWED)
     if message.promotional:
-        return refuse("promotional_on_tag")
+        return refuse(Refusal.PROMOTIONAL_ON_TAG)
     if message.tag == HUMAN_AGENT and not human_agent_open(facts, now_ms, settings):
-        return refuse("human_agent_expired")
+        return refuse(Refusal.HUMAN_AGENT_EXPIRED)
     return Decision(via=Via.MESSAGE_TAG, tag=message.tag)
 
 
@@ -161,7 +186,7 @@ def _agent_reply(facts: Facts, now_ms: int, settings: PolicySettings) -> Decisio
     """A person's reply goes tagged HUMAN_AGENT, inside the 24h window too (it says who wrote it), and never
     once the 7 days after the user's last own message are over."""
     if HUMAN_AGENT not in settings.allowed_tags:
-        return refuse("tag_not_allowed")
+        return refuse(Refusal.TAG_NOT_ALLOWED)
     if not human_agent_open(facts, now_ms, settings):
-        return refuse("human_agent_expired")
+        return refuse(Refusal.HUMAN_AGENT_EXPIRED)
     return Decision(via=Via.MESSAGE_TAG, tag=HUMAN_AGENT)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from ..flow import CompiledFlow, Snapshot
 from ..flow.compiler import scalar_text
 from ..flow.segments import ALWAYS, Segment
-from ..policy import MessageKind, Outgoing, PolicySettings, decide
+from ..policy import MessageKind, Outgoing, PolicySettings, Refusal, decide
 from ..store import Store, request_vars
 from .policy_check import Gate
 
@@ -65,7 +65,7 @@ class Audience:
     missing: tuple[str, ...] = ()  # request variables the notification does not give
     unheld: tuple[tuple[str, str], ...] = ()  # (name, value) the notification gives that no request carries
     variants: tuple[VariantAudience, ...] = ()  # with counting: users per variant, in the topic's order
-    refused: Mapping[str, int] = field(default_factory=dict)  # with counting: users the gate would skip, by reason
+    refused: Mapping[Refusal, int] = field(default_factory=dict)  # with counting: users the gate would skip, by reason
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -168,7 +168,7 @@ async def notification_audience(
         return audience
     settings = policy or (gate.settings if gate else PolicySettings())
     counts = [0] * len(flow.spec.topics[topic].variants)
-    refused: dict[str, int] = {}
+    refused: dict[Refusal, int] = {}
     only = set(only_users) if only_users is not None else None
     async for page in holder_pages(store, topic, audience.keys, now_ms):
         users = await store.load_users([u for u in page if only is None or u in only])
@@ -178,7 +178,7 @@ async def notification_audience(
             facts = gate.facts(user) if gate else None
             if facts is not None:
                 decision = decide(facts, Outgoing(kind=MessageKind.NOTIFICATION, with_token=True), now_ms, settings)
-                if not decision.allowed:
+                if decision.reason is not None:  # refused
                     refused[decision.reason] = refused.get(decision.reason, 0) + 1
                     continue
             counts[flow.variant_index(topic, Snapshot(user.state, frozenset(user.tags), user.variables))] += 1

@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import partial
 from typing import Any, TypeVar
 
@@ -29,7 +30,7 @@ from ..flow.segments import ALWAYS, Segment, parse_segment
 from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
-from ..policy import MessageKind, Outgoing, window_open
+from ..policy import MessageKind, Outgoing, Refusal, window_open
 from ..store import (
     Campaign,
     CampaignStatus,
@@ -57,7 +58,15 @@ PAGE = 500
 CHUNK = 64  # tokens claimed per write
 
 
-NO_VALID_TOKEN = "no_valid_token"  # an item's skip reason: its user's tokens were all used or expired meanwhile
+class ItemReason(StrEnum):
+    """Why a campaign item ended as it did, besides the gate's refusals (`Refusal`) and a failed send's outcome
+    (`Outcome`): stored as the item's reason, the same plain words as before the enum."""
+
+    UNKNOWN_USER = "unknown_user"  # skipped: the user was forgotten meanwhile
+    CONFIRMED_BY_TOKEN_REUSE = "confirmed_by_token_reuse"  # delivered: a resend's refusal shows the first went out
+
+
+NO_VALID_TOKEN = Refusal.NO_VALID_TOKEN  # an item's skip reason: its user's tokens were all used or expired meanwhile
 
 
 def item_counts(rows: Sequence[tuple[str, str, int]]) -> dict[str, int]:
@@ -365,7 +374,7 @@ class CampaignRunner:
                 self.gate.facts(user), Outgoing(kind=MessageKind.NOTIFICATION, with_token=True), now
             )
             if user is None or not decision.allowed:
-                await self.store.skip_item(campaign.id, user_id, decision.reason or "unknown_user", now)
+                await self.store.skip_item(campaign.id, user_id, decision.reason or ItemReason.UNKNOWN_USER, now)
                 continue
             snapshot = Snapshot(user.state, frozenset(user.tags), user.variables)
             reply = flow.notification(campaign.topic, snapshot, campaign.vars, user.profile)
@@ -406,7 +415,10 @@ class CampaignRunner:
         user = await self.store.load_user(delivery.user_id)
         if user is None:  # forgotten meanwhile: nothing to send to
             finished = DeliveryResult(
-                delivery=delivery, item_status=ItemStatus.SKIPPED, reason="unknown_user", token_status=TokenStatus.VALID
+                delivery=delivery,
+                item_status=ItemStatus.SKIPPED,
+                reason=ItemReason.UNKNOWN_USER,
+                token_status=TokenStatus.VALID,
             )
             await self.store.finish_deliveries([finished], self.clock.now_ms())
             return
@@ -429,7 +441,7 @@ class CampaignRunner:
             Outgoing(kind=MessageKind.NOTIFICATION, with_token=True, token_expires_ms=delivery.token.expires_ms),
             self.clock.now_ms(),
         )
-        if not decision.allowed:  # an unsubscribed user's tokens were revoked: they stay so
+        if decision.reason is not None:  # refused; an unsubscribed user's tokens were revoked: they stay so
             finished = DeliveryResult(
                 delivery=delivery,
                 item_status=ItemStatus.SKIPPED,
@@ -445,7 +457,7 @@ class CampaignRunner:
         outcome = result.outcome
         if outcome is Outcome.SENT or (retry and outcome is Outcome.POLICY_BLOCKED):
             # On a retry, a refusal means Meta already took this token: the first attempt got through.
-            reason = "" if outcome is Outcome.SENT else "confirmed_by_token_reuse"
+            reason = "" if outcome is Outcome.SENT else ItemReason.CONFIRMED_BY_TOKEN_REUSE
             topic = flow.next_topic(campaign.topic)
             window = window_open(self.gate.facts(user), now, self.gate.settings)
             arm = None if window else (topic, delivery.token.source_state)
@@ -518,7 +530,7 @@ class CampaignRunner:
         asked = request_key(dict(request.otn_vars))
         facts = await self.gate.request_facts(self.store, user, topic, now, request_key=asked)
         decision = self.gate.check(facts, Outgoing(kind=MessageKind.OTN_REQUEST), now)
-        if not decision.allowed:
+        if decision.reason is not None:  # refused
             item.status, item.detail = OutboxStatus.REFUSED, decision.reason
         await self.store.add_outbox(item, now)
         if decision.allowed:

@@ -245,7 +245,7 @@ class StepHandler:
             consent = result.consent if result.consent is not None else consent
         if result.action is not None:
             log.warning("user %s: more than %d actions in one event; stopped", user.user_id, MAX_ACTIONS_PER_EVENT)
-        return StepResult(result.snapshot, tuple(replies), result.matched, consent)
+        return StepResult(snapshot=result.snapshot, replies=tuple(replies), matched=result.matched, consent=consent)
 
     @staticmethod
     def snapshot(flow: CompiledFlow, user: UserRecord) -> Snapshot:
@@ -319,7 +319,7 @@ class StepHandler:
             if after_optin:
                 item.meta.after_optin = True  # the sender's last gate gives the same reason
             decision = self.gate.check(facts, outgoing_from_meta(item.meta), now)
-            if not decision.allowed:
+            if decision.reason is not None:  # refused
                 item.status, item.detail = OutboxStatus.REFUSED, decision.reason
                 if reply.otn_topic is not None:
                     write.otn_log.append((reply.otn_topic, f"request_refused:{decision.reason}"))

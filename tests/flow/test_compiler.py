@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.flow import CompiledFlow, FlowOptions, Snapshot, UserInput, load_flow
+from engine.flow import CompiledFlow, FlowOptions, Match, Snapshot, UserInput, load_flow
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def run(flow: CompiledFlow, *inputs: UserInput, snapshot: Snapshot | None = None
 
 def test_first_message_enters_the_start_state(flow: CompiledFlow) -> None:
     result = flow.step(Snapshot(), UserInput(text="hello"), {"first_name": "Ann"})
-    assert result.matched == "start"
+    assert result.matched is Match.START and result.matched == "start"  # the enum, shown as the same word
     assert result.snapshot.state == "welcome"
     assert [r.text for r in result.replies] == ["Hi Ann"]
     assert [q.title for q in result.replies[0].quick_replies] == ["VIP", "Name", "News"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
-from engine.policy import Facts, MessageKind, Outgoing, PolicySettings, Via, decide
+from engine.policy import Decision, Facts, MessageKind, Outgoing, PolicySettings, Refusal, Via, decide
 from engine.policy.gate import DAY_MS, HOUR_MS, MINUTE_MS
 
 NOW = 1_800_000_000_000
@@ -23,7 +25,7 @@ def test_window_boundary(ago: int, allowed: bool) -> None:
     decision = decide(last_seen(ago), Outgoing(kind=MessageKind.MESSAGE, responding=True), NOW, S)
     assert decision.allowed is allowed
     assert decision.via is (Via.RESPONSE if allowed else None)
-    assert decision.reason == ("" if allowed else "outside_window")
+    assert decision.reason == (None if allowed else "outside_window")
 
 
 def test_proactive_message_inside_the_window_is_an_update() -> None:
@@ -37,14 +39,16 @@ def test_never_seen_user_has_no_window() -> None:
 @pytest.mark.parametrize(
     ("tag", "promotional", "ago", "expected"),
     [
-        ("POST_PURCHASE_UPDATE", False, 3 * DAY_MS, (Via.MESSAGE_TAG, "")),
+        ("POST_PURCHASE_UPDATE", False, 3 * DAY_MS, (Via.MESSAGE_TAG, None)),
         ("POST_PURCHASE_UPDATE", True, 3 * DAY_MS, (None, "promotional_on_tag")),
         ("PAST_EVENT_UPDATE", False, 3 * DAY_MS, (None, "tag_not_allowed")),
-        ("HUMAN_AGENT", False, 6 * DAY_MS, (Via.MESSAGE_TAG, "")),
+        ("HUMAN_AGENT", False, 6 * DAY_MS, (Via.MESSAGE_TAG, None)),
         ("HUMAN_AGENT", False, 8 * DAY_MS, (None, "human_agent_expired")),
     ],
 )
-def test_tags_outside_the_window(tag: str, promotional: bool, ago: int, expected: tuple[Via | None, str]) -> None:
+def test_tags_outside_the_window(
+    tag: str, promotional: bool, ago: int, expected: tuple[Via | None, str | None]
+) -> None:
     decision = decide(last_seen(ago), Outgoing(kind=MessageKind.MESSAGE, tag=tag, promotional=promotional), NOW, S)
     assert (decision.via, decision.reason) == expected
     if decision.allowed:
@@ -112,9 +116,9 @@ AGENT = Outgoing(kind=MessageKind.AGENT_REPLY)
 @pytest.mark.parametrize(
     ("ago", "expected"),
     [
-        (0, (Via.MESSAGE_TAG, "HUMAN_AGENT", "")),
-        (HOUR_MS, (Via.MESSAGE_TAG, "HUMAN_AGENT", "")),  # inside the window too: it says a person wrote it
-        (7 * DAY_MS - 1, (Via.MESSAGE_TAG, "HUMAN_AGENT", "")),
+        (0, (Via.MESSAGE_TAG, "HUMAN_AGENT", None)),
+        (HOUR_MS, (Via.MESSAGE_TAG, "HUMAN_AGENT", None)),  # inside the window too: it says a person wrote it
+        (7 * DAY_MS - 1, (Via.MESSAGE_TAG, "HUMAN_AGENT", None)),
         (7 * DAY_MS, (None, None, "human_agent_expired")),
         (30 * DAY_MS, (None, None, "human_agent_expired")),
     ],
@@ -153,3 +157,40 @@ def test_an_agent_reply_follows_the_configured_days_and_tags() -> None:
 def test_the_bot_says_nothing_while_a_person_has_the_thread(message: Outgoing) -> None:
     assert decide(last_seen(HOUR_MS, with_human=True), message, NOW, S).reason == "with_human"
     assert decide(last_seen(HOUR_MS, with_human=True), AGENT, NOW, S).allowed
+
+
+def test_every_refusal_the_gate_gives_is_a_member_of_the_enum_and_every_member_is_given() -> None:
+    """Over a grid of every input the gate looks at: a decision is allowed with no reason, or refused with a
+    `Refusal` member (stored, counted and shown as its plain value); and no member is dead."""
+    given: set[Refusal] = set()
+    facts = [
+        Facts(last_interaction_ms=seen, last_message_ms=seen, tokens_held=held, recent_requests=asked, **blocker)
+        for seen, blocker, held, asked in itertools.product(
+            (0, NOW - HOUR_MS, NOW - 3 * DAY_MS, NOW - 8 * DAY_MS),
+            ({}, {"unreachable": True}, {"in_eu": True}, {"unsubscribed": True}, {"with_human": True}),
+            (0, 1), (0, 1),
+        )
+    ]  # fmt: skip
+    messages = [
+        Outgoing(kind=kind, tag=tag, promotional=promotional, with_token=token, token_expires_ms=expires,
+                 after_optin=optin)
+        for kind, tag, promotional, token, expires, optin in itertools.product(
+            MessageKind, (None, "ACCOUNT_UPDATE", "HUMAN_AGENT", "PAST_EVENT_UPDATE"), (False, True), (False, True),
+            (None, NOW), (False, True),
+        )
+    ]  # fmt: skip
+    for fact, message in itertools.product(facts, messages):  # `responding` and the settings change no refusal
+        decision = decide(fact, message, NOW, S)
+        if decision.allowed:
+            assert decision.reason is None
+        else:
+            assert type(decision.reason) is Refusal, decision
+            given.add(decision.reason)
+    assert given == set(Refusal)
+
+
+def test_a_decision_is_allowed_or_refused_never_both_nor_neither() -> None:
+    with pytest.raises(ValueError, match="allowed"):
+        Decision(via=None)
+    with pytest.raises(ValueError, match="allowed"):
+        Decision(via=Via.UPDATE, reason=Refusal.OUTSIDE_WINDOW)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.policy import Refusal
+from engine.runtime.campaigns import ItemReason
 from engine.runtime.inspection import inspect_user
 from engine.store import (
     Backend,
@@ -360,3 +362,26 @@ async def test_dead_letters_are_kept_once_newest_first_and_counted(store: Backen
     assert await store.rejected_events() == [second, first]
     assert await store.rejected_events(limit=1) == [second]
     assert (await store.counts())["rejected"] == 2
+
+
+async def test_every_refusal_and_item_reason_round_trips_as_its_plain_word(store: Backend) -> None:
+    """A refused row's detail and a skipped item's reason are stored as the enum's plain value and read back as
+    one that `Refusal(...)` / `ItemReason(...)` parse to the same member (rows written before the enums too)."""
+    reasons = [*Refusal, *ItemReason]
+
+    def parsed(word: str) -> Refusal | ItemReason:
+        return Refusal(word) if word in set(Refusal) else ItemReason(word)
+
+    await store.add_events([event("a")])
+    rows = [
+        OutboxItem(key=f"a#{i}", user_id="u1", message={"text": r}, status=OutboxStatus.REFUSED, detail=r)
+        for i, r in enumerate(reasons)
+    ]
+    await store.commit_step(StepWrite("a", UserRecord("u1"), rows), 5)
+    details = [row.detail for row in await store.refused_rows("u1")]
+    assert details == [r.value for r in reasons] and [parsed(d) for d in details] == reasons
+    await store.open_campaign(Campaign("c1", "restock", "", {}, 1))
+    await store.add_campaign_items("c1", [], {f"u{i}": r for i, r in enumerate(reasons)}, 50)
+    counts = await store.campaign_item_counts("c1")
+    assert sorted(counts) == sorted((ItemStatus.SKIPPED.value, r.value, 1) for r in reasons)
+    assert {parsed(reason) for _, reason, _ in counts} == set(reasons)
