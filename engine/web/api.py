@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..messenger.signature import same_secret
 from ..runtime.campaigns import CampaignError, CampaignReport, campaign_counts
 from ..runtime.stats import stats_document
 from .bodies import BadBody, api_schema, checked_body, openapi_document
-from .guard import same_secret
 from .keys import CAMPAIGNS, CLOCK, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.api")

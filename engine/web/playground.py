@@ -30,7 +30,7 @@ from yarl import URL
 from ..flow import Outcome
 from ..flow.svg import to_svg
 from ..local.fake_graph import SentMessage
-from ..messenger.signature import sign
+from ..messenger.signature import same_secret, sign
 from ..policy import Facts, window_open
 from ..policy.gate import HOUR_MS
 from ..runtime.actions import ActionRecord
@@ -39,7 +39,6 @@ from ..runtime.clock import OffsetClock
 from ..runtime.inspection import inspect_user, message_text, refused_messages
 from ..store import TokenStatus, UserRecord
 from .bodies import BadBody, checked_body
-from .guard import same_secret
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, SETTINGS, STORE
 from .reload import Reloaded
 

@@ -14,10 +14,9 @@ from collections import defaultdict
 from aiohttp import web
 
 from ..messenger.events import SKIPPED_KINDS, ParsedWebhook, WebhookFormatError, parse_body
-from ..messenger.signature import verify
+from ..messenger.signature import same_secret, verify
 from ..runtime.metrics import Metrics
 from ..store import RejectedEvent, StoredEvent
-from .guard import same_secret
 from .keys import CLOCK, DISPATCHER, FAKE_GRAPH, METRICS, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.webhook")

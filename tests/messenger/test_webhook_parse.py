@@ -17,7 +17,7 @@ from engine.messenger.events import (
     parse_body,
     parse_webhook,
 )
-from engine.messenger.signature import sign, verify
+from engine.messenger.signature import same_secret, sign, verify
 from tests.conftest import webhook_fixture
 
 
@@ -201,6 +201,15 @@ def test_signature_roundtrip_and_tamper() -> None:
     assert not verify(body + b" ", "s3cret", header)
     assert not verify(body, "s3cret", None, sign(body, "s3cret", "sha1"), allow_sha1=False)
     assert verify(body, "s3cret", None, sign(body, "s3cret", "sha1"), allow_sha1=True)
+    assert verify(body, "s3cret", f" {header} ")  # spaces around the header value are not part of it
+    assert not verify(body, "s3cret", header + "\udcff")  # a header byte that is not UTF-8: compared, not raised
+
+
+def test_one_constant_time_comparison_for_every_secret_a_request_presents() -> None:
+    assert same_secret("Bearer t0ken", "Bearer t0ken")
+    assert not same_secret("Bearer t0ken", "Bearer t0kem")
+    assert not same_secret("", "")  # a secret that is not set matches nothing, not even nothing
+    assert not same_secret("t\udcff", "t")  # aiohttp's lone surrogate for a byte that is not UTF-8
 
 
 def test_readable_user_ids_only_for_simulated_users() -> None:
