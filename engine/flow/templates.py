@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError, meta, nodes
+from jinja2 import FileSystemLoader, TemplateNotFound, TemplateSyntaxError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 #: Names every conversation template may use.
@@ -36,12 +36,6 @@ def make_environment(
     env.filters.update(filters or {})
     env.globals.update(globals_ or {})
     return env
-
-
-def strict_environment(templates_dir: Path | None) -> SandboxedEnvironment:
-    """For check-time rendering of static titles: an unknown name is an error there."""
-    loader = FileSystemLoader(str(templates_dir)) if templates_dir else None
-    return SandboxedEnvironment(loader=loader, autoescape=False, undefined=StrictUndefined)
 
 
 class TemplateProblem(Exception):
