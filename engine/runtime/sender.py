@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..messenger.client import GraphClient
@@ -29,10 +29,9 @@ log = logging.getLogger("otnflow.sender")
 class SendingHealth:
     """Process-wide health of sending (not a flow's state): `halt_reason` is set when Meta says the page token is
     invalid or a permission is missing. Sending stops (rows stay pending, nothing is lost) until an operator fixes
-    it and restarts. `counts` tallies the rows' final statuses."""
+    it and restarts. (How rows ended is counted in /metrics, `otnflow_sends_total`, and by the store.)"""
 
     halt_reason: str = ""
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class OutboxSender:
@@ -122,7 +121,6 @@ class OutboxSender:
     async def _finish(self, item: OutboxItem, status: OutboxStatus, detail: str) -> None:
         now = self.clock.now_ms()
         await self.store.set_outbox_status(item.key, status, detail, now)
-        self.health.counts[status] = self.health.counts.get(status, 0) + 1
         if status in (OutboxStatus.REFUSED, OutboxStatus.FAILED) and item.meta.re_request:
             # the loop's request did not go: armed again, for the user's next engagement (used up only when sent)
             topic, source_state = str(item.meta.topic), item.meta.source_state
