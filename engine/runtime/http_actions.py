@@ -22,7 +22,7 @@ from jinja2 import UndefinedError
 from yarl import URL
 
 from ..actions import ActionContext, ActionFailed
-from ..http_actions import HttpAction, HttpRequest, render_request, template_environment
+from ..http_actions import HttpAction, HttpRequest, RequestTemplates
 from ..messenger.client import Sleep, full_jitter
 
 log = logging.getLogger("otnflow.actions")
@@ -46,7 +46,7 @@ class HttpActionCaller:
         self.otnflow_required_args = action.args  # what `otnflow check` asks of a state (engine/actions.py)
         self._session = session
         self._env = {k: v for k, v in env_values.items() if k in action.env}
-        self._templates = template_environment()
+        self._templates = RequestTemplates(action)
         self._result = jsonpath.compile(action.result) if action.result else None
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -63,7 +63,7 @@ class HttpActionCaller:
             try:
                 status, answer = await self._attempt(request)
             except (TimeoutError, aiohttp.ClientError) as err:
-                problem = f"{type(err).__name__}"
+                problem = type(err).__name__
             else:
                 if 200 <= status < 300:
                     return self.pick(answer)
@@ -92,7 +92,7 @@ class HttpActionCaller:
             "idempotency_key": context.idempotency_key,
         }
         try:
-            return render_request(self.action, self._templates, names)
+            return self._templates.render(names)
         except UndefinedError as err:  # an environment variable the action names is not set, or a missing argument
             raise ActionFailed(f"action '{self.action.name}': cannot build the request: {err.message}") from None
 

@@ -34,3 +34,14 @@ def test_webhook_bench_runs_through_the_engine_and_reports_half_the_saturating_r
     rows = {line[:28].strip(): line[28:].split() for line in lines if line.startswith(("bare", "otnflow", "engine at"))}
     assert set(rows) == {"bare aiohttp pipeline", "otnflow engine (SQLite)", "engine at half that rate"}, out
     assert all(row[1] == "9" for row in rows.values()), out  # every event's reply came back, on each run
+
+
+def test_actions_bench_runs() -> None:
+    out = run_bench("bench/actions.py", "--rounds", "2")
+    lines = out.splitlines()
+    assert lines[0].startswith("cores ") and "python-jsonpath " in lines[0], out
+    assert [line.split("  ")[0] for line in lines[2:]] == [
+        "HTTP action call",
+        "step into the HTTP action's state",
+        "step into the stubbed action's state",
+    ], out
