@@ -245,6 +245,15 @@ async def test_a_brand_new_user_on_a_phone_sees_an_api_notification_at_once(play
         notification = page.locator("#thread .bot.notification")
         await expect(notification).to_contain_text("The Sauvignon 2024 is back, Newbie!", timeout=2500)
 
+        await page.fill("#text", "menu")
+        await page.click("#composer button")
+        await page.click("#quick button:text-is('Red')")
+        await page.click("#quick button:text-is('Buy a bottle')")  # the stock check: no STOCK_API_URL here, it fails
+        await expect(page.locator("#thread .action.failure")).to_contain_text(
+            'action check_stock(sku="RIOJA19") failure in'
+        )
+        await expect(page.locator("#thread .bot").last).to_contain_text("I cannot reach our cellar's stock list")
+
 
 async def test_a_broken_flow_edit_shows_a_banner_with_the_located_errors_until_fixed(
     playground: Loopback, tmp_path: Path
