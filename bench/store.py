@@ -58,13 +58,23 @@ async def store_ops(url: str, ops: int, concurrency: int = 32) -> dict[str, floa
     await measure(
         "append inbox event",
         lambda i: store.add_events(
-            [StoredEvent(f"e{i}", users[i], "p", now + i, "message", '{"message": {"mid": "x"}}', now)]
+            [
+                StoredEvent(
+                    key=f"e{i}",
+                    user_id=users[i],
+                    page_id="p",
+                    timestamp=now + i,
+                    kind="message",
+                    body='{"message": {"mid": "x"}}',
+                    received_ms=now,
+                )
+            ]
         ),
     )
     await measure(
         "save a step (commit_step)",
         lambda i: store.commit_step(
-            StepWrite(f"e{i}", UserRecord(users[i], state="welcome", tags={"likes_white"})), now
+            StepWrite(event_key=f"e{i}", user=UserRecord(user_id=users[i], state="welcome", tags={"likes_white"})), now
         ),
     )
     await measure("load a user", lambda i: store.load_user(users[i]))

@@ -94,7 +94,12 @@ def check_paths(
         name = flow.spec.name
         if name in first_file:
             report.diagnostics.append(
-                Diagnostic(str(file), 1, f"flow name '{name}' is already used by {first_file[name]}", "flow.name")
+                Diagnostic(
+                    file=str(file),
+                    line=1,
+                    message=f"flow name '{name}' is already used by {first_file[name]}",
+                    key="flow.name",
+                )
             )
             continue
         first_file[name] = str(file)
@@ -106,7 +111,7 @@ def check_paths(
 def load_flows(paths: Iterable[Path], options: FlowOptions = FlowOptions()) -> dict[str, CompiledFlow]:
     """For the server: every flow, or FlowError listing every problem of every file."""
     paths = list(paths)
-    missing = [Diagnostic(str(p), 1, "no such flows folder or file") for p in paths if not p.exists()]
+    missing = [Diagnostic(file=str(p), line=1, message="no such flows folder or file") for p in paths if not p.exists()]
     if missing:
         raise FlowError(missing)
     flows, diagnostics = check_paths(paths, options)
@@ -114,5 +119,7 @@ def load_flows(paths: Iterable[Path], options: FlowOptions = FlowOptions()) -> d
     if errors:
         raise FlowError(errors)
     if not flows:
-        raise FlowError([Diagnostic(", ".join(str(p) for p in paths), 1, "no flow files (*.toml) found")])
+        raise FlowError(
+            [Diagnostic(file=", ".join(str(p) for p in paths), line=1, message="no flow files (*.toml) found")]
+        )
     return flows

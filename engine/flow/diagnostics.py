@@ -18,7 +18,7 @@ class Severity(StrEnum):
     WARNING = "warning"
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, kw_only=True)
 class Diagnostic:
     """One finding. Sorted by file, then line, so a report reads top to bottom."""
 
@@ -60,14 +60,18 @@ class Reporter:
         return self.locator.line(path) if self.locator else 1
 
     def error(self, path: KeyPath, message: str) -> None:
-        self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path)))
+        self.diagnostics.append(Diagnostic(file=self.file, line=self.line(path), message=message, key=dotted(path)))
 
     def warning(self, path: KeyPath, message: str) -> None:
-        self.diagnostics.append(Diagnostic(self.file, self.line(path), message, dotted(path), Severity.WARNING))
+        self.diagnostics.append(
+            Diagnostic(
+                file=self.file, line=self.line(path), message=message, key=dotted(path), severity=Severity.WARNING
+            )
+        )
 
     def elsewhere(self, file: str, line: int, message: str) -> None:
         """An error in another file this one uses (a template), once however many times it is used."""
-        found = Diagnostic(file, line, message)
+        found = Diagnostic(file=file, line=line, message=message)
         if found not in self.diagnostics:
             self.diagnostics.append(found)
 

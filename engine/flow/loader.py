@@ -42,7 +42,7 @@ def parse_toml(text: str, report: Reporter) -> dict[str, Any] | None:
         return tomli.loads(text)
     except tomli.TOMLDecodeError as err:
         report.diagnostics.append(
-            Diagnostic(report.file, err.lineno, f"TOML syntax error: {err.msg} (column {err.colno})")
+            Diagnostic(file=report.file, line=err.lineno, message=f"TOML syntax error: {err.msg} (column {err.colno})")
         )
         return None
 
@@ -52,7 +52,7 @@ def read_source(path: Path, report: Reporter, what: str) -> str | None:
     try:
         return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        report.diagnostics.append(Diagnostic(report.file, 1, f"cannot read {what}: {err}"))
+        report.diagnostics.append(Diagnostic(file=report.file, line=1, message=f"cannot read {what}: {err}"))
         return None
 
 
@@ -209,7 +209,7 @@ class _Builder:
             if url is None and goto is None and path[-1] == "buttons":
                 self.report.error((*path, index), "a button needs 'goto' (a postback) or 'url' (a web page)")
             payload = _opt_str(raw_choice.get("payload")) or default_payload(title)
-            out.append(Choice(title, payload, goto, self.effects(raw_choice), url))
+            out.append(Choice(title=title, payload=payload, goto=goto, effects=self.effects(raw_choice), url=url))
         return tuple(out)
 
     def rule(self, raw: dict[str, Any], path: KeyPath) -> Rule:

@@ -28,7 +28,7 @@ class Effects:
         return bool(self.tag or self.untag or self.set or self.consent is not None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Choice:
     """A quick reply or a button. A `url` button opens a page and leads nowhere in the flow."""
 

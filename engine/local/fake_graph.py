@@ -60,7 +60,7 @@ class SentMessage:
         return str(found) if found is not None else None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ThreadCall:
     """One accepted Handover Protocol call: what Meta was asked (`pass_thread_control`, ...), for whose thread,
     to which app, with which note, and who owned the thread after it."""
@@ -299,7 +299,16 @@ class FakeGraph:
             return _error(400, 100, None, "(#100) the app does not own the thread")
         at_ms = int(self.clock()) if self.clock is not None else 0
         note = metadata if isinstance(metadata, str) else None
-        self.thread_calls.append(ThreadCall(action, user_id, target_id, note, self.owner(user_id), at_ms))
+        self.thread_calls.append(
+            ThreadCall(
+                action=action,
+                user_id=user_id,
+                target_app_id=target_id,
+                metadata=note,
+                owner_after=self.owner(user_id),
+                at_ms=at_ms,
+            )
+        )
         return web.json_response({"success": True})
 
     def _over_rate_limit(self) -> bool:

@@ -50,7 +50,7 @@ class GraphSettings:
     backoff_max_seconds: float = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SendResult:
     outcome: Outcome
     message_id: str | None = None
@@ -127,26 +127,36 @@ class GraphClient:
             try:
                 status, answer = await self._request("POST", path, json_body=body)
             except (TimeoutError, aiohttp.ClientError) as err:
-                error = GraphError(0, None, None, f"{type(err).__name__}: {err}", None)
+                error = GraphError(
+                    status=0, code=None, subcode=None, message=f"{type(err).__name__}: {err}", fbtrace_id=None
+                )
                 outcome = Outcome.RETRY
             else:
                 reached = True
                 if status == 200 and isinstance(answer, dict) and "message_id" in answer:
-                    return SendResult(Outcome.SENT, str(answer["message_id"]), None, attempt)
+                    return SendResult(
+                        outcome=Outcome.SENT, message_id=str(answer["message_id"]), error=None, attempts=attempt
+                    )
                 if status == 200 and isinstance(answer, dict) and answer.get("success") is True:
-                    return SendResult(Outcome.SENT, None, None, attempt)
+                    return SendResult(outcome=Outcome.SENT, message_id=None, error=None, attempts=attempt)
                 error = GraphError.from_response(status, answer)
                 outcome = classify(error)
             if outcome is not Outcome.RETRY:
                 log.warning("%s failed: %s (%s)", what, outcome.value, error.describe())
-                return SendResult(outcome, None, error, attempt, reached)
+                return SendResult(outcome=outcome, message_id=None, error=error, attempts=attempt, reached_meta=reached)
             if attempt < self.settings.max_attempts:
                 delay = self.backoff(attempt)
                 log.info("%s attempt %d failed (%s); retrying in %.2fs", what, attempt, error.describe(), delay)
                 await self._sleep(delay)
         assert error is not None
         log.warning("%s gave up after %d attempts: %s", what, self.settings.max_attempts, error.describe())
-        return SendResult(Outcome.RETRY, None, error, self.settings.max_attempts, reached)
+        return SendResult(
+            outcome=Outcome.RETRY,
+            message_id=None,
+            error=error,
+            attempts=self.settings.max_attempts,
+            reached_meta=reached,
+        )
 
     async def profile(self, user_id: str, timeout: float = 3.0) -> dict[str, Any] | None:
         """The User Profile API, once, short timeout; None on any failure (a reply never waits on it)."""

@@ -20,7 +20,7 @@ class Outcome(StrEnum):
     FAILED = "failed"  # any other permanent error
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GraphError:
     status: int
     code: int | None
@@ -32,13 +32,13 @@ class GraphError:
     def from_response(cls, status: int, body: Any) -> GraphError:
         error = body.get("error") if isinstance(body, dict) else None
         if not isinstance(error, dict):
-            return cls(status, None, None, f"HTTP {status}", None)
+            return cls(status=status, code=None, subcode=None, message=f"HTTP {status}", fbtrace_id=None)
         return cls(
-            status,
-            _int(error.get("code")),
-            _int(error.get("error_subcode")),
-            str(error.get("message", "")),
-            error.get("fbtrace_id"),
+            status=status,
+            code=_int(error.get("code")),
+            subcode=_int(error.get("error_subcode")),
+            message=str(error.get("message", "")),
+            fbtrace_id=error.get("fbtrace_id"),
         )
 
     def describe(self) -> str:

@@ -96,7 +96,7 @@ class HandoverKind(StrEnum):
     REQUEST = "request_thread_control"  # another app asks the owner (us) for the thread
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Handover:
     """A Handover Protocol event: Meta's app ids as text (Meta sends digits, as strings or numbers) and the note
     the other app attached (`metadata`)."""
@@ -108,7 +108,7 @@ class Handover:
     metadata: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class InboundEvent:
     key: str  # dedup key: the mid, or sender:timestamp:kind:detail where Meta sends no mid
     user_id: str  # the sender's page-scoped id (PSID)
@@ -299,7 +299,17 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
     def make(
         key: str, text: str | None = None, payload: str | None = None, referral: Referral | None = None
     ) -> InboundEvent:
-        return InboundEvent(key, sender, page, timestamp, kind, text, payload, item, referral)
+        return InboundEvent(
+            key=key,
+            user_id=sender,
+            page_id=page,
+            timestamp=timestamp,
+            kind=kind,
+            text=text,
+            payload=payload,
+            raw=item,
+            referral=referral,
+        )
 
     if kind == "message":
         mid = _string(body, "mid", f"{where}.message", MAX_KEY_CHARS, required=True)
@@ -353,7 +363,7 @@ def _handover(kind: HandoverKind, body: dict[str, Any], where: str) -> Handover:
         return _string({name: value}, name, where, MAX_KEY_CHARS)
 
     return Handover(
-        kind,
+        kind=kind,
         new_owner_app_id=app_id("new_owner_app_id"),
         previous_owner_app_id=app_id("previous_owner_app_id"),
         requested_owner_app_id=app_id("requested_owner_app_id"),

@@ -21,7 +21,7 @@ from .policy_check import Gate
 from .sender import OutboxSender, SendingHealth
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Runtime:
     """The runtime's parts, wired together once by `assemble`."""
 
@@ -96,4 +96,4 @@ def assemble(
     )
     if campaigns_through_dispatcher:
         campaigns.run_for_user = dispatcher.run_job
-    return Runtime(gate, handler, sender, dispatcher, campaigns)
+    return Runtime(gate=gate, handler=handler, sender=sender, dispatcher=dispatcher, campaigns=campaigns)

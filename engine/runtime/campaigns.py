@@ -100,7 +100,7 @@ class CampaignError(ValueError):
         self.api_message = api_message or message
 
 
-@dataclass
+@dataclass(kw_only=True)
 class CampaignReport:
     campaign: Campaign
     eligible: int
@@ -209,7 +209,11 @@ class CampaignRunner:
         except ValueError as err:
             raise CampaignError(f"invalid segment expression {segment!r}: {err}") from None
         campaign = Campaign(
-            name or campaign_id(topic, segment, variables), topic, segment, dict(variables), self.clock.now_ms()
+            id=name or campaign_id(topic, segment, variables),
+            topic=topic,
+            segment=segment,
+            vars=dict(variables),
+            created_ms=self.clock.now_ms(),
         )
         return flow, chosen, campaign
 
@@ -275,7 +279,9 @@ class CampaignRunner:
         counts = await campaign_counts(self.store, campaign.id)
         if not stopped:
             await self.store.finish_campaign(campaign.id, self.clock.now_ms())
-        report = CampaignReport(campaign, eligible, counts, time.monotonic() - started, stopped)
+        report = CampaignReport(
+            campaign=campaign, eligible=eligible, counts=counts, seconds=time.monotonic() - started, stopped=stopped
+        )
         log.info("campaign %s: %s", campaign.id, json.dumps(report.as_dict()))
         return report
 

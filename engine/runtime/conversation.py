@@ -51,7 +51,7 @@ def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> O
         message = outbound.button_message(reply.text, [(b.title, b.payload, b.url) for b in reply.buttons], quick)
     else:
         message = outbound.text_message(reply.text, quick)
-    return OutboxItem(key, user_id, message, meta)
+    return OutboxItem(key=key, user_id=user_id, message=message, meta=meta)
 
 
 #: Where a plugin opt-in's `ref` and `user_ref` are kept among the user's variables.
@@ -154,12 +154,14 @@ class StepHandler:
             user, armed = await self.store.load_for_step(stored.user_id)
         # else: the record this worker just committed; a re-request armed meanwhile goes at the next engagement
         if user is None:
-            user = UserRecord(stored.user_id, stored.page_id, self.default_flow, created_ms=self.clock.now_ms())
+            user = UserRecord(
+                user_id=stored.user_id, page_id=stored.page_id, flow=self.default_flow, created_ms=self.clock.now_ms()
+            )
         if user.profile is None:
             user.profile = await self.fetch_profile(user.user_id)  # None again on failure: tried next time
         flow = self.flow_for(user)
         user.flow = flow.spec.name
-        write = StepWrite(stored.key, user)
+        write = StepWrite(event_key=stored.key, user=user)
         replies: list[Reply] = []
         engaged = event is not None and event.kind in WINDOW_OPENERS
         if event is not None and engaged:
@@ -272,13 +274,13 @@ class StepHandler:
         days = self.gate.settings.otn_token_days
         write.tokens.append(
             Token(
-                token,
-                user.user_id,
-                topic,
-                event.payload or "",
-                event.timestamp,
-                event.timestamp + int(days * DAY_MS),
-                source_state,
+                token=token,
+                user_id=user.user_id,
+                topic=topic,
+                payload=event.payload or "",
+                received_ms=event.timestamp,
+                expires_ms=event.timestamp + int(days * DAY_MS),
+                source_state=source_state,
                 request_vars=about,
                 title=title,
             )

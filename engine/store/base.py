@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from .status import CampaignStatus, ItemStatus, OutboxStatus, TokenStatus
 
 
-@dataclass
+@dataclass(kw_only=True)
 class UserRecord:
     user_id: str
     page_id: str = ""
@@ -46,13 +46,13 @@ class UserRecord:
         """Unknown keys (written by a newer version) are ignored; missing ones take their defaults."""
         values = {key: value for key, value in data.items() if key in _USER_FIELDS}
         values["tags"] = set(values.get("tags", ()))
-        return cls(user_id, **values)
+        return cls(user_id=user_id, **values)
 
 
 _USER_FIELDS = frozenset(f.name for f in fields(UserRecord)) - {"user_id"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StoredEvent:
     key: str
     user_id: str
@@ -66,7 +66,7 @@ class StoredEvent:
     parsed: tuple[str, object] | None = field(default=None, compare=False, repr=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RejectedEvent:
     """A dead letter: one event of a signed, well-formed body that could not be accepted, kept with the reason so
     that an operator can see what Meta sent (the body was answered 200: Meta would resend it forever)."""
@@ -121,7 +121,7 @@ class OutboxMeta:
         )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class OutboxItem:
     """One message to send. `message` is the Send API `message` object; how it goes (messaging type, tag, OTN
     token) is decided at send time by the policy gate, from `meta`."""
@@ -147,7 +147,7 @@ def request_vars(key: str) -> dict[str, str]:
     return dict(json.loads(key)) if key else {}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Token:
     """A One-Time Notification token: one message on `topic`, any time before `expires_ms`, once, about what the
     request the user accepted named: its variables (`request_vars`, e.g. {"product": "Rioja 2015"}) and `title`."""
@@ -168,7 +168,7 @@ class Token:
         return request_key(self.request_vars)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepWrite:
     """Everything one handled event changes, written atomically by `commit_step`."""
 
@@ -181,7 +181,7 @@ class StepWrite:
     consent: bool | None = None  # False: unsubscribed now (revoke the user's tokens, disarm all); True: subscribed
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Campaign:
     id: str
     topic: str

@@ -53,16 +53,16 @@ _DUPLICATE = 11000
 
 def _token(doc: dict[str, Any]) -> Token:
     return Token(
-        doc["_id"],
-        doc["user_id"],
-        doc["topic"],
-        doc["payload"],
-        doc["received_ms"],
-        doc["expires_ms"],
-        doc.get("source_state", ""),
-        TokenStatus(doc["status"]),
-        request_vars(doc.get("request_key") or ""),
-        doc.get("title", ""),
+        token=doc["_id"],
+        user_id=doc["user_id"],
+        topic=doc["topic"],
+        payload=doc["payload"],
+        received_ms=doc["received_ms"],
+        expires_ms=doc["expires_ms"],
+        source_state=doc.get("source_state", ""),
+        status=TokenStatus(doc["status"]),
+        request_vars=request_vars(doc.get("request_key") or ""),
+        title=doc.get("title", ""),
     )
 
 
@@ -83,21 +83,27 @@ def _token_doc(t: Token) -> dict[str, Any]:
 
 def _event(doc: dict[str, Any]) -> StoredEvent:
     return StoredEvent(
-        doc["_id"], doc["user_id"], doc["page_id"], doc["timestamp"], doc["kind"], doc["body"], doc["received_ms"]
+        key=doc["_id"],
+        user_id=doc["user_id"],
+        page_id=doc["page_id"],
+        timestamp=doc["timestamp"],
+        kind=doc["kind"],
+        body=doc["body"],
+        received_ms=doc["received_ms"],
     )
 
 
 def _outbox(doc: dict[str, Any]) -> OutboxItem:
     return OutboxItem(
-        doc["_id"],
-        doc["user_id"],
-        doc["message"],
-        OutboxMeta.from_data(doc["meta"]),
-        OutboxStatus(doc["status"]),
-        doc.get("detail", ""),
-        doc["created_ms"],
-        0,
-        doc.get("updated_ms", 0),
+        key=doc["_id"],
+        user_id=doc["user_id"],
+        message=doc["message"],
+        meta=OutboxMeta.from_data(doc["meta"]),
+        status=OutboxStatus(doc["status"]),
+        detail=doc.get("detail", ""),
+        created_ms=doc["created_ms"],
+        seq=0,
+        updated_ms=doc.get("updated_ms", 0),
     )
 
 
@@ -235,7 +241,14 @@ class MongoStore:
     async def rejected_events(self, limit: int = 100) -> list[RejectedEvent]:
         cursor = self.db.rejected.find().sort([("received_ms", DESCENDING), ("_id", DESCENDING)]).limit(limit)
         return [
-            RejectedEvent(d["_id"], d["where"], d["kind"], d["reason"], d["body"], d["received_ms"])
+            RejectedEvent(
+                key=d["_id"],
+                where=d["where"],
+                kind=d["kind"],
+                reason=d["reason"],
+                body=d["body"],
+                received_ms=d["received_ms"],
+            )
             async for d in cursor
         ]
 
@@ -537,7 +550,12 @@ class MongoStore:
         if doc is None:
             raise RuntimeError(f"campaign {campaign.id}: could not be created nor read")
         return Campaign(
-            doc["_id"], doc["topic"], doc["segment"], doc["vars"], doc["created_ms"], CampaignStatus(doc["status"])
+            id=doc["_id"],
+            topic=doc["topic"],
+            segment=doc["segment"],
+            vars=doc["vars"],
+            created_ms=doc["created_ms"],
+            status=CampaignStatus(doc["status"]),
         )
 
     async def _open_campaign(self, campaign: Campaign) -> dict[str, Any] | None:
@@ -559,7 +577,14 @@ class MongoStore:
     async def campaigns_by_prefix(self, prefix: str) -> list[Campaign]:
         cursor = self.db.campaigns.find({"_id": {"$regex": f"^{_escape(prefix)}"}})
         found = [
-            Campaign(d["_id"], d["topic"], d["segment"], d["vars"], d["created_ms"], CampaignStatus(d["status"]))
+            Campaign(
+                id=d["_id"],
+                topic=d["topic"],
+                segment=d["segment"],
+                vars=d["vars"],
+                created_ms=d["created_ms"],
+                status=CampaignStatus(d["status"]),
+            )
             async for d in cursor
         ]
         return sorted(found, key=lambda c: (c.created_ms, c.id))

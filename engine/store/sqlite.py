@@ -172,22 +172,31 @@ _OUTBOX_COLUMNS = "key, user_id, message, meta, status, detail, created_ms, seq,
 def _outbox_item(row: Sequence[Any]) -> OutboxItem:
     key, user_id, message, meta, status, detail, created, seq, updated = row
     return OutboxItem(
-        key,
-        user_id,
-        jsonio.loads(message),
-        OutboxMeta.from_data(jsonio.loads(meta)),
-        OutboxStatus(status),
-        detail,
-        created,
-        seq,
-        updated,
+        key=key,
+        user_id=user_id,
+        message=jsonio.loads(message),
+        meta=OutboxMeta.from_data(jsonio.loads(meta)),
+        status=OutboxStatus(status),
+        detail=detail,
+        created_ms=created,
+        seq=seq,
+        updated_ms=updated,
     )
 
 
 def _token(row: Sequence[Any]) -> Token:
     token, user_id, topic, payload, received, expires, source_state, status, key, title = row
     return Token(
-        token, user_id, topic, payload, received, expires, source_state, TokenStatus(status), request_vars(key), title
+        token=token,
+        user_id=user_id,
+        topic=topic,
+        payload=payload,
+        received_ms=received,
+        expires_ms=expires,
+        source_state=source_state,
+        status=TokenStatus(status),
+        request_vars=request_vars(key),
+        title=title,
     )
 
 
@@ -359,7 +368,10 @@ class SqliteStore:
                 "ORDER BY received_ms DESC, rowid DESC LIMIT ?",
                 (limit,),
             ).fetchall()
-            return [RejectedEvent(*row) for row in rows]
+            return [
+                RejectedEvent(key=key, where=where, kind=kind, reason=reason, body=body, received_ms=received)
+                for key, where, kind, reason, body, received in rows
+            ]
 
         return await self._read(work)
 
@@ -370,7 +382,12 @@ class SqliteStore:
                 "WHERE user_id = ? AND handled_ms IS NULL ORDER BY timestamp, rowid LIMIT ?",
                 (user_id, limit),
             ).fetchall()
-            return [StoredEvent(*row) for row in rows]
+            return [
+                StoredEvent(
+                    key=key, user_id=user, page_id=page, timestamp=ts, kind=kind, body=body, received_ms=received
+                )
+                for key, user, page, ts, kind, body, received in rows
+            ]
 
         return await self._read(work)
 
@@ -661,7 +678,14 @@ class SqliteStore:
             row = db.execute(
                 "SELECT id, topic, segment, vars, created_ms, status FROM campaigns WHERE id = ?", (campaign.id,)
             ).fetchone()
-            return Campaign(row[0], row[1], row[2], json.loads(row[3]), row[4], CampaignStatus(row[5]))
+            return Campaign(
+                id=row[0],
+                topic=row[1],
+                segment=row[2],
+                vars=json.loads(row[3]),
+                created_ms=row[4],
+                status=CampaignStatus(row[5]),
+            )
 
         return await self._write(work)
 
@@ -825,7 +849,17 @@ class SqliteStore:
                 "ORDER BY created_ms, rowid",
                 (len(prefix), prefix),
             ).fetchall()
-            return [Campaign(r[0], r[1], r[2], json.loads(r[3]), r[4], CampaignStatus(r[5])) for r in rows]
+            return [
+                Campaign(
+                    id=r[0],
+                    topic=r[1],
+                    segment=r[2],
+                    vars=json.loads(r[3]),
+                    created_ms=r[4],
+                    status=CampaignStatus(r[5]),
+                )
+                for r in rows
+            ]
 
         return await self._read(work)
 

@@ -120,7 +120,7 @@ SHAPES: dict[str, dict[str, Field]] = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Step:
     index: int  # 1-based, as the report shows it
     line: int
@@ -138,7 +138,7 @@ class ConversationTest:
     steps: list[Step]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ConversationFile:
     path: Path
     tests: list[ConversationTest]
@@ -229,14 +229,14 @@ def load_conversations(path: Path) -> ConversationFile:
     if errors:
         raise FlowError(errors)
     return ConversationFile(
-        path,
-        tests,
-        flows_dir.resolve(),
-        templates_dir.resolve(),
-        config,
-        settings,
-        flow,
-        report.line(("conversation", "flow")) if flow else 1,
+        path=path,
+        tests=tests,
+        flows_dir=flows_dir.resolve(),
+        templates_dir=templates_dir.resolve(),
+        config=config,
+        settings=settings,
+        flow=flow,
+        flow_line=report.line(("conversation", "flow")) if flow else 1,
     )
 
 
@@ -290,7 +290,11 @@ def _test(raw: dict[str, Any], path: KeyPath, report: Reporter) -> ConversationT
         if action == "stub" and sum(k in step for k in STUB_OPTIONS) > 1:
             report.error(where, "a stub does one of: result, fails, times_out")
         options = {k: step[k] for k in ("segment", "vars", *ARRIVAL_OPTIONS, *STUB_OPTIONS) if k in step}
-        steps.append(Step(i + 1, report.line(where), action, step[action], str(user), options))
+        steps.append(
+            Step(
+                index=i + 1, line=report.line(where), action=action, value=step[action], user=str(user), options=options
+            )
+        )
     return ConversationTest(str(raw.get("name", "")), report.line(path), users, steps)
 
 
@@ -355,11 +359,17 @@ class _Run:
 
     def check(self, user: BotUser, expect: dict[str, Any]) -> list[str]:
         calls = self.bot.action_calls[self.calls_before :]
-        seen = Seen(user, self.last[user.id], user.refusals[self.refusals_before[user.id] :], self.delivered, calls)
+        seen = Seen(
+            user=user,
+            brought=self.last[user.id],
+            refusals=user.refusals[self.refusals_before[user.id] :],
+            delivered=self.delivered,
+            action_calls=calls,
+        )
         return [problem for key, wanted in expect.items() if (problem := CHECKS[key](seen, wanted))]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Seen:
     """What an `expect` step looks at: the user now, what the previous step brought them."""
 
@@ -463,7 +473,14 @@ class ConversationRunner:
         flows = self._flows[key]
         if file.flow is not None and file.flow not in flows:
             raise FlowError(
-                [Diagnostic(str(file.path), file.flow_line, f"[conversation] {no_such_flow(file.flow, flows)}", "flow")]
+                [
+                    Diagnostic(
+                        file=str(file.path),
+                        line=file.flow_line,
+                        message=f"[conversation] {no_such_flow(file.flow, flows)}",
+                        key="flow",
+                    )
+                ]
             )
         return flows
 

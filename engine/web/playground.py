@@ -273,7 +273,9 @@ async def act(request: web.Request) -> web.Response:
             if flow not in app[FLOWS]:
                 return web.json_response({"error": f"unknown flow {flow!r}"}, status=400)
             await app[STORE].forget_user(user_id)
-            await app[STORE].put_user(UserRecord(user_id, PAGE_ID, flow, created_ms=clock.now_ms()))
+            await app[STORE].put_user(
+                UserRecord(user_id=user_id, page_id=PAGE_ID, flow=flow, created_ms=clock.now_ms())
+            )
             playground.transcripts.pop(user_id, None)
             fake.sent[:] = [m for m in fake.sent if m.user_id != user_id]
             playground.seen_sent.pop(user_id, None)

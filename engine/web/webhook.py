@@ -55,13 +55,27 @@ async def receive(request: web.Request) -> web.Response:
     _report_skipped(parsed, metrics)
     received = app[CLOCK].now_ms()
     stored = [
-        StoredEvent(e.key, e.user_id, e.page_id, e.timestamp, e.stored_kind, body, received, (body, e))
+        StoredEvent(
+            key=e.key,
+            user_id=e.user_id,
+            page_id=e.page_id,
+            timestamp=e.timestamp,
+            kind=e.stored_kind,
+            body=body,
+            received_ms=received,
+            parsed=(body, e),
+        )
         for e, body in ((e, e.to_json()) for e in parsed.events)
     ]
     new = await app[STORE].add_events(stored) if stored else []
     if parsed.rejected:
         await app[STORE].add_rejected(
-            [RejectedEvent(r.key(), r.where, r.kind, r.reason, r.body(), received) for r in parsed.rejected]
+            [
+                RejectedEvent(
+                    key=r.key(), where=r.where, kind=r.kind, reason=r.reason, body=r.body(), received_ms=received
+                )
+                for r in parsed.rejected
+            ]
         )
         for r in parsed.rejected:
             metrics.events_rejected.labels(r.kind).inc()

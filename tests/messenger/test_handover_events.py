@@ -54,17 +54,35 @@ def test_a_broken_standby_list_is_rejected_alone() -> None:
         (
             "pass_thread_control",
             {"new_owner_app_id": "1517776481860111", "previous_owner_app_id": INBOX, "metadata": "done"},
-            Handover(HandoverKind.PASS, "1517776481860111", INBOX, None, "done"),
+            Handover(
+                kind=HandoverKind.PASS,
+                new_owner_app_id="1517776481860111",
+                previous_owner_app_id=INBOX,
+                requested_owner_app_id=None,
+                metadata="done",
+            ),
         ),
         (
             "take_thread_control",
             {"previous_owner_app_id": 1517776481860111, "new_owner_app_id": int(INBOX), "metadata": "mine"},
-            Handover(HandoverKind.TAKE, INBOX, "1517776481860111", None, "mine"),
+            Handover(
+                kind=HandoverKind.TAKE,
+                new_owner_app_id=INBOX,
+                previous_owner_app_id="1517776481860111",
+                requested_owner_app_id=None,
+                metadata="mine",
+            ),
         ),
         (
             "request_thread_control",
             {"requested_owner_app_id": INBOX, "metadata": "may I?"},
-            Handover(HandoverKind.REQUEST, None, None, INBOX, "may I?"),
+            Handover(
+                kind=HandoverKind.REQUEST,
+                new_owner_app_id=None,
+                previous_owner_app_id=None,
+                requested_owner_app_id=INBOX,
+                metadata="may I?",
+            ),
         ),
     ],
 )

@@ -48,7 +48,16 @@ class Parts:
         parsed = parse_webhook(body_of(*events), simulated_ids=True)
         now = self.clock.now_ms()
         stored = [
-            StoredEvent(e.key, e.user_id, e.page_id, e.timestamp, e.kind, e.to_json(), now) for e in parsed.events
+            StoredEvent(
+                key=e.key,
+                user_id=e.user_id,
+                page_id=e.page_id,
+                timestamp=e.timestamp,
+                kind=e.kind,
+                body=e.to_json(),
+                received_ms=now,
+            )
+            for e in parsed.events
         ]
         return await self.store.add_events(stored)
 

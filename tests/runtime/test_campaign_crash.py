@@ -31,27 +31,29 @@ async def seed(path: Path, fake) -> None:  # type: ignore[no-untyped-def]
             token = fake.issue_token(user_id, "otn:restock:sold_out:seed", now - 86_400_000)
             tags = {"likes_white"} if i % 2 else {"likes_red"}
             user = UserRecord(
-                user_id,
+                user_id=user_id,
                 state="optin_thanks",
                 tags=tags,
                 flow="wine_shop",
                 last_interaction_ms=now - 3 * 86_400_000,
                 profile={"first_name": f"User{i}"},
             )
-            await store.add_events([StoredEvent(f"seed-{i}", user_id, "page", now, "optin", "{}")])
+            await store.add_events(
+                [StoredEvent(key=f"seed-{i}", user_id=user_id, page_id="page", timestamp=now, kind="optin", body="{}")]
+            )
             await store.commit_step(
                 StepWrite(
-                    f"seed-{i}",
-                    user,
+                    event_key=f"seed-{i}",
+                    user=user,
                     tokens=[
                         Token(
-                            token,
-                            user_id,
-                            "restock",
-                            "otn:restock:sold_out:seed",
-                            now - 86_400_000,
-                            now - 86_400_000 + YEAR_MS,
-                            "sold_out",
+                            token=token,
+                            user_id=user_id,
+                            topic="restock",
+                            payload="otn:restock:sold_out:seed",
+                            received_ms=now - 86_400_000,
+                            expires_ms=now - 86_400_000 + YEAR_MS,
+                            source_state="sold_out",
                         )
                     ],
                 ),

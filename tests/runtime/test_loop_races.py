@@ -115,10 +115,29 @@ async def holders_with_claims_left_by_a_dead_run(
         user_id = f"h{i:03d}"
         payload = "otn:restock:sold_out:seed"
         token = bot.fake.issue_token(user_id, payload, now - HOUR_MS)
-        user = UserRecord(user_id, PAGE_ID, "wine_shop", "optin_thanks", {"likes_white"}, last_interaction_ms=1)
-        await store.add_events([StoredEvent(f"seed-{i}", user_id, PAGE_ID, now, "optin", "{}")])
-        tokens = [Token(token, user_id, "restock", payload, now - HOUR_MS, now + expires_in_ms, "sold_out")]
-        await store.commit_step(StepWrite(f"seed-{i}", user, tokens=tokens), now)
+        user = UserRecord(
+            user_id=user_id,
+            page_id=PAGE_ID,
+            flow="wine_shop",
+            state="optin_thanks",
+            tags={"likes_white"},
+            last_interaction_ms=1,
+        )
+        await store.add_events(
+            [StoredEvent(key=f"seed-{i}", user_id=user_id, page_id=PAGE_ID, timestamp=now, kind="optin", body="{}")]
+        )
+        tokens = [
+            Token(
+                token=token,
+                user_id=user_id,
+                topic="restock",
+                payload=payload,
+                received_ms=now - HOUR_MS,
+                expires_ms=now + expires_in_ms,
+                source_state="sold_out",
+            )
+        ]
+        await store.commit_step(StepWrite(event_key=f"seed-{i}", user=user, tokens=tokens), now)
     campaign = await bot.app[CAMPAIGNS].open("restock", "", {"product": "Sauvignon 2024"}, None)
     users = [f"h{i:03d}" for i in range(count)]
     await store.add_campaign_items(campaign.id, users, {}, now)

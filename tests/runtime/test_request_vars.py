@@ -165,20 +165,26 @@ async def seed(path: Path, holders: dict[str, str]) -> None:
     now = int(time.time() * 1000)
     try:
         for user_id, product in holders.items():
-            user = UserRecord(user_id, state="optin_thanks", flow="wine_shop", tags={"likes_white"})
-            await store.add_events([StoredEvent(f"seed-{user_id}", user_id, "page", now, "optin", "{}")])
+            user = UserRecord(user_id=user_id, state="optin_thanks", flow="wine_shop", tags={"likes_white"})
+            await store.add_events(
+                [
+                    StoredEvent(
+                        key=f"seed-{user_id}", user_id=user_id, page_id="page", timestamp=now, kind="optin", body="{}"
+                    )
+                ]
+            )
             token = Token(
-                f"tok-{user_id}",
-                user_id,
-                "restock",
-                "otn:restock:sold_out:seed",
-                now - 1_000,
-                now + YEAR_MS,
-                "sold_out",
+                token=f"tok-{user_id}",
+                user_id=user_id,
+                topic="restock",
+                payload="otn:restock:sold_out:seed",
+                received_ms=now - 1_000,
+                expires_ms=now + YEAR_MS,
+                source_state="sold_out",
                 request_vars={"product": product},
                 title=f"Tell me when the {product} is back",
             )
-            await store.commit_step(StepWrite(f"seed-{user_id}", user, tokens=[token]), now)
+            await store.commit_step(StepWrite(event_key=f"seed-{user_id}", user=user, tokens=[token]), now)
     finally:
         await store.close()
 

@@ -31,7 +31,12 @@ def test_the_text_of_a_message_text_template_or_title() -> None:
 
 def test_a_refused_row_as_people_see_it() -> None:
     row = OutboxItem(
-        "e#0", "u1", {"text": "no"}, OutboxMeta(kind="otn_request", topic="t"), OutboxStatus.REFUSED, "nagging"
+        key="e#0",
+        user_id="u1",
+        message={"text": "no"},
+        meta=OutboxMeta(kind="otn_request", topic="t"),
+        status=OutboxStatus.REFUSED,
+        detail="nagging",
     )
     row.updated_ms = 42
     assert refused_message(row) == {
@@ -42,7 +47,7 @@ def test_a_refused_row_as_people_see_it() -> None:
         "text": "no",
         "at": 42,
     }
-    assert refused_message(OutboxItem("e#1", "u1", {"text": "x"}))["kind"] == "message"
+    assert refused_message(OutboxItem(key="e#1", user_id="u1", message={"text": "x"}))["kind"] == "message"
 
 
 async def test_the_runs_of_a_notification_are_its_id_and_its_numbered_reruns(tmp_path: Path) -> None:
@@ -50,7 +55,7 @@ async def test_the_runs_of_a_notification_are_its_id_and_its_numbered_reruns(tmp
     await store.open()
     try:
         for n, name in enumerate(["news", "news.2", "news.3", "newsletter", "news.x", "news.2.1"]):
-            await store.open_campaign(Campaign(name, "news", "", {}, n))
+            await store.open_campaign(Campaign(id=name, topic="news", segment="", vars={}, created_ms=n))
         assert [c.id for c in await campaign_runs(store, "news")] == ["news", "news.2", "news.3"]
     finally:
         await store.close()

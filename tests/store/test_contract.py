@@ -34,7 +34,15 @@ from engine.store.sqlite import SqliteStore
 
 
 def event(key: str, user: str = "u1", ts: int = 1) -> StoredEvent:
-    return StoredEvent(key, user, "page", ts, "message", json.dumps({"message": {"mid": key}}), 0)
+    return StoredEvent(
+        key=key,
+        user_id=user,
+        page_id="page",
+        timestamp=ts,
+        kind="message",
+        body=json.dumps({"message": {"mid": key}}),
+        received_ms=0,
+    )
 
 
 @pytest.fixture
@@ -65,11 +73,16 @@ async def test_pending_events_come_oldest_first(store: Backend) -> None:
 
 async def test_commit_step_is_atomic_and_once_only(store: Backend) -> None:
     await store.add_events([event("a")])
-    user = UserRecord("u1", state="welcome", tags={"t"})
-    outbox = [OutboxItem("a#0", "u1", {"text": "one"}), OutboxItem("a#1", "u1", {"text": "two"})]
-    assert await store.commit_step(StepWrite("a", user, outbox), 100)
+    user = UserRecord(user_id="u1", state="welcome", tags={"t"})
+    outbox = [
+        OutboxItem(key="a#0", user_id="u1", message={"text": "one"}),
+        OutboxItem(key="a#1", user_id="u1", message={"text": "two"}),
+    ]
+    assert await store.commit_step(StepWrite(event_key="a", user=user, outbox=outbox), 100)
     user.state = "elsewhere"
-    assert not await store.commit_step(StepWrite("a", user, outbox), 200)  # already handled: nothing written
+    assert not await store.commit_step(
+        StepWrite(event_key="a", user=user, outbox=outbox), 200
+    )  # already handled: nothing written
     loaded = await store.load_user("u1")
     assert loaded is not None and (loaded.state, loaded.tags) == ("welcome", {"t"})
     assert [o.message["text"] for o in await store.pending_outbox("u1")] == ["one", "two"]
@@ -78,12 +91,17 @@ async def test_commit_step_is_atomic_and_once_only(store: Backend) -> None:
 
 async def test_a_failing_commit_leaves_nothing_half_done(store: Backend) -> None:
     await store.add_events([event("a")])
-    rows = [OutboxItem("a#0", "u1", {"text": "ok"}), OutboxItem("a#1", "u1", {"text": "also ok"})]
+    rows = [
+        OutboxItem(key="a#0", user_id="u1", message={"text": "ok"}),
+        OutboxItem(key="a#1", user_id="u1", message={"text": "also ok"}),
+    ]
     # The token is written last, after the handled mark, the user and the rows: its expiry fits neither an SQLite
     # INTEGER nor a BSON int64, so the driver fails mid-transaction and the earlier writes must be undone.
     bad = token("t1", expires=2**64)
     with pytest.raises(OverflowError):
-        await store.commit_step(StepWrite("a", UserRecord("u1", state="s"), rows, tokens=[bad]), 1)
+        await store.commit_step(
+            StepWrite(event_key="a", user=UserRecord(user_id="u1", state="s"), outbox=rows, tokens=[bad]), 1
+        )
     assert await store.load_user("u1") is None
     assert [e.key for e in await store.pending_events("u1")] == ["a"]
     assert await store.pending_outbox("u1") == [] and await store.tokens("u1") == []
@@ -91,7 +109,14 @@ async def test_a_failing_commit_leaves_nothing_half_done(store: Backend) -> None
 
 async def test_in_flight_sends_become_uncertain_at_restart(store: Backend, store_url: str) -> None:
     await store.add_events([event("a")])
-    await store.commit_step(StepWrite("a", UserRecord("u1"), [OutboxItem("a#0", "u1", {"text": "x"})]), 1)
+    await store.commit_step(
+        StepWrite(
+            event_key="a",
+            user=UserRecord(user_id="u1"),
+            outbox=[OutboxItem(key="a#0", user_id="u1", message={"text": "x"})],
+        ),
+        1,
+    )
     await store.set_outbox_status("a#0", "sending", "", 2)
     reopened = open_store(store_url)  # the same store, as a new process would open it
     await reopened.open()
@@ -105,27 +130,45 @@ async def test_in_flight_sends_become_uncertain_at_restart(store: Backend, store
 
 async def test_users_with_pending_work(store: Backend) -> None:
     await store.add_events([event("a", "u1"), event("b", "u2")])
-    await store.commit_step(StepWrite("b", UserRecord("u2"), [OutboxItem("b#0", "u2", {"text": "x"})]), 1)
+    await store.commit_step(
+        StepWrite(
+            event_key="b",
+            user=UserRecord(user_id="u2"),
+            outbox=[OutboxItem(key="b#0", user_id="u2", message={"text": "x"})],
+        ),
+        1,
+    )
     assert sorted(await store.users_with_pending_work()) == ["u1", "u2"]
 
 
 async def test_mark_unreachable(store: Backend) -> None:
     await store.add_events([event("a")])
-    await store.commit_step(StepWrite("a", UserRecord("u1"), []), 1)
+    await store.commit_step(StepWrite(event_key="a", user=UserRecord(user_id="u1"), outbox=[]), 1)
     await store.mark_unreachable("u1")
     user = await store.load_user("u1")
     assert user is not None and user.unreachable
 
 
 def token(name: str, user: str = "u1", topic: str = "restock", received: int = 100, expires: int = 10_000) -> Token:
-    return Token(name, user, topic, f"otn:{topic}:s:x", received, expires, "sold_out")
+    return Token(
+        token=name,
+        user_id=user,
+        topic=topic,
+        payload=f"otn:{topic}:s:x",
+        received_ms=received,
+        expires_ms=expires,
+        source_state="sold_out",
+    )
 
 
 async def test_tokens_arrive_with_the_step_and_are_counted_until_they_expire(store: Backend) -> None:
     await store.add_events([event("a")])
     await store.commit_step(
         StepWrite(
-            "a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)], otn_log=[("restock", "optin")]
+            event_key="a",
+            user=UserRecord(user_id="u1"),
+            tokens=[token("t1"), token("t2", received=200)],
+            otn_log=[("restock", "optin")],
         ),
         300,
     )
@@ -137,19 +180,25 @@ async def test_tokens_arrive_with_the_step_and_are_counted_until_they_expire(sto
 
 
 def request(key: str, status: str, topic: str = "restock") -> OutboxItem:
-    return OutboxItem(key, "u1", {"text": key}, OutboxMeta(kind="otn_request", topic=topic), status)
+    return OutboxItem(
+        key=key, user_id="u1", message={"text": key}, meta=OutboxMeta(kind="otn_request", topic=topic), status=status
+    )
 
 
 async def test_request_counts_come_from_the_outbox_from_the_commit_that_queued_them(store: Backend) -> None:
     await store.add_events([event("a"), event("b", ts=2)])
     rows = [request("a#0", "sending"), request("a#1", "refused"), request("a#2", "pending", "promo")]
-    rows.append(OutboxItem("a#3", "u1", {"text": "hi"}, OutboxMeta(kind="message")))
-    await store.commit_step(StepWrite("a", UserRecord("u1"), rows, tokens=[token("t1")]), 100)
+    rows.append(OutboxItem(key="a#3", user_id="u1", message={"text": "hi"}, meta=OutboxMeta(kind="message")))
+    await store.commit_step(
+        StepWrite(event_key="a", user=UserRecord(user_id="u1"), outbox=rows, tokens=[token("t1")]), 100
+    )
     assert await store.request_counts("u1", "restock", 0, 5_000) == (1, 1)  # refused rows never count
     assert await store.request_counts("u1", "restock", 101, 5_000) == (1, 0)  # before the period
     await store.set_outbox_status("a#0", "sent", "", 150)
     assert await store.request_counts("u1", "restock", 0, 20_000) == (0, 1)  # the token expired; still asked
-    await store.commit_step(StepWrite("b", UserRecord("u1"), otn_log=[("restock", "optin")]), 200)
+    await store.commit_step(
+        StepWrite(event_key="b", user=UserRecord(user_id="u1"), otn_log=[("restock", "optin")]), 200
+    )
     assert await store.request_counts("u1", "restock", 0, 5_000) == (1, 0)  # answered: not nagging any more
 
 
@@ -178,15 +227,21 @@ async def test_armed_requests_and_disarm(store: Backend) -> None:
     await store.arm("u1", "restock", "other", 20)  # already armed: kept as first armed
     assert await store.armed("u1") == [("restock", "sold_out")]
     await store.add_events([event("a")])
-    await store.commit_step(StepWrite("a", UserRecord("u1"), disarm=["restock"]), 30)
+    await store.commit_step(StepWrite(event_key="a", user=UserRecord(user_id="u1"), disarm=["restock"]), 30)
     assert await store.armed("u1") == []
 
 
 async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Backend) -> None:
     await store.add_events([event("a")])
-    await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)]), 1)
-    campaign = await store.open_campaign(Campaign("c1", "restock", "", {"product": "x"}, 1))
-    assert (await store.open_campaign(Campaign("c1", "other", "", {}, 2))).topic == "restock"  # insert-if-absent
+    await store.commit_step(
+        StepWrite(event_key="a", user=UserRecord(user_id="u1"), tokens=[token("t1"), token("t2", received=200)]), 1
+    )
+    campaign = await store.open_campaign(
+        Campaign(id="c1", topic="restock", segment="", vars={"product": "x"}, created_ms=1)
+    )
+    assert (
+        await store.open_campaign(Campaign(id="c1", topic="other", segment="", vars={}, created_ms=2))
+    ).topic == "restock"  # insert-if-absent
     assert await store.token_holders("restock", "", 50, "", 10) == ["u1"]
     await store.add_campaign_items(campaign.id, ["u1"], {"u9": "segment"}, 50)
     assert await store.pending_items(campaign.id, "", 10) == ["u1"]
@@ -221,13 +276,50 @@ async def test_campaign_claims_each_token_once_and_settles_outcomes(store: Backe
 async def test_tokens_keep_their_request_and_campaigns_claim_only_the_requests_they_are_about(store: Backend) -> None:
     sauvignon, rioja = {"product": "Sauvignon 2024"}, {"product": "Rioja 2015"}
     tokens = [
-        Token("s1", "u1", "restock", "p", 100, 10_000, "sold_out", request_vars=sauvignon, title="Sauvignon?"),
-        Token("r1", "u1", "restock", "p", 50, 10_000, "red_sold_out", request_vars=rioja, title="Rioja?"),
-        Token("s2", "u2", "restock", "p", 100, 10_000, "sold_out", request_vars=sauvignon),
-        Token("n3", "u3", "restock", "p", 100, 10_000, "sold_out"),  # a request made without variables
+        Token(
+            token="s1",
+            user_id="u1",
+            topic="restock",
+            payload="p",
+            received_ms=100,
+            expires_ms=10_000,
+            source_state="sold_out",
+            request_vars=sauvignon,
+            title="Sauvignon?",
+        ),
+        Token(
+            token="r1",
+            user_id="u1",
+            topic="restock",
+            payload="p",
+            received_ms=50,
+            expires_ms=10_000,
+            source_state="red_sold_out",
+            request_vars=rioja,
+            title="Rioja?",
+        ),
+        Token(
+            token="s2",
+            user_id="u2",
+            topic="restock",
+            payload="p",
+            received_ms=100,
+            expires_ms=10_000,
+            source_state="sold_out",
+            request_vars=sauvignon,
+        ),
+        Token(
+            token="n3",
+            user_id="u3",
+            topic="restock",
+            payload="p",
+            received_ms=100,
+            expires_ms=10_000,
+            source_state="sold_out",
+        ),  # a request made without variables
     ]
     await store.add_events([event("a")])
-    await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=tokens), 1)
+    await store.commit_step(StepWrite(event_key="a", user=UserRecord(user_id="u1"), tokens=tokens), 1)
     (kept,) = [t for t in await store.tokens("u1") if t.token == "s1"]
     assert (kept.request_vars, kept.title) == (sauvignon, "Sauvignon?")
     s_key, r_key = tokens[0].request_key, tokens[1].request_key
@@ -238,7 +330,7 @@ async def test_tokens_keep_their_request_and_campaigns_claim_only_the_requests_t
     assert await store.token_holders("restock", "", 200, "", 10) == ["u3"]
     assert await store.count_tokens("u1", "restock", 200, r_key) == 1
     assert await store.count_tokens("u1", "restock", 200) == 2
-    campaign = await store.open_campaign(Campaign("c1", "restock", "", sauvignon, 1))
+    campaign = await store.open_campaign(Campaign(id="c1", topic="restock", segment="", vars=sauvignon, created_ms=1))
     await store.add_campaign_items(campaign.id, ["u1", "u3"], {}, 200)
     claimed = await store.begin_deliveries(
         campaign.id,
@@ -257,17 +349,21 @@ async def test_unsubscribing_revokes_tokens_and_disarms_in_the_step_and_subscrib
     store: Backend,
 ) -> None:
     await store.add_events([event("a"), event("b", ts=2)])
-    await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1"), token("t2", received=200)]), 1)
+    await store.commit_step(
+        StepWrite(event_key="a", user=UserRecord(user_id="u1"), tokens=[token("t1"), token("t2", received=200)]), 1
+    )
     await store.arm("u1", "restock", "sold_out", 2)
     assert await store.unsubscribed_users() == 0
-    await store.commit_step(StepWrite("b", UserRecord("u1", unsubscribed_ms=3), consent=False), 3)
+    await store.commit_step(
+        StepWrite(event_key="b", user=UserRecord(user_id="u1", unsubscribed_ms=3), consent=False), 3
+    )
     assert {t.status for t in await store.tokens("u1")} == {"revoked"}
     assert await store.armed("u1") == []
     assert await store.unsubscribed_users() == 1
     user = await store.load_user("u1")
     assert user is not None and user.unsubscribed_ms == 3
     await store.add_events([event("c", ts=3)])
-    await store.commit_step(StepWrite("c", UserRecord("u1"), consent=True), 4)
+    await store.commit_step(StepWrite(event_key="c", user=UserRecord(user_id="u1"), consent=True), 4)
     assert await store.unsubscribed_users() == 0
 
 
@@ -295,8 +391,10 @@ async def test_an_old_sqlite_file_gains_the_request_columns(tmp_path: Path) -> N
 
 async def test_a_user_without_a_valid_token_is_skipped_with_the_reason_given(store: Backend) -> None:
     await store.add_events([event("a")])
-    await store.commit_step(StepWrite("a", UserRecord("u1"), tokens=[token("t1", expires=100)]), 1)
-    await store.open_campaign(Campaign("c1", "restock", "", {}, 1))
+    await store.commit_step(
+        StepWrite(event_key="a", user=UserRecord(user_id="u1"), tokens=[token("t1", expires=100)]), 1
+    )
+    await store.open_campaign(Campaign(id="c1", topic="restock", segment="", vars={}, created_ms=1))
     await store.add_campaign_items("c1", ["u1"], {}, 50)
     hi = [("u1", {"text": "hi"})]
     assert await store.begin_deliveries("c1", "restock", hi, 200, 1_000, no_token_reason="gone") == []
@@ -304,11 +402,11 @@ async def test_a_user_without_a_valid_token_is_skipped_with_the_reason_given(sto
 
 
 async def test_campaigns_by_prefix_oldest_first(store: Backend) -> None:
-    await store.open_campaign(Campaign("news-abc.2", "news", "", {}, 2))
-    await store.open_campaign(Campaign("news-abc", "news", "", {}, 1))
-    await store.open_campaign(Campaign("news-abcd", "news", "", {}, 3))
-    await store.open_campaign(Campaign("news-ab%", "news", "", {}, 4))
-    await store.open_campaign(Campaign("other", "news", "", {}, 5))
+    await store.open_campaign(Campaign(id="news-abc.2", topic="news", segment="", vars={}, created_ms=2))
+    await store.open_campaign(Campaign(id="news-abc", topic="news", segment="", vars={}, created_ms=1))
+    await store.open_campaign(Campaign(id="news-abcd", topic="news", segment="", vars={}, created_ms=3))
+    await store.open_campaign(Campaign(id="news-ab%", topic="news", segment="", vars={}, created_ms=4))
+    await store.open_campaign(Campaign(id="other", topic="news", segment="", vars={}, created_ms=5))
     assert [c.id for c in await store.campaigns_by_prefix("news-abc")] == ["news-abc", "news-abc.2", "news-abcd"]
     assert [c.id for c in await store.campaigns_by_prefix("news-ab%")] == ["news-ab%"]  # no wildcard
 
@@ -316,9 +414,16 @@ async def test_campaigns_by_prefix_oldest_first(store: Backend) -> None:
 async def test_inspect_and_forget_a_user(store: Backend) -> None:
     await store.add_events([event("a")])
     refused = OutboxItem(
-        "a#0", "u1", {"text": "no"}, OutboxMeta(kind="message"), OutboxStatus.REFUSED, "outside_window"
+        key="a#0",
+        user_id="u1",
+        message={"text": "no"},
+        meta=OutboxMeta(kind="message"),
+        status=OutboxStatus.REFUSED,
+        detail="outside_window",
     )
-    await store.commit_step(StepWrite("a", UserRecord("u1", tags={"x"}), [refused], tokens=[token("t1")]), 5)
+    await store.commit_step(
+        StepWrite(event_key="a", user=UserRecord(user_id="u1", tags={"x"}), outbox=[refused], tokens=[token("t1")]), 5
+    )
     (row,) = await store.refused_rows("u1")
     assert (row.key, row.message, row.meta, row.detail, row.updated_ms) == (
         "a#0",
@@ -340,7 +445,7 @@ async def test_inspect_and_forget_a_user(store: Backend) -> None:
 
 async def test_handled_events_are_pruned_after_the_retention_pending_ones_never(store: Backend) -> None:
     await store.add_events([event("old", ts=1), event("pending", ts=2)])
-    await store.commit_step(StepWrite("old", UserRecord("u1")), 1_000)
+    await store.commit_step(StepWrite(event_key="old", user=UserRecord(user_id="u1")), 1_000)
     week = 7 * 86_400_000
     assert await store.prune_inbox(1_000 + week - 1) == 0
     if isinstance(store, MongoStore):  # the server's TTL index does it, on its own schedule: check the index
@@ -355,8 +460,22 @@ async def test_handled_events_are_pruned_after_the_retention_pending_ones_never(
 
 
 async def test_dead_letters_are_kept_once_newest_first_and_counted(store: Backend) -> None:
-    first = RejectedEvent("k1", "entry[0].messaging[1]", "message", "message.mid is missing", '{"message":{}}', 10)
-    second = RejectedEvent("k2", "entry[0].messaging[0]", "postback", "timestamp out of range", '{"x":"\\ud83d"}', 20)
+    first = RejectedEvent(
+        key="k1",
+        where="entry[0].messaging[1]",
+        kind="message",
+        reason="message.mid is missing",
+        body='{"message":{}}',
+        received_ms=10,
+    )
+    second = RejectedEvent(
+        key="k2",
+        where="entry[0].messaging[0]",
+        kind="postback",
+        reason="timestamp out of range",
+        body='{"x":"\\ud83d"}',
+        received_ms=20,
+    )
     assert await store.add_rejected([first, second]) == 2
     assert await store.add_rejected([first]) == 0  # Meta's retry of the same body adds nothing
     assert await store.rejected_events() == [second, first]
@@ -377,10 +496,10 @@ async def test_every_refusal_and_item_reason_round_trips_as_its_plain_word(store
         OutboxItem(key=f"a#{i}", user_id="u1", message={"text": r}, status=OutboxStatus.REFUSED, detail=r)
         for i, r in enumerate(reasons)
     ]
-    await store.commit_step(StepWrite("a", UserRecord("u1"), rows), 5)
+    await store.commit_step(StepWrite(event_key="a", user=UserRecord(user_id="u1"), outbox=rows), 5)
     details = [row.detail for row in await store.refused_rows("u1")]
     assert details == [r.value for r in reasons] and [parsed(d) for d in details] == reasons
-    await store.open_campaign(Campaign("c1", "restock", "", {}, 1))
+    await store.open_campaign(Campaign(id="c1", topic="restock", segment="", vars={}, created_ms=1))
     await store.add_campaign_items("c1", [], {f"u{i}": r for i, r in enumerate(reasons)}, 50)
     counts = await store.campaign_item_counts("c1")
     assert sorted(counts) == sorted((ItemStatus.SKIPPED.value, r.value, 1) for r in reasons)

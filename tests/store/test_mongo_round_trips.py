@@ -48,7 +48,7 @@ async def counted(mongo_server: str) -> AsyncIterator[tuple[MongoStore, Commands
 
 
 def event(key: str, user: str) -> StoredEvent:
-    return StoredEvent(key, user, "page", 1, "message", "{}", 0)
+    return StoredEvent(key=key, user_id=user, page_id="page", timestamp=1, kind="message", body="{}", received_ms=0)
 
 
 async def test_a_step_writes_its_outbox_rows_and_tokens_in_one_command_each(
@@ -57,9 +57,14 @@ async def test_a_step_writes_its_outbox_rows_and_tokens_in_one_command_each(
     store, commands = counted
     await store.add_events([event("a", "u1")])
     commands.seen.clear()
-    rows = [OutboxItem(f"a#{i}", "u1", {"text": str(i)}) for i in range(20)]
-    tokens = [Token(f"t{i}", "u1", "restock", "p", 1, 10_000) for i in range(5)]
-    assert await store.commit_step(StepWrite("a", UserRecord("u1"), rows, tokens=tokens), 10)
+    rows = [OutboxItem(key=f"a#{i}", user_id="u1", message={"text": str(i)}) for i in range(20)]
+    tokens = [
+        Token(token=f"t{i}", user_id="u1", topic="restock", payload="p", received_ms=1, expires_ms=10_000)
+        for i in range(5)
+    ]
+    assert await store.commit_step(
+        StepWrite(event_key="a", user=UserRecord(user_id="u1"), outbox=rows, tokens=tokens), 10
+    )
     assert commands.on("outbox") == {"update": 1}
     assert commands.on("tokens") == {"update": 1}
     assert len(await store.pending_outbox("u1")) == 20 and len(await store.tokens("u1")) == 5
@@ -80,8 +85,15 @@ async def test_uncertain_deliveries_read_their_tokens_in_one_query(counted: tupl
     users = [f"u{i:02}" for i in range(12)]
     await store.add_events([event(f"e{u}", u) for u in users])
     for u in users:
-        await store.commit_step(StepWrite(f"e{u}", UserRecord(u), tokens=[Token(f"t{u}", u, "r", "p", 1, 10**9)]), 1)
-    await store.open_campaign(Campaign("c", "r", "", {}, 1))
+        await store.commit_step(
+            StepWrite(
+                event_key=f"e{u}",
+                user=UserRecord(user_id=u),
+                tokens=[Token(token=f"t{u}", user_id=u, topic="r", payload="p", received_ms=1, expires_ms=10**9)],
+            ),
+            1,
+        )
+    await store.open_campaign(Campaign(id="c", topic="r", segment="", vars={}, created_ms=1))
     await store.add_campaign_items("c", users, {}, 2)
     claimed = await store.begin_deliveries("c", "r", [(u, {"text": u}) for u in users], 3, 100, no_token_reason="x")
     assert len(claimed) == 12

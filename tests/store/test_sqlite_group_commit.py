@@ -15,15 +15,21 @@ async def test_a_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "g.sqlite3")
     await store.open()
     try:
-        await store.add_events([StoredEvent("e", "bad", "page", 1, "message", "{}", 0)])
+        await store.add_events(
+            [StoredEvent(key="e", user_id="bad", page_id="page", timestamp=1, kind="message", body="{}", received_ms=0)]
+        )
         assert store._writer is not None
         gate = threading.Event()
         busy = asyncio.get_running_loop().run_in_executor(store._writer, gate.wait, 10)  # the writer is busy
-        too_big = Token("t", "bad", "topic", "p", 1, 2**64)  # no SQLite INTEGER holds it: fails inside the write
+        too_big = Token(
+            token="t", user_id="bad", topic="topic", payload="p", received_ms=1, expires_ms=2**64
+        )  # no SQLite INTEGER holds it: fails inside the write
         writes = [
-            asyncio.create_task(store.put_user(UserRecord("first"))),
-            asyncio.create_task(store.commit_step(StepWrite("e", UserRecord("bad"), tokens=[too_big]), 5)),
-            asyncio.create_task(store.put_user(UserRecord("last"))),
+            asyncio.create_task(store.put_user(UserRecord(user_id="first"))),
+            asyncio.create_task(
+                store.commit_step(StepWrite(event_key="e", user=UserRecord(user_id="bad"), tokens=[too_big]), 5)
+            ),
+            asyncio.create_task(store.put_user(UserRecord(user_id="last"))),
         ]
         for _ in range(100):  # until all three are queued behind the busy writer
             if len(store._queue) == 3:
