@@ -12,19 +12,16 @@ import sys
 from pathlib import Path
 
 from engine.config import LOCAL_SECRET
-from engine.testing.harness import Bot
 from engine.web.keys import STORE
-from tests.conftest import served_playground
+from tests.conftest import example_bot, served_playground
+from tests.wine import white_lover_with_token
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 async def test_stop_revokes_tokens_keeps_campaigns_and_requests_away_until_subscribe(tmp_path: Path) -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml", store_dir=tmp_path) as bot:
-        alice = bot.user("alice", first_name="Alice")
-        await alice.says("hi")
-        await alice.taps("White")
-        await alice.opts_in("restock")
+    async with example_bot(store_dir=tmp_path) as bot:
+        alice = await white_lover_with_token(bot)
         (token,) = alice.tokens("restock")
         await alice.says("stop")
         assert not alice.subscribed
@@ -62,11 +59,8 @@ async def test_stop_revokes_tokens_keeps_campaigns_and_requests_away_until_subsc
 
 
 async def test_stop_disarms_the_loop_and_a_notify_me_tap_subscribes_again() -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
-        alice = bot.user("alice")
-        await alice.says("hi")
-        await alice.taps("White")
-        await alice.opts_in("restock")
+    async with example_bot() as bot:
+        alice = await white_lover_with_token(bot)
         bot.clock.advance(hours=25)  # the window closed: the next request is armed for her next engagement
         await bot.notify("restock", product="Sauvignon 2024")
         assert await bot.app[STORE].armed("alice") != []

@@ -13,7 +13,7 @@ from engine.store import StepWrite, StoredEvent, Token, UserRecord
 from engine.testing.harness import PAGE_ID, Bot
 from engine.web.keys import CAMPAIGNS, STORE
 from tests.conftest import example_bot, served_playground, wait_until
-from tests.runtime.wine import requests_to, white_lover_with_token
+from tests.wine import requests_to, white_lover_with_token
 
 ROOT = Path(__file__).resolve().parents[2]
 HOUR_MS = 3_600_000

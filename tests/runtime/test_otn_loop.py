@@ -11,7 +11,7 @@ import pytest
 from engine.testing.harness import Bot, BotUser
 from engine.web.keys import STORE
 from tests.conftest import example_bot
-from tests.runtime.wine import white_lover_with_token
+from tests.wine import white_lover_with_token
 
 ROOT = Path(__file__).resolve().parents[2]
 POLICY_FLOWS = ROOT / "tests" / "fixtures" / "policy_flows"

@@ -8,15 +8,16 @@ from typing import Any
 
 import pytest
 
-from engine.testing.harness import API_TOKEN, Bot
-from tests.conftest import wait_until
+from engine.testing.harness import API_TOKEN
+from tests.conftest import example_bot, wait_until
+from tests.wine import white_lover_with_token
 
 ROOT = Path(__file__).resolve().parents[2]
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
 
 
 async def test_api_needs_the_bearer_token() -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+    async with example_bot() as bot:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": API_TOKEN}):
             async with bot.session.post(f"{bot.url}/api/notify", json={"topic": "restock"}, headers=headers) as r:
                 assert r.status == 401
@@ -26,7 +27,7 @@ async def test_api_needs_the_bearer_token() -> None:
 
 
 async def test_api_validates_the_request() -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+    async with example_bot() as bot:
         cases = [
             ({"segment": "x"}, "'topic' is required"),
             ({"topic": "nope"}, "unknown topic 'nope'; topics: restock, sl13_restock"),
@@ -40,11 +41,8 @@ async def test_api_validates_the_request() -> None:
 
 
 async def test_api_runs_a_campaign_and_reports_it() -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
-        alice = bot.user("alice")
-        await alice.says("hi")
-        await alice.taps("White")
-        await alice.opts_in("restock")
+    async with example_bot() as bot:
+        alice = await white_lover_with_token(bot)
         bot.clock.advance(days=2)
         async with bot.session.post(
             f"{bot.url}/api/notify", headers=AUTH, json={"topic": "restock", "vars": {"product": "Sauvignon 2024"}}
@@ -83,7 +81,7 @@ async def raw_request(url: str, head: bytes) -> bytes:
 
 
 async def test_a_header_that_is_not_utf8_is_a_401_not_a_500() -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+    async with example_bot() as bot:
         for value in (b"Bearer \xff\xfe", b"\xc3", f"Bearer {API_TOKEN}\xe9".encode("latin-1")):
             head = b"GET /api/stats HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: " + value + b"\r\n\r\n"
             assert await raw_request(bot.url, head) == b"401"
@@ -101,7 +99,7 @@ async def test_secrets_are_compared_in_constant_time(monkeypatch: pytest.MonkeyP
         return real(a, b)
 
     monkeypatch.setattr(hmac, "compare_digest", spy)
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+    async with example_bot() as bot:
         async with bot.session.get(f"{bot.url}/api/stats", headers=AUTH) as r:
             assert r.status == 200
         verify = {"hub.mode": "subscribe", "hub.verify_token": "harness", "hub.challenge": "42"}
@@ -129,7 +127,7 @@ async def test_secrets_are_compared_in_constant_time(monkeypatch: pytest.MonkeyP
     ],
 )
 async def test_notify_bodies_are_checked_against_the_openapi_document(body: Any, field: str, message: str) -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+    async with example_bot() as bot:
         sent = {"data": body} if isinstance(body, bytes) else {"json": body}
         async with bot.session.post(f"{bot.url}/api/notify", headers=AUTH, **sent) as r:
             assert r.status == 400, await r.text()
@@ -139,7 +137,7 @@ async def test_notify_bodies_are_checked_against_the_openapi_document(body: Any,
 
 
 async def test_every_api_error_is_json_and_the_document_is_served() -> None:
-    async with Bot.start(ROOT / "flows", ROOT / "templates", config=ROOT / "config.toml") as bot:
+    async with example_bot() as bot:
         for raw in (b"{", b'{"topic": NaN}', b"\xff", b"[" * 100_000):
             async with bot.session.post(f"{bot.url}/api/notify", data=raw, headers=AUTH) as r:
                 assert r.status == 400 and (await r.json())["error"].startswith("body must be JSON"), raw[:10]
