@@ -96,3 +96,22 @@ def test_check_reports_unknown_actions_missing_arguments_targets_and_names(tmp_p
     assert (line, "states.stock.action.args", "action 'check_stock' needs argument(s) qty") in found
     assert any(key == "states.stock.action.on_result[0].goto" and "unknown state 'gone'" in m for _, key, m in found)
     assert any(key == "states.stock.action.args.who" and "undefined variable 'basket'" in m for _, key, m in found)
+
+
+async def test_an_installed_packages_entry_point_registers_an_action(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = tmp_path / "site"
+    dist = site / "shop_actions-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: shop-actions\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[otnflow.actions]\ncheck_stock = tests.runtime.shop_actions:check_stock\n")
+    monkeypatch.syspath_prepend(str(site))
+    empty = tmp_path / "config.toml"
+    empty.write_text("")  # nothing in [actions]: the package's entry point alone registers it
+    async with Bot.start(flows=FLOWS, templates=FLOWS, config=empty) as bot:
+        ann = bot.user("ann", first_name="Ann")
+        await ann.says("hi")
+        await ann.taps("Sancerre")
+        assert [(c.name, c.outcome) for c in bot.action_calls] == [("check_stock", Outcome.SUCCESS)]
+        assert ann.last_reply.text == "3 left of SL13."
