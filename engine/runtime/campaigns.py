@@ -37,6 +37,7 @@ from ..store import (
     Delivery,
     DeliveryResult,
     ItemStatus,
+    OtnLogged,
     OutboxStatus,
     Store,
     TokenStatus,
@@ -479,7 +480,7 @@ class CampaignRunner:
                         token_status=TokenStatus.SPENT,
                         detail=result.message_id or "",
                         arm=arm,
-                        logged="delivery",
+                        logged=OtnLogged.DELIVERY,
                     )
                 ],
                 now,

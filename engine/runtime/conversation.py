@@ -17,7 +17,19 @@ from ..messenger import outbound
 from ..messenger.events import MAX_KEY_CHARS, STANDBY, InboundEvent, Referral, parse_event
 from ..policy import MessageKind
 from ..policy.gate import DAY_MS
-from ..store import OutboxItem, OutboxMeta, OutboxStatus, StepWrite, Store, StoredEvent, Token, UserRecord, request_key
+from ..store import (
+    OtnLogged,
+    OutboxItem,
+    OutboxMeta,
+    OutboxStatus,
+    StepWrite,
+    Store,
+    StoredEvent,
+    Token,
+    UserRecord,
+    refused_request,
+    request_key,
+)
 from .actions import ActionRunner
 from .clock import Clock
 from .policy_check import Gate, outgoing_from_meta
@@ -286,7 +298,7 @@ class StepHandler:
             )
         )
         if declared:  # the loop's figures are per declared topic (an unknown one would be a stray metrics label)
-            write.otn_log.append((topic, "optin"))
+            write.otn_log.append((topic, OtnLogged.OPTIN))
 
     def _armed_requests(
         self, flow: CompiledFlow, armed: list[tuple[str, str]], user: UserRecord, write: StepWrite
@@ -324,7 +336,7 @@ class StepHandler:
             if decision.reason is not None:  # refused
                 item.status, item.detail = OutboxStatus.REFUSED, decision.reason
                 if reply.otn_topic is not None:
-                    write.otn_log.append((reply.otn_topic, f"request_refused:{decision.reason}"))
+                    write.otn_log.append((reply.otn_topic, refused_request(decision.reason)))
             elif reply.otn_topic is not None:
                 queued[reply.otn_topic] += 1
             items.append(item)

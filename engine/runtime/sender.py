@@ -17,7 +17,7 @@ from ..messenger.client import GraphClient
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
 from ..policy import MessageKind, Via
-from ..store import OutboxItem, OutboxStatus, Store, UserRecord
+from ..store import OtnLogged, OutboxItem, OutboxStatus, Store, UserRecord
 from .clock import Clock
 from .metrics import Metrics
 from .policy_check import Gate, outgoing_from_meta
@@ -95,7 +95,7 @@ class OutboxSender:
             # the row stays `sending` and becomes `uncertain` at restart, which never resends it.
             self._background(self._finish(item, OutboxStatus.SENT, result.message_id or ""))
             if item.meta.kind == MessageKind.OTN_REQUEST:
-                what = "re_request" if item.meta.re_request else "request"
+                what = OtnLogged.RE_REQUEST if item.meta.re_request else OtnLogged.REQUEST
                 self._background(self.store.log_otn(item.user_id, str(item.meta.topic), what, now))
             return result.outcome
         detail = f"{result.outcome.value}: {result.detail}"

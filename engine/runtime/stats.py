@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from ..policy.gate import DAY_MS
-from ..store import Backend, Store
+from ..store import Backend, OtnLogged, Store
 from .audience import held_requests
 
 FIGURES = (
@@ -27,14 +27,14 @@ async def loop_stats(store: Store, now_ms: int, soon_days: float) -> dict[str, d
     raw = await store.otn_stats(now_ms, now_ms + int(soon_days * DAY_MS))
     out: dict[str, dict[str, float]] = {}
     for topic, counts in sorted(raw.items()):
-        requests = counts.get("request", 0) + counts.get("re_request", 0)
-        optins = counts.get("optin", 0)
+        requests = counts.get(OtnLogged.REQUEST, 0) + counts.get(OtnLogged.RE_REQUEST, 0)
+        optins = counts.get(OtnLogged.OPTIN, 0)
         out[topic] = {
             "requests": requests,
             "optins": optins,
             "optin_rate": round(optins / requests, 3) if requests else 0.0,
-            "deliveries": counts.get("delivery", 0),
-            "re_requests": counts.get("re_request", 0),
+            "deliveries": counts.get(OtnLogged.DELIVERY, 0),
+            "re_requests": counts.get(OtnLogged.RE_REQUEST, 0),
             "tokens_held": counts.get("tokens_held", 0),
             "holders": counts.get("token_holders", 0),
             "tokens_expiring_soon": counts.get("tokens_expiring_soon", 0),

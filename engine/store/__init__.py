@@ -26,7 +26,7 @@ from .base import (
     request_key,
     request_vars,
 )
-from .status import CampaignStatus, ItemStatus, OutboxStatus, TokenStatus
+from .status import CampaignStatus, ItemStatus, OtnLogged, OutboxStatus, TokenStatus, refused_request
 
 
 def open_store(url: str, inbox_retention_days: float = 7.0) -> Backend:
@@ -59,6 +59,7 @@ __all__ = [
     "Inspection",
     "ItemStatus",
     "LeaseStore",
+    "OtnLogged",
     "OutboxItem",
     "OutboxMeta",
     "OutboxStatus",
@@ -73,6 +74,7 @@ __all__ = [
     "UserRecord",
     "UserStore",
     "open_store",
+    "refused_request",
     "request_key",
     "request_vars",
 ]

@@ -44,7 +44,7 @@ from .base import (
     UserRecord,
     request_vars,
 )
-from .status import CampaignStatus, OutboxStatus, TokenStatus
+from .status import CampaignStatus, OtnLogged, OutboxStatus, TokenStatus
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -470,7 +470,7 @@ class MongoStore:
         self, user_id: str, topic: str, since_ms: int, now_ms: int, request_key: str | None = None
     ) -> tuple[int, int]:
         held = await self.count_tokens(user_id, topic, now_ms, request_key)
-        since = max(since_ms, await self.last_otn(user_id, topic, "optin") + 1)
+        since = max(since_ms, await self.last_otn(user_id, topic, OtnLogged.OPTIN) + 1)
         requests = await self.db.outbox.count_documents(
             {
                 "user_id": user_id,

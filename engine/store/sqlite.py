@@ -32,7 +32,7 @@ from .base import (
     UserRecord,
     request_vars,
 )
-from .status import CampaignStatus, OutboxStatus, TokenStatus
+from .status import CampaignStatus, OtnLogged, OutboxStatus, TokenStatus
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -600,8 +600,8 @@ class SqliteStore:
             held, last_optin = db.execute(
                 "SELECT (SELECT count(*) FROM tokens WHERE user_id = ? AND topic = ? AND status = 'valid' "
                 f"AND expires_ms > ? {same_request}), (SELECT coalesce(max(at_ms), 0) FROM otn_log WHERE user_id = ? "
-                "AND topic = ? AND what = 'optin')",
-                (user_id, topic, now_ms, *key_args, user_id, topic),
+                "AND topic = ? AND what = ?)",
+                (user_id, topic, now_ms, *key_args, user_id, topic, OtnLogged.OPTIN),
             ).fetchone()
             requests = db.execute(
                 "SELECT count(*) FROM outbox WHERE user_id = ? AND created_ms >= ? "

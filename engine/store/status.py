@@ -36,3 +36,19 @@ class ItemStatus(StrEnum):
     DELIVERED = "delivered"
     SKIPPED = "skipped"
     FAILED = "failed"
+
+
+class OtnLogged(StrEnum):
+    """What the OTN log records for a user's topic (`otnflow stats` counts them). A request the gate refused is
+    logged as `request_refused:<its Refusal>` (`refused_request`)."""
+
+    OPTIN = "optin"  # a Notify Me tap brought a token
+    REQUEST = "request"  # a Notify Me request went out
+    RE_REQUEST = "re_request"  # the loop's request after a delivery went out
+    DELIVERY = "delivery"  # a notification went out on a token
+    REQUEST_REFUSED = "request_refused"
+
+
+def refused_request(reason: str) -> str:
+    """The OTN log's entry for a request the gate refused, with the refusal's reason."""
+    return f"{OtnLogged.REQUEST_REFUSED}:{reason}"

@@ -13,11 +13,13 @@ import pytest
 from engine.policy import Refusal
 from engine.runtime.campaigns import ItemReason
 from engine.runtime.inspection import inspect_user
+from engine.runtime.stats import loop_stats
 from engine.store import (
     Backend,
     Campaign,
     DeliveryResult,
     ItemStatus,
+    OtnLogged,
     OutboxItem,
     OutboxMeta,
     OutboxStatus,
@@ -28,6 +30,7 @@ from engine.store import (
     TokenStatus,
     UserRecord,
     open_store,
+    refused_request,
 )
 from engine.store.mongo import MongoStore
 from engine.store.sqlite import SqliteStore
@@ -504,3 +507,15 @@ async def test_every_refusal_and_item_reason_round_trips_as_its_plain_word(store
     counts = await store.campaign_item_counts("c1")
     assert sorted(counts) == sorted((ItemStatus.SKIPPED.value, r.value, 1) for r in reasons)
     assert {parsed(reason) for _, reason, _ in counts} == set(reasons)
+
+
+async def test_every_otn_log_entry_round_trips_and_the_loop_figures_count_it(store: Backend) -> None:
+    """The OTN log keeps `OtnLogged`'s plain words (a refused request with its reason); the loop figures read them."""
+    for what in OtnLogged:
+        await store.log_otn("u1", "restock", what, 10)
+    await store.log_otn("u1", "restock", refused_request(Refusal.REQUEST_LIMIT), 10)
+    counts = (await store.otn_stats(20, 30))["restock"]
+    assert {what: counts.get(what) for what in OtnLogged} == {what: 1 for what in OtnLogged}
+    assert counts["request_refused:request_limit"] == 1
+    figures = (await loop_stats(store, 20, 0))["restock"]
+    assert (figures["requests"], figures["optins"], figures["deliveries"], figures["re_requests"]) == (2, 1, 1, 1)
