@@ -79,10 +79,10 @@ def child_engine(store: str, graph: str, concurrency: int) -> None:
     from engine.messenger.client import GraphClient
     from engine.runtime.assembly import assemble, graph_settings
     from engine.runtime.clock import SystemClock
+    from engine.runtime.flows import FlowSet, LiveFlows, load_configured_flows
     from engine.runtime.metrics import Metrics
     from engine.runtime.sender import SendingHealth
     from engine.store import open_store
-    from engine.web.app import load_configured_flows
 
     env = {
         "OTNFLOW_PAGE_TOKEN": "t",
@@ -103,7 +103,7 @@ def child_engine(store: str, graph: str, concurrency: int) -> None:
             graph_client = GraphClient(session, graph_settings(settings, graph))
             runtime = assemble(
                 settings,
-                flows,
+                LiveFlows(FlowSet.configured(settings, flows)),
                 db,
                 graph_client,
                 SystemClock(),

@@ -51,7 +51,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _flows(settings: Settings) -> dict[str, CompiledFlow]:
     from .flow import FlowError
-    from .web.app import load_configured_flows
+    from .runtime.flows import load_configured_flows
 
     try:
         return load_configured_flows(settings)
@@ -97,6 +97,7 @@ async def _notify(
     from .runtime.assembly import assemble, graph_settings
     from .runtime.campaigns import CampaignError
     from .runtime.clock import SystemClock
+    from .runtime.flows import FlowSet, LiveFlows
     from .runtime.metrics import Metrics
     from .runtime.sender import SendingHealth
     from .store import open_store
@@ -114,7 +115,7 @@ async def _notify(
             graph = GraphClient(session, graph_settings(settings))
             runtime = assemble(
                 settings,
-                flows,
+                LiveFlows(FlowSet.configured(settings, flows)),
                 store,
                 graph,
                 SystemClock(),
@@ -332,7 +333,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def banner(app: web.Application) -> None:
         s = app[SETTINGS]
-        flows = app[FLOWS]
+        flows = app[FLOWS].current.flows
         lines = [
             f"otnflow serving on http://{host}:{port}/webhook",
             f"  flows: {', '.join(sorted(flows))}",

@@ -57,6 +57,12 @@ OPTIONS: dict[str, Option] = {
         "uvloop (libuv's event loop: about a sixth less CPU per webhook turn, docs/architecture.md) or asyncio (the "
         "standard library's); uvloop falls back to asyncio where it is not installed (Windows).",
     ),
+    "server.figures_refresh_seconds": Option(
+        15.0,
+        "How often /healthz's store counts and /metrics' OTN loop figures are read from the store, in the "
+        "background: probes and scrapes never read it themselves, and /healthz calls the store unresponsive "
+        "after three periods without a reading.",
+    ),
     "server.allow_sha1_signature": Option(False, "Accept the legacy X-Hub-Signature (SHA-1) when no SHA-256 is sent."),
     "server.simulated_user_ids": Option(
         False,
@@ -131,6 +137,7 @@ class ServerSection:
     port: int
     max_body_bytes: int
     read_timeout_seconds: float
+    figures_refresh_seconds: float
     allow_sha1_signature: bool
     simulated_user_ids: bool
     event_loop: str  # uvloop or asyncio

@@ -83,7 +83,8 @@ def test_check_test_and_pytest_pass_in_the_new_folder(project: Path) -> None:
 
 async def test_serve_in_the_new_folder_answers_on_loopback(project: Path) -> None:
     port = free_port()
-    env = outside_env() | {"OTNFLOW_SERVER_PORT": str(port)}
+    # /healthz shows the store's counts as read in the background: read them often here
+    env = outside_env() | {"OTNFLOW_SERVER_PORT": str(port), "OTNFLOW_SERVER_FIGURES_REFRESH_SECONDS": "0.1"}
     command = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "engine.cli"]
     process = subprocess.Popen(
         [*command, "serve"], cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

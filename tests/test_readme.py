@@ -35,6 +35,7 @@ async def test_serve_in_local_mode_answers_a_message_through_the_fake_graph(tmp_
         OTNFLOW_SERVER_PORT=str(port := free_port()),
         OTNFLOW_STORE_URL=f"sqlite:///{tmp_path / 'local.sqlite3'}",
         OTNFLOW_LOG_LEVEL="WARNING",
+        OTNFLOW_SERVER_FIGURES_REFRESH_SECONDS="0.1",  # /healthz's counts are read in the background
     )
     process = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve"],

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config import Settings
-from ..flow import CompiledFlow
 from ..messenger.client import GraphClient, GraphSettings
 from ..store import Store
 from .actions import ActionRunner
-from .campaigns import CampaignRunner
+from .campaigns import CampaignRunner, run_directly
 from .clock import Clock
 from .conversation import StepHandler, StepMiddleware
 from .dispatcher import Dispatcher, Leases
+from .flows import LiveFlows
 from .http_actions import HttpActionCaller
 from .metrics import Metrics
 from .policy_check import Gate
@@ -45,23 +44,9 @@ def graph_settings(settings: Settings, base_url: str | None = None) -> GraphSett
     )
 
 
-def default_flow_name(settings: Settings, flows: Mapping[str, CompiledFlow]) -> str:
-    default = settings.flows.default or sorted(flows)[0]
-    if default not in flows:
-        raise ValueError(f"flows.default: {no_such_flow(default, flows)}")
-    return default
-
-
-def no_such_flow(name: str, flows: Mapping[str, CompiledFlow]) -> str:
-    """One line for a flow name that is not loaded: the closest name, and every flow there is."""
-    close = difflib.get_close_matches(name, list(flows), n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"no flow named '{name}'{hint} (the flows: {', '.join(sorted(flows)) or 'none'})"
-
-
 def assemble(
     settings: Settings,
-    flows: Mapping[str, CompiledFlow],
+    flows: LiveFlows,
     store: Store,
     graph: GraphClient,
     clock: Clock,
@@ -76,9 +61,7 @@ def assemble(
         for name, action in settings.http_actions.items()
     }
     actions = ActionRunner({**settings.action_functions(), **http}, metrics)
-    handler = StepHandler(
-        flows, default_flow_name(settings, flows), store, graph.profile, clock, gate, middlewares, actions
-    )
+    handler = StepHandler(flows, store, graph.profile, clock, gate, middlewares, actions)
     sender = OutboxSender(store, graph, clock, metrics, sending, gate)
     leases = Leases.for_this_process(settings.dispatcher.lease_seconds) if settings.leases else None
     dispatcher = Dispatcher(store, handler, sender, metrics, settings.dispatcher.concurrency, leases, clock)
@@ -92,8 +75,8 @@ def assemble(
         metrics,
         settings.notify.concurrency,
         settings.notify.rate_per_second,
+        # in the server, each user's campaign work runs in their worker, between their events
+        run_for_user=dispatcher.run_job if campaigns_through_dispatcher else run_directly,
         claim_seconds=settings.notify.claim_seconds,
     )
-    if campaigns_through_dispatcher:
-        campaigns.run_for_user = dispatcher.run_job
     return Runtime(gate=gate, handler=handler, sender=sender, dispatcher=dispatcher, campaigns=campaigns)

@@ -46,9 +46,10 @@ from ..store import (
 )
 from .audience import Audience, holder_pages, notification_audience, spell_api, spell_cli
 from .clock import Clock
-from .conversation import reply_to_outbox
+from .flows import LiveFlows
 from .metrics import Metrics
 from .policy_check import Gate
+from .replies import reply_to_outbox
 from .sender import OutboxSender
 
 log = logging.getLogger("otnflow.notify")
@@ -163,14 +164,15 @@ def _check_params(flow: CompiledFlow, topic: str, variables: Mapping[str, Any]) 
         raise CampaignError(f"{needs}: pass {spell_cli(missing[0])}", f"{needs}: give {spell_api(missing[0])}")
 
 
-async def _direct(user_id: str, job: Callable[[], Awaitable[T]]) -> T:
+async def run_directly(user_id: str, job: Callable[[], Awaitable[T]]) -> T:
+    """Run a user's campaign job at once (the command line: no worker per user to run it in)."""
     return await job()
 
 
 class CampaignRunner:
     def __init__(
         self,
-        flows: Mapping[str, CompiledFlow],
+        flows: LiveFlows,
         store: Store,
         client: GraphClient,
         sender: OutboxSender,
@@ -179,10 +181,10 @@ class CampaignRunner:
         metrics: Metrics,
         concurrency: int = 32,
         rate_per_second: float = 250.0,
-        run_for_user: RunForUser = _direct,
+        run_for_user: RunForUser = run_directly,
         claim_seconds: float = 120.0,
     ) -> None:
-        self.flows = flows
+        self.flows = flows  # a run takes its topic's flow once, at its start: a reload changes the next run
         self.store = store
         self.client = client
         self.sender = sender
@@ -191,15 +193,15 @@ class CampaignRunner:
         self.metrics = metrics
         self.concurrency = concurrency
         self.limiter = RateLimiter(rate_per_second)
-        self.run_for_user = run_for_user  # in the server: through the user's worker, so events and sends interleave
+        self.run_for_user = run_for_user
         self.claim_ms = int(claim_seconds * 1000)  # how long a claimed item is this run's before others settle it
 
     def flow_for_topic(self, topic: str) -> CompiledFlow:
-        for flow in self.flows.values():
-            if topic in flow.spec.topics:
-                return flow
-        known = sorted({t for f in self.flows.values() for t in f.spec.topics})
-        raise CampaignError(f"unknown topic '{topic}'; topics: {', '.join(known) or 'none'}")
+        flows = self.flows.current
+        flow = flows.declaring(topic)
+        if flow is None:
+            raise CampaignError(f"unknown topic '{topic}'; topics: {', '.join(flows.topics()) or 'none'}")
+        return flow
 
     def prepare(
         self, topic: str, segment: str, variables: Mapping[str, Any], name: str | None

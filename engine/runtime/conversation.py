@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .. import jsonio
 from ..actions import ActionContext
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
-from ..messenger import outbound
 from ..messenger.events import MAX_KEY_CHARS, STANDBY, InboundEvent, Referral, parse_event
-from ..policy import MessageKind
 from ..policy.gate import DAY_MS
 from ..store import (
     OtnLogged,
     OutboxItem,
-    OutboxMeta,
     OutboxStatus,
     StepWrite,
     Store,
@@ -32,7 +29,9 @@ from ..store import (
 )
 from .actions import ActionRunner
 from .clock import Clock
+from .flows import FlowSet, LiveFlows
 from .policy_check import Gate, outgoing_from_meta
+from .replies import reply_to_outbox
 
 log = logging.getLogger("otnflow.conversation")
 
@@ -47,23 +46,6 @@ UNKNOWN_TOPIC = "(unknown)"
 MAX_ACTIONS_PER_EVENT = 5
 
 WINDOW_OPENERS = frozenset({"message", "postback", "reaction", "referral"})
-
-
-def reply_to_outbox(reply: Reply, key: str, user_id: str, responding: bool) -> OutboxItem:
-    """A flow reply as a Send API `message`, with what the policy gate needs to know in `meta`."""
-    quick = [(q.title, q.payload) for q in reply.quick_replies]
-    meta = OutboxMeta(
-        kind=MessageKind.MESSAGE, responding=responding, promotional=reply.promotional, tag=reply.message_tag or None
-    )
-    if reply.otn_topic is not None:
-        payload = payloads.request(reply.otn_topic, reply.otn_state, key, dict(reply.otn_vars), reply.text)
-        message = outbound.otn_request(reply.text, payload)
-        meta.kind, meta.topic, meta.source_state = MessageKind.OTN_REQUEST, reply.otn_topic, reply.otn_state
-    elif reply.buttons:
-        message = outbound.button_message(reply.text, [(b.title, b.payload, b.url) for b in reply.buttons], quick)
-    else:
-        message = outbound.text_message(reply.text, quick)
-    return OutboxItem(key=key, user_id=user_id, message=message, meta=meta)
 
 
 #: Where a plugin opt-in's `ref` and `user_ref` are kept among the user's variables.
@@ -120,8 +102,7 @@ class StepHandler:
 
     def __init__(
         self,
-        flows: Mapping[str, CompiledFlow],
-        default_flow: str,
+        flows: LiveFlows,
         store: Store,
         fetch_profile: ProfileFetcher,
         clock: Clock,
@@ -131,16 +112,12 @@ class StepHandler:
     ) -> None:
         self.middlewares = tuple(middlewares)
         self.actions = actions or ActionRunner({})
-        self.flows = flows
-        self.default_flow = default_flow
+        self.flows = flows  # read once per step: a reload swaps in a new set, never changes one in flight
         self._unknown_topics_logged: set[str] = set()  # a warning once per topic, not per opt-in (bounded)
         self.store = store
         self.fetch_profile = fetch_profile
         self.clock = clock
         self.gate = gate
-
-    def flow_for(self, user: UserRecord) -> CompiledFlow:
-        return self.flows.get(user.flow) or self.flows[self.default_flow]
 
     async def handle(self, stored: StoredEvent, send_now: bool = False, user: UserRecord | None = None) -> StepOutcome:
         """The step for one event, through the middlewares, if any (see `_step`)."""
@@ -161,17 +138,18 @@ class StepHandler:
         it at once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
         `user` is the record this worker itself just committed for the same user, when it has one: no read back."""
         event = _inbound(stored)
+        flows = self.flows.current  # this step's flows, whatever a reload does meanwhile
         armed: list[tuple[str, str]] = []
         if user is None or user.user_id != stored.user_id:
             user, armed = await self.store.load_for_step(stored.user_id)
         # else: the record this worker just committed; a re-request armed meanwhile goes at the next engagement
         if user is None:
             user = UserRecord(
-                user_id=stored.user_id, page_id=stored.page_id, flow=self.default_flow, created_ms=self.clock.now_ms()
+                user_id=stored.user_id, page_id=stored.page_id, flow=flows.default, created_ms=self.clock.now_ms()
             )
         if user.profile is None:
             user.profile = await self.fetch_profile(user.user_id)  # None again on failure: tried next time
-        flow = self.flow_for(user)
+        flow = flows.for_user(user.flow)
         user.flow = flow.spec.name
         write = StepWrite(event_key=stored.key, user=user)
         replies: list[Reply] = []
@@ -186,7 +164,7 @@ class StepHandler:
             replies += self._armed_requests(flow, armed, user, write)  # the loop: before the flow's own reply
         rerequests = len(replies)
         if event is not None and event.kind == "optin":
-            self._receive_token(flow, user, event, write)
+            self._receive_token(flows, flow, user, event, write)
             if write.tokens:  # tapping a Notify Me is asking to hear from us again
                 self._consent(user, write, True)
         result = self.run_flow(flow, user, event) if event is not None else None
@@ -266,7 +244,9 @@ class StepHandler:
         state = user.state if user.state in flow.spec.states else None
         return Snapshot(state, frozenset(user.tags), user.variables)
 
-    def _receive_token(self, flow: CompiledFlow, user: UserRecord, event: InboundEvent, write: StepWrite) -> None:
+    def _receive_token(
+        self, flows: FlowSet, flow: CompiledFlow, user: UserRecord, event: InboundEvent, write: StepWrite
+    ) -> None:
         optin = event.raw.get("optin", {})
         token = optin.get("one_time_notif_token")
         if optin.get("type") is None and token is None:  # a plugin opt-in (Send to Messenger, checkbox)
@@ -277,7 +257,7 @@ class StepHandler:
             return
         asked = payloads.parse_request(event.payload, flow.spec.topics)
         topic, source_state, about, title = asked.topic, asked.asking_state, dict(asked.vars), asked.title
-        declared = any(topic in f.spec.topics for f in self.flows.values())
+        declared = flows.declaring(topic) is not None
         if not declared:  # no campaign can ever use it: kept for the record, under one name, with its payload
             if len(self._unknown_topics_logged) < 1_000 and topic not in self._unknown_topics_logged:
                 self._unknown_topics_logged.add(topic)

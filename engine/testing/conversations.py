@@ -37,7 +37,7 @@ from ..flow.loader import parse_toml, read_source
 from ..flow.locate import Locator
 from ..flow.shapes import Field, check_shape
 from ..runtime.actions import ActionRecord
-from ..runtime.assembly import no_such_flow
+from ..runtime.flows import no_such_flow
 from .harness import Bot, BotUser, HarnessError, ReplyView, unknown_setting
 
 ACTIONS = ("says", "taps", "opts_in", "arrives", "advance", "notify", "stub", "expect")

@@ -36,14 +36,13 @@ from ..flow.spec import META_SOURCES
 from ..local.fake_graph import FakeGraph, SentMessage
 from ..messenger.signature import sign
 from ..runtime.actions import ActionRecord
-from ..runtime.assembly import no_such_flow
 from ..runtime.audience import Audience
 from ..runtime.campaigns import CampaignReport
 from ..runtime.clock import ManualClock
+from ..runtime.flows import load_configured_flows, no_such_flow
 from ..runtime.inspection import inspect_user
 from ..store import OPERATIONS, Token, TokenStatus, UserRecord
 from ..web import create_app
-from ..web.app import load_configured_flows
 from ..web.deadline import server_options
 from ..web.keys import CAMPAIGNS, DISPATCHER, FLOWS, GRAPH, STORE
 
@@ -360,7 +359,9 @@ class Bot:
         its time budget (`times_out`, at once: no test waits for it). Returns the list of calls it receives.
         HarnessError for a name no flow uses and nothing registers (a typo would stub nothing)."""
         registered = self.app[DISPATCHER].handler.actions.functions
-        used = {s.action.name for f in self.app[FLOWS].values() for s in f.spec.states.values() if s.action}
+        used = {
+            s.action.name for f in self.app[FLOWS].current.flows.values() for s in f.spec.states.values() if s.action
+        }
         if name not in registered and name not in used:
             known = ", ".join(sorted(used | set(registered))) or "none"
             raise HarnessError(f"stub: no action named '{name}' (the flows use and the config registers: {known})")

@@ -10,12 +10,13 @@ import aiohttp
 from aiohttp import web
 
 from ..config import Settings
-from ..flow import CompiledFlow, load_flows
+from ..flow import CompiledFlow
 from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
-from ..runtime.assembly import assemble, default_flow_name, graph_settings
+from ..runtime.assembly import assemble, graph_settings
 from ..runtime.clock import Clock, OffsetClock, SystemClock
 from ..runtime.conversation import StepMiddleware
+from ..runtime.flows import FlowSet, LiveFlows, load_configured_flows
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingHealth
 from ..store import Backend, open_store
@@ -44,10 +45,6 @@ PLAYGROUND_REFUSED = (
 )
 
 
-def load_configured_flows(settings: Settings) -> dict[str, CompiledFlow]:
-    return load_flows([settings.path(settings.flows.dir)], settings.flow_options())
-
-
 def create_app(
     settings: Settings,
     flows: Mapping[str, CompiledFlow] | None = None,
@@ -74,16 +71,16 @@ def create_app(
     app[MIDDLEWARES] = tuple(middlewares)
     if store is not None:
         app[STORE] = store
-    loaded = dict(flows) if flows is not None else load_configured_flows(settings)
-    app[FLOWS] = loaded
+    loaded = flows if flows is not None else load_configured_flows(settings)
+    # flows.default checked now, with one clear line, rather than at the first event
+    app[FLOWS] = LiveFlows(FlowSet.configured(settings, loaded))
     local = settings.local_mode if playground is None else playground
     app[CLOCK] = clock or (OffsetClock() if local else SystemClock())
     app[METRICS] = Metrics()
     app[SENDING] = SendingHealth()
     if fake_graph is not None or local:
         app[FAKE_GRAPH] = fake_graph or FakeGraph()
-    default_flow_name(settings, loaded)  # fail now, with one clear line, rather than at the first event
-    app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine, api.campaigns_ctx])
+    app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine, api.campaigns_ctx, monitoring.figures_ctx])
     app.router.add_get("/webhook", webhook.verify_subscription)
     app.router.add_post("/webhook", webhook.receive)
     app.router.add_get("/healthz", monitoring.healthz)
@@ -128,11 +125,10 @@ async def _graph_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _engine(app: web.Application) -> AsyncIterator[None]:
-    flows: dict[str, CompiledFlow] = app[FLOWS]
     middlewares: tuple[StepMiddleware, ...] = app[MIDDLEWARES]
     runtime = assemble(
         app[SETTINGS],
-        flows,
+        app[FLOWS],
         app[STORE],
         app[GRAPH],
         app[CLOCK],

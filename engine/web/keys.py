@@ -5,19 +5,20 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..config import Settings
-from ..flow import CompiledFlow
 from ..local.fake_graph import FakeGraph
 from ..messenger.client import GraphClient
 from ..runtime.campaigns import CampaignRunner
 from ..runtime.clock import Clock
 from ..runtime.conversation import StepMiddleware
 from ..runtime.dispatcher import Dispatcher
+from ..runtime.flows import LiveFlows
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingHealth
 from ..store import Backend
+from .figures import StoreFigures
 
 SETTINGS = web.AppKey("settings", Settings)
-FLOWS: web.AppKey[dict[str, CompiledFlow]] = web.AppKey("flows")
+FLOWS = web.AppKey("flows", LiveFlows)
 CLOCK = web.AppKey("clock", Clock)
 METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Backend)
@@ -28,3 +29,4 @@ SENDING = web.AppKey("sending", SendingHealth)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 CAMPAIGNS = web.AppKey("campaigns", CampaignRunner)
 MIDDLEWARES: web.AppKey[tuple[StepMiddleware, ...]] = web.AppKey("middlewares")
+FIGURES = web.AppKey("figures", StoreFigures)

@@ -270,7 +270,7 @@ async def act(request: web.Request) -> web.Response:
             fake.sent[:] = [m for m in fake.sent if m.user_id != user_id]
         elif action == "flow":
             flow = str(body.get("flow", ""))
-            if flow not in app[FLOWS]:
+            if flow not in app[FLOWS].current.flows:
                 return web.json_response({"error": f"unknown flow {flow!r}"}, status=400)
             await app[STORE].forget_user(user_id)
             await app[STORE].put_user(
@@ -382,9 +382,8 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
     now = app[CLOCK].now_ms()
     settings = app[SETTINGS]
     record = view.record
-    flows = app[FLOWS]
-    flow_name = record.flow if record and record.flow in flows else settings.flows.default or sorted(flows)[0]
-    flow = flows[flow_name]
+    flows = app[FLOWS].current
+    flow = flows.for_user(record.flow if record else "")
     gate_settings = settings.policy
     last = record.last_interaction_ms if record else 0
     facts = (
@@ -401,8 +400,8 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
     return {
         "user": user_id,
         "now": now,
-        "flow": flow_name,
-        "flows": sorted(flows),
+        "flow": flow.spec.name,
+        "flows": sorted(flows.flows),
         "topics": [{"name": t.name, "params": list(t.params)} for t in flow.spec.topics.values()],
         "state": record.state if record else None,
         "tags": sorted(record.tags) if record else [],
@@ -446,10 +445,11 @@ async def state(request: web.Request) -> web.Response:
 async def diagram(request: web.Request) -> web.Response:
     app = request.app
     view = await inspect_user(app[STORE], _user(request))
-    flows = app[FLOWS]
+    flows = app[FLOWS].current
     record = view.record
-    name = request.query.get("flow") or (record.flow if record and record.flow in flows else None)
-    name = name or app[SETTINGS].flows.default or sorted(flows)[0]
-    if name not in flows:
+    name = request.query.get("flow") or flows.for_user(record.flow if record else "").spec.name
+    if name not in flows.flows:
         return web.Response(status=404, text=f"no flow {name}")
-    return web.Response(text=to_svg(flows[name].spec, record.state if record else None), content_type="image/svg+xml")
+    return web.Response(
+        text=to_svg(flows.flows[name].spec, record.state if record else None), content_type="image/svg+xml"
+    )

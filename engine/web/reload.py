@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..flow import check_paths
+from ..runtime.flows import FlowSet, check_configured_flows
 from .keys import FLOWS, SETTINGS
 
 log = logging.getLogger("otnflow.reload")
@@ -37,27 +37,27 @@ class Reloaded:
 
 
 def reload_flows(app: web.Application) -> Reloaded:
-    """Check the flow files; swap them in when they are clean, keep the running ones otherwise."""
+    """Check the flow files; swap a new set of flows in when they are clean, keep the running ones otherwise."""
     settings = app[SETTINGS]
-    flows, diagnostics = check_paths([settings.path(settings.flows.dir)], settings.flow_options())
+    flows, diagnostics = check_configured_flows(settings)
     errors = [d for d in diagnostics if d.is_error]
-    default = settings.flows.default
     listed = tuple(str(d) for d in errors)
-    if not errors and default and default not in flows:
-        listed = (f"flows.default {default!r} is no longer a flow",)
-        errors_text = listed[0]
-    elif errors:
+    if errors:
         errors_text = f"{len(errors)} error(s), first: {errors[0]}"
     elif not flows:
         listed = ("no flow files left",)
         errors_text = listed[0]
     else:
-        current = app[FLOWS]
-        current.clear()
-        current.update(flows)  # in place: the runtime holds this very mapping
-        message = f"flows reloaded: {', '.join(sorted(flows))}"
-        log.info(message)
-        return Reloaded(message)
+        try:
+            fresh = FlowSet.configured(settings, flows)
+        except ValueError as err:  # flows.default names a flow that is gone
+            listed = (str(err),)
+            errors_text = listed[0]
+        else:
+            app[FLOWS].replace(fresh)  # whole: a step under way keeps the set it started with
+            message = f"flows reloaded: {', '.join(sorted(flows))}"
+            log.info(message)
+            return Reloaded(message)
     message = f"flow change NOT loaded, keeping the previous flows: {errors_text}"
     log.warning(message)
     return Reloaded(message, listed)

@@ -16,12 +16,12 @@ from typing import Any
 
 import aiohttp
 
-from engine.flow import load_flows
 from engine.local import FakeGraph
 from engine.messenger.client import GraphClient
 from engine.messenger.events import parse_webhook
 from engine.runtime.assembly import Runtime, assemble, graph_settings
 from engine.runtime.conversation import Step, StepMiddleware, StepOutcome
+from engine.runtime.flows import FlowSet, LiveFlows, load_configured_flows
 from engine.runtime.metrics import Metrics
 from engine.runtime.sender import SendingHealth
 from engine.store import Backend, StoredEvent, open_store
@@ -134,7 +134,7 @@ async def runtime_parts(
     tmp_path (or `store`, opened here), the clock at T0."""
     options: dict[str, Any] = {"flows_dir": ECHO_FLOWS, "flows_default": "echo", **settings}
     config = make_settings(tmp_path, graph_url, **options)
-    flows = load_flows([config.path(config.flows.dir)], config.flow_options())
+    flows = LiveFlows(FlowSet.configured(config, load_configured_flows(config)))
     path = Path(config.store_url.removeprefix("sqlite:///"))
     backend = store or open_store(config.store_url)
     await backend.open()

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from engine.config import LOCAL_SECRET
-from engine.web.keys import STORE
+from engine.web.keys import FIGURES, STORE
 from tests.conftest import example_bot, served_playground
 from tests.wine import white_lover_with_token
 
@@ -34,6 +34,7 @@ async def test_stop_revokes_tokens_keeps_campaigns_and_requests_away_until_subsc
         replies = await alice.taps("White")  # browsing is answered, but no Notify Me request goes out
         assert [r.otn_topic for r in replies] == [None, None]
         assert [r["reason"] for r in alice.refusals] == ["unsubscribed"]
+        await bot.app[FIGURES].refresh()  # /metrics shows the last reading of the store (every 15 s)
         async with bot.session.get(f"{bot.url}/metrics") as r:
             assert "otnflow_unsubscribed_users 1.0" in await r.text()
         stats_env = {**os.environ, "OTNFLOW_STORE_URL": f"sqlite:///{tmp_path / 'harness.sqlite3'}"}

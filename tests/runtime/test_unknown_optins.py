@@ -11,6 +11,7 @@ import pytest
 
 from engine.runtime.conversation import UNKNOWN_TOPIC
 from engine.testing.harness import PAGE_ID, Bot
+from engine.web.keys import FIGURES
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +49,7 @@ async def test_optins_for_undeclared_topics_are_kept_as_unknown_with_their_paylo
             "OTN token for topic '', which no flow declares: kept as (unknown)",
             "OTN token for topic 'mystery:42', which no flow declares: kept as (unknown)",
         ]
+        await bot.app[FIGURES].refresh()  # /metrics shows the last reading of the store (every 15 s)
         async with bot.session.get(f"{bot.url}/metrics") as response:
             metrics = await response.text()
         assert 'topic=""' not in metrics

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from engine.testing.harness import API_TOKEN
+from engine.web.keys import FIGURES
 from tests.conftest import example_bot, wait_until
 from tests.wine import white_lover_with_token
 
@@ -63,6 +64,7 @@ async def test_api_runs_a_campaign_and_reports_it() -> None:
         assert stats["restock"]["deliveries"] == 1 and stats["restock"]["optin_rate"] == 1.0
         async with bot.session.get(f"{bot.url}/api/campaigns/none", headers=AUTH) as r:
             assert r.status == 404
+        await bot.app[FIGURES].refresh()  # /metrics shows the last reading of the store (every 15 s)
         async with bot.session.get(f"{bot.url}/metrics") as r:
             metrics = await r.text()
         assert 'otnflow_otn{figure="deliveries",topic="restock"} 1.0' in metrics

@@ -40,7 +40,8 @@ async def test_sigkill_mid_flight_then_restart_handles_each_event_once(tmp_path:
     port = free_port()
     config = tmp_path / "config.toml"
     config.write_text(
-        f'[server]\nport = {port}\n[flows]\ndir = "{ROOT / "tests/fixtures/flows"}"\ntemplates = "{tmp_path}"\n'
+        f"[server]\nport = {port}\nfigures_refresh_seconds = 0.1\n"  # /healthz's counts, read in the background
+        f'[flows]\ndir = "{ROOT / "tests/fixtures/flows"}"\ntemplates = "{tmp_path}"\n'
         f'default = "echo"\n[store]\nurl = "sqlite:///{tmp_path / "crash.sqlite3"}"\n'
         '[graph]\nbackoff_base_seconds = 0.01\n[log]\nlevel = "WARNING"\n'
     )
