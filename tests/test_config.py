@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -116,3 +119,23 @@ def test_serve_runs_on_the_event_loop_the_settings_name() -> None:
             assert isinstance(loop, uvloop.Loop) is uses_uvloop, choice
         finally:
             loop.close()
+
+
+def test_the_example_actions_load_with_another_flows_folder(tmp_path: Path) -> None:
+    """The peer benchmark (../shared/peers/run-otnflow.sh) serves a copy of this project with flows/ swapped for
+    an echo flow: the example's Python actions live in actions/, not flows/, so the server still starts."""
+    for part in ("config.toml", "actions", "templates"):
+        source = ROOT / part
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, tmp_path / part)
+    (tmp_path / "flows").mkdir()
+    shutil.copy(ROOT / "tests" / "fixtures" / "flows" / "echo.toml", tmp_path / "flows")
+    load = (
+        "from pathlib import Path; from engine.config import load_settings as load; "
+        "print(sorted(load(Path('config.toml'), {}).action_functions()))"
+    )
+    done = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "hold_pair" in done.stdout
