@@ -284,7 +284,7 @@ class Settings:
 
     def action_functions(self) -> dict[str, ActionFunction]:
         """The registered Python actions (entry points, then `[actions]`); ConfigError for one that cannot be
-        imported. The project's own modules are found from config.toml's folder (`actions.sneaker`)."""
+        imported. The project's own modules are found from config.toml's folder (`shop.actions`)."""
         if self.actions and str(self.root) not in sys.path:
             sys.path.append(str(self.root))
         try:

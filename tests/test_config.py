@@ -123,8 +123,8 @@ def test_serve_runs_on_the_event_loop_the_settings_name() -> None:
 
 def test_the_example_actions_load_with_another_flows_folder(tmp_path: Path) -> None:
     """The peer benchmark (../shared/peers/run-otnflow.sh) serves a copy of this project with flows/ swapped for
-    an echo flow: the example's Python actions live in actions/, not flows/, so the server still starts."""
-    for part in ("config.toml", "actions", "templates"):
+    an echo flow: the example's Python actions live in shop/, not flows/, so the server still starts."""
+    for part in ("config.toml", "shop", "templates"):
         source = ROOT / part
         if source.is_dir():
             shutil.copytree(source, tmp_path / part, ignore=shutil.ignore_patterns("__pycache__"))

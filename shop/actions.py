@@ -1,4 +1,4 @@
-"""The sneaker shop's Python action (config.toml `[actions] hold_pair = "actions.sneaker:hold_pair"`): holds
+"""The sneaker shop's Python action (config.toml `[actions] hold_pair = "shop.actions:hold_pair"`): holds
 a pair in the buyer's size for a few minutes, as a shop's reservation system would.
 
 At least once: after a crash the same event runs the action again, with the same idempotency key. The hold is keyed

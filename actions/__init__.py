@@ -1,1 +1,0 @@
-"""The project's own flow actions, named in config.toml's [actions] (docs/flow-format.md, "Actions")."""
