@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import Limits, check_flow, check_tags_set
-from .compiler import ActionCall, Arrival, CompiledFlow, Match, Reply, Snapshot, StepResult, UserInput
+from .compiler import ActionCall, Arrival, CompiledFlow, HandoverCall, Match, Reply, Snapshot, StepResult, UserInput
 from .diagnostics import Diagnostic, FlowError, Reporter, Severity
 from .loader import read_flow
 from .spec import FlowSpec, Outcome
@@ -25,6 +25,7 @@ __all__ = [
     "FlowError",
     "FlowOptions",
     "FlowSpec",
+    "HandoverCall",
     "Limits",
     "Match",
     "Outcome",

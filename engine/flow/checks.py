@@ -54,6 +54,7 @@ def check_flow(
     """`actions`: the registered actions' names and required arguments (None: names are not checked)."""
     _check_targets(spec, report)
     _check_actions(spec, report, env, actions)
+    _check_handovers(spec, report, env)
     _check_reachability(spec, report)
     _check_states(spec, report, limits)
     _check_topics(spec, report, limits, otn_available)
@@ -140,6 +141,30 @@ def _check_actions(
                 known = ", ".join(sorted(CONVERSATION_NAMES))
                 message = f"argument '{arg}' uses undefined variable '{word}' (known: {known})"
                 report.error((*path, "args", arg), message)
+
+
+def _check_handovers(spec: FlowSpec, report: Reporter, env: SandboxedEnvironment) -> None:
+    """A hand-over waits for a person: it cannot also move on by itself (`then`); its note's template must read
+    known names only. Its `resume` is an edge: `_check_targets` checks it."""
+    for name, state in spec.states.items():
+        handover = state.handover
+        if handover is None:
+            continue
+        path: KeyPath = ("states", name, "handover")
+        if state.then is not None:
+            report.error(
+                ("states", name, "then"), f"state '{name}' hands over to a person: it cannot also 'then' move on"
+            )
+        if handover.note is None or handover.note.text is None:
+            continue
+        try:
+            unknown = undeclared_names(env, handover.note.text) - CONVERSATION_NAMES
+        except TemplateProblem as problem:
+            report.error((*path, "note"), f"handover note: {problem.message}")
+            continue
+        for word in sorted(unknown):
+            known = ", ".join(sorted(CONVERSATION_NAMES))
+            report.error((*path, "note"), f"handover note uses undefined variable '{word}' (known: {known})")
 
 
 # -- tags across flows ---------------------------------------------------------------------------------------

@@ -119,6 +119,16 @@ class Match(StrEnum):
     ACTION_SUCCESS = "action_success"  # `resume` with the action's outcome
     ACTION_FAILURE = "action_failure"
     ACTION_TIMEOUT = "action_timeout"
+    HANDED_BACK = "handed_back"  # control came back from a person: the handing state's `resume`
+
+
+@dataclass(frozen=True)
+class HandoverCall:
+    """The step handed the conversation to a person: after its replies, pass the thread to `app_id` with `note`."""
+
+    state: str  # the state that handed over: its `resume` and `take_back` apply when control comes back
+    app_id: str
+    note: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,12 +138,13 @@ class StepResult:
     matched: Match  # how the input was understood
     consent: bool | None = None  # False: the step unsubscribed the user; True: subscribed them again
     action: ActionCall | None = None  # the step stopped at a state's action: run it, then `resume`
+    handover: HandoverCall | None = None  # the step handed the conversation to a person
 
 
 class _Conversation:
     """The model bound to the shared machine for the length of one step."""
 
-    __slots__ = ("action", "consent", "profile", "replies", "state", "tags", "text", "variables")
+    __slots__ = ("action", "consent", "handover", "profile", "replies", "state", "tags", "text", "variables")
 
     def __init__(self, snapshot: Snapshot, text: str | None, profile: Mapping[str, Any]) -> None:
         self.state = snapshot.state or NEW_USER
@@ -144,6 +155,7 @@ class _Conversation:
         self.replies: list[Reply] = []
         self.consent: bool | None = None
         self.action: ActionCall | None = None
+        self.handover: HandoverCall | None = None
 
     def context(self) -> dict[str, Any]:
         user = {**self.profile, "tags": sorted(self.tags)}
@@ -166,6 +178,7 @@ class _Conversation:
             matched=matched,
             consent=self.consent,
             action=self.action,
+            handover=self.handover,
         )
 
 
@@ -220,6 +233,9 @@ class CompiledFlow:
         self._say(state, convo)
         if state.otn is not None:
             convo.replies.append(self._otn_request(state.otn.topic, state.name, convo.context(), {}))
+        if state.handover is not None:
+            note = self.render(state.handover.note, convo.context()) if state.handover.note else ""
+            convo.handover = HandoverCall(state.name, state.handover.app_id, note)
 
     def _say(self, state: State, convo: _Conversation) -> None:
         if state.say is not None:
@@ -322,6 +338,24 @@ class CompiledFlow:
         self._follow_then(convo)
         return convo.result(Match(f"action_{outcome}"))
 
+    def hand_back(self, snapshot: Snapshot, from_state: str, profile: Mapping[str, Any] | None = None) -> StepResult:
+        """Control came back from a person: follow the handing state's `resume` edge (its state speaks). A state
+        the flow no longer has, or one that no longer hands over, resumes nothing: the user stays where they are."""
+        convo = _Conversation(snapshot, None, profile or {})
+        handing = self.spec.states.get(from_state)
+        if handing is not None and handing.handover is not None:
+            convo.state = from_state
+            if self._fire(convo, "handover"):
+                self._follow_then(convo)
+        return convo.result(Match.HANDED_BACK)
+
+    def takes_back(self, from_state: str, text: str | None) -> bool:
+        """Whether the user's text is one of the handing state's `take_back` words (the bot is wanted back)."""
+        handing = self.spec.states.get(from_state)
+        if handing is None or handing.handover is None or not text:
+            return False
+        return Typed(text).words in handing.handover.phrases  # the whole message, case and punctuation aside
+
     def enter_optin(self, snapshot: Snapshot, topic: str, profile: Mapping[str, Any] | None = None) -> StepResult:
         """The user tapped Notify Me for `topic`: run the topic's on_optin state, if it names one."""
         convo = _Conversation(snapshot, None, profile or {})
@@ -353,7 +387,7 @@ class CompiledFlow:
 
     def _follow_then(self, convo: _Conversation) -> None:
         for _ in range(MAX_THEN_CHAIN):  # the checker rejects 'then' cycles; this bounds it regardless
-            if convo.action is not None or not self._fire(convo, "then"):  # an action first: the runtime runs it
+            if convo.action is not None or convo.handover is not None or not self._fire(convo, "then"):
                 return
 
     def _match(self, convo: _Conversation, user_input: UserInput) -> Match:
@@ -475,6 +509,8 @@ def _trigger(edge: Edge) -> str:
         return f"optin:{edge.topic}"
     if edge.cause is Cause.REFERRAL:
         return f"referral:{edge.index}"
+    if edge.cause is Cause.HANDOVER:
+        return "handover"
     if edge.cause is Cause.ACTION:
         return f"action:result:{edge.index}" if edge.outcome is None else f"action:{edge.outcome}"
     return "then" if edge.cause is Cause.THEN else "fallback"

@@ -13,12 +13,14 @@ from .locate import Locator
 from .segments import ALWAYS, Segment, SegmentError, parse_segment
 from .shapes import check_shape
 from .spec import (
+    PAGE_INBOX,
     Action,
     Choice,
     Effects,
     EntryPoint,
     Fallback,
     FlowSpec,
+    HumanHandover,
     Keyword,
     Message,
     OtnAsk,
@@ -164,6 +166,22 @@ class _Builder:
             message_tag=_opt_str(raw.get("message_tag")),
             promotional=raw["promotional"] if isinstance(raw.get("promotional"), bool) else None,
             action=self.action(raw["action"], (*path, "action")) if isinstance(raw.get("action"), dict) else None,
+            handover=self.handover(raw["handover"], (*path, "handover"))
+            if isinstance(raw.get("handover"), dict)
+            else None,
+        )
+
+    def handover(self, raw: dict[str, Any], path: KeyPath) -> HumanHandover:
+        to = str(raw.get("to", ""))
+        if to != PAGE_INBOX and not (to.isascii() and to.isdigit()):
+            self.report.error((*path, "to"), f'handover.to must be "{PAGE_INBOX}" or an app id (digits), got {to!r}')
+        note = _opt_str(raw.get("note"))
+        words = raw.get("take_back", ())
+        return HumanHandover(
+            to=to,
+            resume=str(raw.get("resume", "")),
+            note=Message(text=note) if note else None,
+            take_back=(words,) if isinstance(words, str) else tuple(w for w in words if isinstance(w, str)),
         )
 
     def action(self, raw: dict[str, Any], path: KeyPath) -> Action:

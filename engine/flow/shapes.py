@@ -94,7 +94,14 @@ SHAPES: dict[str, dict[str, Field]] = {
         "promotional": Field("bool", "Whether the message promotes something; must be false on a tagged message."),
         "description": Field("str", "Free text for humans."),
         "action": Field("table:action", "An action to run before speaking (is it in stock?); see `[actions]`."),
+        "handover": Field("table:handover", "Hand the conversation to a person after speaking (Handover Protocol)."),
         **_EFFECTS,
+    },
+    "handover": {
+        "to": Field("str", 'Who takes over: "page_inbox" (Meta Business Suite) or an app id (digits).', required=True),
+        "note": Field("str", "A note for the agent (a template over user, vars and text): why they are needed."),
+        "resume": Field("str", "The state the flow resumes at when the bot gets the conversation back.", required=True),
+        "take_back": Field("words", 'Words the user types to get the bot back ("bot"): whole messages, any case.'),
     },
     "action": {
         "name": Field("str", "The action, as registered (config.toml `[actions]` or entry points).", required=True),

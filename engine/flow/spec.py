@@ -107,6 +107,32 @@ class Action:
     on_timeout: str | None = None
 
 
+#: `handover.to = "page_inbox"`: Meta's Page Inbox (people answering in Meta Business Suite), by its app id.
+PAGE_INBOX = "page_inbox"
+PAGE_INBOX_APP_ID = "263902037430900"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HumanHandover:
+    """A state that hands the conversation to a person (Messenger's Handover Protocol): after it speaks, the
+    thread passes to `to` (the Page Inbox, or an app id) with `note` (a template) for the agent. The bot stays
+    silent until control comes back (Meta passes it back, the idle timeout, or the user types a `take_back`
+    word); the flow then resumes at `resume`."""
+
+    to: str
+    resume: str
+    note: Message | None = None
+    take_back: tuple[str, ...] = ()
+
+    @property
+    def app_id(self) -> str:
+        return PAGE_INBOX_APP_ID if self.to == PAGE_INBOX else self.to
+
+    @cached_property
+    def phrases(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(normalised_words(w) for w in self.take_back)
+
+
 @dataclass(frozen=True)
 class State:
     name: str
@@ -121,6 +147,7 @@ class State:
     message_tag: str | None = None
     promotional: bool | None = None  # None: not said (treated as promotional)
     action: Action | None = None
+    handover: HumanHandover | None = None
 
     @property
     def choices(self) -> tuple[Choice, ...]:
@@ -232,6 +259,7 @@ class Cause(StrEnum):
     OPTIN = "optin"  # Notify Me tapped: the topic's `on_optin`, from any state
     REFERRAL = "referral"  # the user arrived from a link, ad, code, plugin or Discover: an entry point, any state
     ACTION = "action"  # the outcome of the state's action: a result guard, success, failure or timeout
+    HANDOVER = "handover"  # control came back from a person: the handing state's `resume`
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,6 +330,16 @@ class FlowSpec:
             if state.then is not None:
                 edges.append(
                     Edge(source=name, target=state.then, cause=Cause.THEN, label="then", key=("states", name, "then"))
+                )
+            if state.handover is not None:
+                edges.append(
+                    Edge(
+                        source=name,
+                        target=state.handover.resume,
+                        cause=Cause.HANDOVER,
+                        label="back from a person",
+                        key=("states", name, "handover", "resume"),
+                    )
                 )
         edges += [
             Edge(

@@ -85,6 +85,10 @@ end = true
 
 [states.helpdesk]
 say = "How can I help?"
+handover = { to = "page_inbox", note = "{{ user.first_name }} asked for help", resume = "back", take_back = "bot" }
+
+[states.back]
+say = "The bot again"
 end = true
 
 [states.confused]
@@ -111,6 +115,7 @@ WANT = [
     ("large", "checkout", Cause.THEN, "then"),
     ("visit", "sold_out", Cause.ACTION, "check_stock if vars.n == 0"),
     ("visit", "shop_down", Cause.ACTION, "check_stock failed"),
+    ("helpdesk", "back", Cause.HANDOVER, "back from a person"),
     (None, "helpdesk", Cause.KEYWORD, "help / aide"),
     (None, "confused", Cause.FALLBACK, "not understood"),
     (None, "shelf", Cause.NOTIFICATION_REPLY, "Show me (restock notification)"),
@@ -170,6 +175,9 @@ def take(flow: CompiledFlow, edge: Edge) -> str | None:
             return flow.resume(at, edge.outcome or Outcome.SUCCESS, 0).snapshot.state
         case Cause.REFERRAL:
             return flow.step(at, UserInput(arrival=Arrival("summer-2026", "ADS", "42"))).snapshot.state
+        case Cause.HANDOVER:  # control came back from a person
+            assert edge.source is not None
+            return flow.hand_back(at, edge.source).snapshot.state
     raise AssertionError(edge.cause)
 
 
