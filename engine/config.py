@@ -120,6 +120,16 @@ OPTIONS: dict[str, Option] = {
         "it to the next run after that (longer than graph timeout x attempts).",
     ),
     "notify.expiring_soon_days": Option(30.0, "`otnflow stats` counts tokens expiring within this many days."),
+    "handover.idle_minutes": Option(
+        60.0,
+        "After this many minutes without an agent's reply, the bot takes a handed-over conversation back "
+        "(take_thread_control) and the flow resumes; 0: only Meta or the user's take_back word return it.",
+    ),
+    "handover.alert_url_env": Option(
+        "OTNFLOW_HANDOVER_ALERT_URL",
+        "The environment variable holding the URL POSTed to when a conversation is handed over (a chat webhook, "
+        "a pager): a secret, so never in this file. Unset: only the WARNING log line.",
+    ),
     "log.level": Option("INFO", "DEBUG, INFO, WARNING or ERROR."),
     "log.format": Option("json", "json (one object per line) or text."),
 }
@@ -189,6 +199,12 @@ class NotifySection:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HandoverSection:
+    idle_minutes: float  # take a silent person's conversation back after this long; 0: never
+    alert_url_env: str  # the environment variable holding the hand-over alert's URL (a secret: not in the file)
+
+
+@dataclass(frozen=True, kw_only=True)
 class LogSection:
     level: str
     format: str  # json or text
@@ -233,11 +249,13 @@ class Settings:
     policy: PolicySettings
     eu_user_tag: str  # policy.eu_user_tag: users tagged so are treated as in the EU
     notify: NotifySection
+    handover: HandoverSection
     log: LogSection
     actions: Mapping[str, str] = field(default_factory=dict)  # config.toml's Python actions: name -> "module:function"
     http_actions: Mapping[str, HttpAction] = field(default_factory=dict)  # config.toml's [actions.NAME] kind = "http"
     #: The values of the environment variables HTTP actions name (`env = [...]`), set ones only: secrets, never logged.
     action_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    handover_alert_url: str = field(default="", repr=False)  # from the variable handover.alert_url_env names
 
     @classmethod
     def parsed(
@@ -249,6 +267,7 @@ class Settings:
         actions: Mapping[str, str] | None = None,
         http_actions: Mapping[str, HttpAction] | None = None,
         action_env: Mapping[str, str] | None = None,
+        handover_alert_url: str = "",
     ) -> Settings:
         """The typed sections of checked values; `secrets` by attribute name (app_secret, page_token, ...)."""
         return cls(
@@ -267,10 +286,12 @@ class Settings:
             policy=_policy(values),
             eu_user_tag=str(values["policy.eu_user_tag"]),
             notify=_section(NotifySection, "notify", values),
+            handover=_section(HandoverSection, "handover", values),
             log=_section(LogSection, "log", values),
             actions=dict(actions or {}),
             http_actions=dict(http_actions or {}),
             action_env=dict(action_env or {}),
+            handover_alert_url=handover_alert_url,
         )
 
     @property
@@ -404,6 +425,7 @@ def load_settings(
         actions=actions,
         http_actions=http_actions,
         action_env={name: env[name] for action in http_actions.values() for name in action.env if name in env},
+        handover_alert_url=env.get(str(values["handover.alert_url_env"]), ""),
     )
     return _check_secrets(settings) if require_secrets else settings
 

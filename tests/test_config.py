@@ -23,7 +23,8 @@ def test_shipped_config_lists_every_setting_with_its_default() -> None:
 def test_every_setting_is_parsed_into_its_typed_section() -> None:
     settings = load_settings(ROOT / "config.toml", {"OTNFLOW_POLICY_EU_USER_TAG": "in_eu"})
     typed = {"policy.eu_user_tag": settings.eu_user_tag}
-    for section in ("server", "flows", "templates", "store", "graph", "dispatcher", "policy", "notify", "log"):
+    sections = ("server", "flows", "templates", "store", "graph", "dispatcher", "policy", "notify", "handover", "log")
+    for section in sections:
         for field in fields(getattr(settings, section)):
             typed[f"{section}.{field.name}"] = getattr(getattr(settings, section), field.name)
     assert set(typed) == set(OPTIONS)

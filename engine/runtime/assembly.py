@@ -14,6 +14,7 @@ from .clock import Clock
 from .conversation import StepHandler, StepMiddleware
 from .dispatcher import Dispatcher, Leases
 from .flows import LiveFlows
+from .handover import HandoverAlert, HandoverSettings, IdleTimer
 from .http_actions import HttpActionCaller
 from .metrics import Metrics
 from .policy_check import Gate
@@ -29,6 +30,16 @@ class Runtime:
     sender: OutboxSender
     dispatcher: Dispatcher
     campaigns: CampaignRunner
+    idle_timer: IdleTimer
+
+
+def handover_settings(settings: Settings) -> HandoverSettings:
+    """The hand-over's settings (the alert URL came from the environment variable the config names)."""
+    return HandoverSettings(
+        bot_app_id=settings.graph.app_id,
+        idle_minutes=settings.handover.idle_minutes,
+        alert_url=settings.handover_alert_url,
+    )
 
 
 def graph_settings(settings: Settings, base_url: str | None = None) -> GraphSettings:
@@ -61,10 +72,12 @@ def assemble(
         for name, action in settings.http_actions.items()
     }
     actions = ActionRunner({**settings.action_functions(), **http}, metrics)
-    handler = StepHandler(flows, store, graph.profile, clock, gate, middlewares, actions)
-    sender = OutboxSender(store, graph, clock, metrics, sending, gate)
+    handovers = handover_settings(settings)
+    handler = StepHandler(flows, store, graph.profile, clock, gate, middlewares, actions, handovers)
+    sender = OutboxSender(store, graph, clock, metrics, sending, gate, HandoverAlert(handovers.alert_url))
     leases = Leases.for_this_process(settings.dispatcher.lease_seconds) if settings.leases else None
     dispatcher = Dispatcher(store, handler, sender, metrics, settings.dispatcher.concurrency, leases, clock)
+    idle_timer = IdleTimer(store, clock, handovers, dispatcher.wake)
     campaigns = CampaignRunner(
         flows,
         store,
@@ -79,4 +92,6 @@ def assemble(
         run_for_user=dispatcher.run_job if campaigns_through_dispatcher else run_directly,
         claim_seconds=settings.notify.claim_seconds,
     )
-    return Runtime(gate=gate, handler=handler, sender=sender, dispatcher=dispatcher, campaigns=campaigns)
+    return Runtime(
+        gate=gate, handler=handler, sender=sender, dispatcher=dispatcher, campaigns=campaigns, idle_timer=idle_timer
+    )

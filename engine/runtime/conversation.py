@@ -7,17 +7,21 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import jsonio
 from ..actions import ActionContext
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
+from ..messenger import outbound
+from ..messenger.client import ThreadControl
 from ..messenger.events import MAX_KEY_CHARS, STANDBY, InboundEvent, Referral, parse_event
+from ..policy import MessageKind
 from ..policy.gate import DAY_MS
 from ..store import (
     OtnLogged,
     OutboxItem,
+    OutboxMeta,
     OutboxStatus,
     StepWrite,
     Store,
@@ -27,9 +31,11 @@ from ..store import (
     refused_request,
     request_key,
 )
+from . import handover
 from .actions import ActionRunner
 from .clock import Clock
 from .flows import FlowSet, LiveFlows
+from .handover import INTERNAL_KINDS, HandoverSettings
 from .policy_check import Gate, outgoing_from_meta
 from .replies import reply_to_outbox
 
@@ -72,6 +78,19 @@ def _arrival(referral: Referral | None) -> Arrival | None:
     return None if referral is None else Arrival(referral.ref, referral.source, referral.ad_id)
 
 
+@dataclass(kw_only=True)
+class ThreadStep:
+    """What an event does about the thread's owner: whether the flow runs on it (not while a person has the
+    thread), whether it engages the loop, where the flow resumes when control came back, thread-control rows to
+    send first, and a person's reply to send."""
+
+    run_flow: bool = True
+    engaged: bool = True
+    resume_from: str | None = None
+    before: list[OutboxItem] = field(default_factory=list)
+    agent_text: str = ""
+
+
 @dataclass
 class StepOutcome:
     """What one handled event left to send. `committed` is False when another worker or a replay got there first."""
@@ -109,7 +128,9 @@ class StepHandler:
         gate: Gate,
         middlewares: Sequence[StepMiddleware] = (),
         actions: ActionRunner | None = None,
+        handovers: HandoverSettings | None = None,
     ) -> None:
+        self.handovers = handovers or HandoverSettings()
         self.middlewares = tuple(middlewares)
         self.actions = actions or ActionRunner({})
         self.flows = flows  # read once per step: a reload swaps in a new set, never changes one in flight
@@ -137,7 +158,8 @@ class StepHandler:
         `send_now` the first allowed reply is recorded as `sending` in that same write, because the caller sends
         it at once: that saves a write per event, and a crash after the commit leaves it `uncertain`, as designed.
         `user` is the record this worker itself just committed for the same user, when it has one: no read back."""
-        event = _inbound(stored)
+        # judged on receipt; the runtime's own events (an agent's reply, the idle timeout) are not Meta's
+        event = None if stored.kind in INTERNAL_KINDS else _inbound(stored)
         flows = self.flows.current  # this step's flows, whatever a reload does meanwhile
         armed: list[tuple[str, str]] = []
         if user is None or user.user_id != stored.user_id:
@@ -158,9 +180,10 @@ class StepHandler:
             user.last_interaction_ms = max(user.last_interaction_ms, event.timestamp)
             if event.kind == "message":
                 user.last_message_ms = max(user.last_message_ms, event.timestamp)
-        if stored.kind == STANDBY:  # a person has the thread: recorded (the window moved), never answered
+        thread = self._thread(stored, event, user, flow)
+        if thread.run_flow is False:  # a person has the thread, or the event is about who has it: no flow step
             event = None
-        elif event is not None and engaged:
+        if thread.engaged and engaged:
             replies += self._armed_requests(flow, armed, user, write)  # the loop: before the flow's own reply
         rerequests = len(replies)
         if event is not None and event.kind == "optin":
@@ -168,6 +191,8 @@ class StepHandler:
             if write.tokens:  # tapping a Notify Me is asking to hear from us again
                 self._consent(user, write, True)
         result = self.run_flow(flow, user, event) if event is not None else None
+        if thread.resume_from is not None:  # the bot has the thread again: the flow resumes where the author said
+            result = flow.hand_back(self.snapshot(flow, user), thread.resume_from, user.profile or {})
         if result is not None and result.action is not None:
             result = await self._run_actions(flow, user, result, stored.key)
         if result is not None:
@@ -178,11 +203,14 @@ class StepHandler:
             if result.consent is not None:  # before the gate: a request in the step that unsubscribes is refused
                 self._consent(user, write, result.consent)
         after_optin = event is not None and event.kind == "optin"
-        write.outbox = await self._gated(replies, stored.key, user, engaged, after_optin, write)
-        for item in write.outbox[:rerequests]:
+        gated = await self._gated(replies, stored.key, user, engaged and thread.engaged, after_optin, write)
+        for item in gated[:rerequests]:
             item.meta.re_request = True
             if item.status != OutboxStatus.REFUSED:  # used up only when the gate let it go; else it waits
                 write.disarm.append(str(item.meta.topic))
+        handing = result.handover if result is not None else None
+        passing = [] if handing is None else [handover.pass_row(f"{stored.key}#handover", user.user_id, handing)]
+        write.outbox = thread.before + gated + passing + self._agent_rows(thread.agent_text, stored.key, user)
         if send_now:  # refused rows are never sent, so the first pending row is the next to go out
             first = next((item for item in write.outbox if item.status == OutboxStatus.PENDING), None)
             if first is not None:
@@ -194,6 +222,58 @@ class StepHandler:
         return StepOutcome(
             True, user, [item for item in write.outbox if item.status in (OutboxStatus.PENDING, OutboxStatus.SENDING)]
         )
+
+    def _thread(
+        self, stored: StoredEvent, event: InboundEvent | None, user: UserRecord, flow: CompiledFlow
+    ) -> ThreadStep:
+        """Who has the user's thread, and what this event does about it (see runtime/handover.py)."""
+        now = self.clock.now_ms()
+        if stored.kind == handover.AGENT_REPLY:
+            user.agent_replied_ms = now
+            return ThreadStep(
+                run_flow=False, engaged=False, agent_text=str(handover.internal_data(stored).get("text", ""))
+            )
+        if stored.kind == handover.HANDOVER_IDLE:
+            if not handover.is_idle(user, now, self.handovers.idle_minutes):
+                return ThreadStep(run_flow=False, engaged=False)  # an agent answered meanwhile, or it came back
+            self.metrics_handover("idle")
+            return self._take_back(stored, user, engaged=False)
+        if event is not None and event.handover is not None:
+            was_with_human = user.with_human
+            resume = handover.receive(user, event.handover, event.timestamp, self.handovers.bot_app_id)
+            if was_with_human != user.with_human:
+                self.metrics_handover("returned" if was_with_human else "taken")
+            return ThreadStep(run_flow=False, engaged=False, resume_from=resume or None)
+        if not user.with_human and stored.kind != STANDBY:
+            return ThreadStep()
+        if not user.with_human:  # Meta delivers in standby: another app has the thread, though nobody told us
+            user.thread_owner, user.handed_over_ms = handover.UNKNOWN_OWNER, event.timestamp if event else now
+        if event is not None and event.kind == "message" and flow.takes_back(user.handover_state, event.text):
+            self.metrics_handover("take_back")
+            return self._take_back(stored, user, engaged=True)
+        return ThreadStep(run_flow=False, engaged=False)
+
+    def _take_back(self, stored: StoredEvent, user: UserRecord, engaged: bool) -> ThreadStep:
+        take = handover.control_row(f"{stored.key}#take", user.user_id, ThreadControl.TAKE, state=user.handover_state)
+        return ThreadStep(run_flow=False, engaged=engaged, resume_from=handover.release(user), before=[take])
+
+    def _agent_rows(self, text: str, key: str, user: UserRecord) -> list[OutboxItem]:
+        """A person's reply, gated as HUMAN_AGENT (within 7 days of the user's last message, never later)."""
+        if not text:
+            return []
+        item = OutboxItem(
+            key=f"{key}#0",
+            user_id=user.user_id,
+            message=outbound.text_message(text),
+            meta=OutboxMeta(kind=MessageKind.AGENT_REPLY),
+        )
+        decision = self.gate.check(self.gate.facts(user), outgoing_from_meta(item.meta), self.clock.now_ms())
+        if decision.reason is not None:  # refused
+            item.status, item.detail = OutboxStatus.REFUSED, decision.reason
+        return [item]
+
+    def metrics_handover(self, what: str) -> None:
+        self.gate.metrics.handovers.labels(what).inc()
 
     def _consent(self, user: UserRecord, write: StepWrite, subscribed: bool) -> None:
         """Unsubscribing revokes the user's tokens and disarms their re-requests (in the step's own write); the
@@ -237,7 +317,13 @@ class StepHandler:
             consent = result.consent if result.consent is not None else consent
         if result.action is not None:
             log.warning("user %s: more than %d actions in one event; stopped", user.user_id, MAX_ACTIONS_PER_EVENT)
-        return StepResult(snapshot=result.snapshot, replies=tuple(replies), matched=result.matched, consent=consent)
+        return StepResult(
+            snapshot=result.snapshot,
+            replies=tuple(replies),
+            matched=result.matched,
+            consent=consent,
+            handover=result.handover,
+        )
 
     @staticmethod
     def snapshot(flow: CompiledFlow, user: UserRecord) -> Snapshot:

@@ -44,6 +44,12 @@ class Metrics:
             registry=self.registry,
         )
         self.sends = Counter("otnflow_sends", "Send API calls by outcome", ["outcome"], registry=self.registry)
+        self.handovers = Counter(
+            "otnflow_handovers",
+            "Hand-overs to a person and returns to the bot (passed, pass_failed, taken, returned, idle, take_back)",
+            ["what"],
+            registry=self.registry,
+        )
         self.policy_refusals = Counter(
             "otnflow_policy_refusals",
             "Messages the policy gate refused, by reason",

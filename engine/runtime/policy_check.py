@@ -31,6 +31,7 @@ class Gate:
             tokens_held=tokens_held,
             recent_requests=recent_requests,
             unsubscribed=user.unsubscribed_ms > 0,
+            with_human=user.with_human,
         )
 
     async def request_facts(
@@ -63,7 +64,7 @@ class Gate:
 
 def outgoing_from_meta(meta: OutboxMeta) -> Outgoing:
     """An outbox row's meta as the gate's Outgoing (an unknown kind is an ordinary message)."""
-    kinds = (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION)
+    kinds = (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION, MessageKind.AGENT_REPLY)
     return Outgoing(
         kind=MessageKind(meta.kind) if meta.kind in kinds else MessageKind.MESSAGE,
         responding=meta.responding,

@@ -13,12 +13,13 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from ..messenger.client import GraphClient
+from ..messenger.client import GraphClient, SendResult, ThreadControl
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
 from ..policy import MessageKind, Via
 from ..store import OtnLogged, OutboxItem, OutboxStatus, Store, UserRecord
 from .clock import Clock
+from .handover import THREAD_CONTROL, HandoverAlert
 from .metrics import Metrics
 from .policy_check import Gate, outgoing_from_meta
 
@@ -36,8 +37,16 @@ class SendingHealth:
 
 class OutboxSender:
     def __init__(
-        self, store: Store, client: GraphClient, clock: Clock, metrics: Metrics, health: SendingHealth, gate: Gate
+        self,
+        store: Store,
+        client: GraphClient,
+        clock: Clock,
+        metrics: Metrics,
+        health: SendingHealth,
+        gate: Gate,
+        alert: HandoverAlert | None = None,
     ) -> None:
+        self.alert = alert
         self.store = store
         self.client = client
         self.clock = clock
@@ -52,8 +61,10 @@ class OutboxSender:
         task.add_done_callback(self._pending_writes.discard)
 
     async def flush(self) -> None:
-        """Wait for the status writes still queued (shutdown, tests)."""
+        """Wait for the status writes (and hand-over alerts) still queued (shutdown, tests)."""
         await asyncio.gather(*list(self._pending_writes), return_exceptions=True)
+        if self.alert is not None:
+            await self.alert.flush()
 
     async def drain(self, user_id: str) -> None:
         """Send whatever the user has pending in the store (after a restart, or after sending resumed)."""
@@ -82,14 +93,22 @@ class OutboxSender:
     async def _send(self, item: OutboxItem, user: UserRecord | None) -> Outcome | None:
         """Send one row and record its fate; the outcome tells the caller whether to go on (None: refused)."""
         now = self.clock.now_ms()
-        decision = self.gate.check(self.gate.facts(user), outgoing_from_meta(item.meta), now)  # the last gate
-        if decision.via is None or decision.via is Via.OTN_TOKEN:  # token sends belong to campaigns (campaigns.py)
+        control = item.meta.kind == THREAD_CONTROL  # a Handover Protocol call: no message, no policy
+        decision = None if control else self.gate.check(self.gate.facts(user), outgoing_from_meta(item.meta), now)
+        if decision is not None and (decision.via is None or decision.via is Via.OTN_TOKEN):  # the last gate
+            # token sends belong to campaigns (campaigns.py)
             await self._finish(item, OutboxStatus.REFUSED, decision.reason or "token sends go through a campaign")
             return None
         if item.status != OutboxStatus.SENDING:  # recorded before the attempt, so a crash mid-send is never resent
             await self.store.set_outbox_status(item.key, OutboxStatus.SENDING, "", now)
-        result = await self.client.send(send_body(item.user_id, item.message, decision.via.value, decision.tag))
-        self.metrics.sends.labels(result.outcome.value).inc()
+        if decision is None or decision.via is None:
+            result = await self._thread_control(item, user, now)
+        else:
+            result = await self.client.send(send_body(item.user_id, item.message, decision.via.value, decision.tag))
+            self.metrics.sends.labels(result.outcome.value).inc()
+        if result.outcome is Outcome.SENT and control:
+            self._background(self._finish(item, OutboxStatus.SENT, ""))
+            return result.outcome
         if result.outcome is Outcome.SENT:
             # Not awaited: the write is queued in order behind the others; if the process dies before it lands,
             # the row stays `sending` and becomes `uncertain` at restart, which never resends it.
@@ -117,6 +136,34 @@ class OutboxSender:
             failed = OutboxStatus.REFUSED if result.outcome is Outcome.POLICY_BLOCKED else OutboxStatus.FAILED
             await self._finish(item, failed, detail)
         return result.outcome
+
+    async def _thread_control(self, item: OutboxItem, user: UserRecord | None, now: int) -> SendResult:
+        """Call the Handover Protocol endpoint a row names. A pass Meta accepted moves the thread: recorded on the
+        user (the store and the caller's copy) and announced (`HandoverAlert`); a refused one leaves the bot in
+        charge, said loudly (is the Page Inbox a Secondary Receiver? docs/going-live.md)."""
+        message = item.message
+        action = ThreadControl(str(message["thread_control"]))
+        target = message.get("target_app_id")
+        result = await self.client.thread_control(
+            action,
+            item.user_id,
+            target_app_id=str(target) if target else None,
+            metadata=str(message.get("metadata", "")),
+        )
+        if action is not ThreadControl.PASS:
+            return result
+        if result.outcome is not Outcome.SENT:
+            self.metrics.handovers.labels("pass_failed").inc()
+            log.warning("hand-over refused (%s): the bot keeps the conversation", result.detail or result.outcome.value)
+            return result
+        owner, state = str(target), str(message.get("state", ""))
+        await self.store.set_thread_owner(item.user_id, owner, now, state)
+        if user is not None:
+            user.thread_owner, user.handed_over_ms, user.handover_state = owner, now, state
+        self.metrics.handovers.labels("passed").inc()
+        if self.alert is not None:
+            self.alert.notify(item.user_id, message, now)
+        return result
 
     async def _finish(self, item: OutboxItem, status: OutboxStatus, detail: str) -> None:
         now = self.clock.now_ms()

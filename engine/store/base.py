@@ -34,6 +34,16 @@ class UserRecord:
     unreachable: bool = False  # blocked the page / unavailable: never messaged again
     unsubscribed_ms: int = 0  # when the user unsubscribed (0: subscribed): no campaign, no OTN request until undone
     created_ms: int = 0
+    # Messenger's Handover Protocol: while `thread_owner` names another app (a person in the Page Inbox), the bot
+    # sends nothing. "" is the bot itself.
+    thread_owner: str = ""
+    handed_over_ms: int = 0  # when the thread left the bot: the idle timeout counts from it (or the agent's reply)
+    agent_replied_ms: int = 0  # the last reply a person sent through otnflow (POST /api/agent/reply)
+    handover_state: str = ""  # the state that handed over: its `resume` and `take_back` apply when control returns
+
+    @property
+    def with_human(self) -> bool:
+        return bool(self.thread_owner)
 
     def to_data(self) -> dict[str, Any]:
         """The record as JSON-ready data (not dataclasses.asdict: its deep copy is measurable on the hot path)."""
@@ -276,6 +286,15 @@ class UserStore(Protocol):
         ...
 
     async def mark_unreachable(self, user_id: str) -> None: ...
+
+    async def set_thread_owner(self, user_id: str, owner: str, since_ms: int, state: str) -> None:
+        """The Handover Protocol moved the user's thread (a pass Meta accepted): who owns it now, since when, and
+        the state that handed it over. Only these fields change."""
+        ...
+
+    async def users_with_human(self, limit: int) -> list[UserRecord]:
+        """Up to `limit` users whose thread another app owns (what the idle timeout looks at)."""
+        ...
 
 
 class OutboxStore(Protocol):

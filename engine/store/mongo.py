@@ -366,6 +366,14 @@ class MongoStore:
     async def mark_unreachable(self, user_id: str) -> None:
         await self.db.users.update_one({"_id": user_id}, {"$set": {"data.unreachable": True}})
 
+    async def set_thread_owner(self, user_id: str, owner: str, since_ms: int, state: str) -> None:
+        update = {"data.thread_owner": owner, "data.handed_over_ms": since_ms, "data.handover_state": state}
+        await self.db.users.update_one({"_id": user_id}, {"$set": update})
+
+    async def users_with_human(self, limit: int) -> list[UserRecord]:
+        cursor = self.db.users.find({"data.thread_owner": {"$nin": ["", None]}}).limit(limit)
+        return [UserRecord.from_data(doc["_id"], doc["data"]) async for doc in cursor]
+
     # -- outbox ----------------------------------------------------------------------------------------------
     async def pending_outbox(self, user_id: str) -> list[OutboxItem]:
         cursor = self.db.outbox.find({"user_id": user_id, "status": "pending"}).sort("order", ASCENDING)

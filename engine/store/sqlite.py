@@ -511,6 +511,27 @@ class SqliteStore:
 
         await self._write(work)
 
+    async def set_thread_owner(self, user_id: str, owner: str, since_ms: int, state: str) -> None:
+        def work(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE users SET data = json_set(data, '$.thread_owner', ?, '$.handed_over_ms', ?, "
+                "'$.handover_state', ?) WHERE user_id = ?",
+                (owner, since_ms, state, user_id),
+            )
+
+        await self._write(work)
+
+    async def users_with_human(self, limit: int) -> list[UserRecord]:
+        def work(db: sqlite3.Connection) -> list[UserRecord]:
+            rows = db.execute(
+                "SELECT user_id, data FROM users WHERE coalesce(json_extract(data, '$.thread_owner'), '') != '' "
+                "LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [UserRecord.from_data(uid, json.loads(data)) for uid, data in rows]
+
+        return await self._read(work)
+
     # -- outbox --------------------------------------------------------------------------------------------
     async def pending_outbox(self, user_id: str) -> list[OutboxItem]:
         def work(db: sqlite3.Connection) -> list[OutboxItem]:

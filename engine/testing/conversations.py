@@ -40,7 +40,19 @@ from ..runtime.actions import ActionRecord
 from ..runtime.flows import no_such_flow
 from .harness import Bot, BotUser, HarnessError, ReplyView, unknown_setting
 
-ACTIONS = ("says", "taps", "opts_in", "arrives", "advance", "notify", "stub", "expect")
+ACTIONS = (
+    "says",
+    "taps",
+    "opts_in",
+    "arrives",
+    "advance",
+    "notify",
+    "stub",
+    "agent_takes",
+    "agent_says",
+    "agent_done",
+    "expect",
+)
 #: Options of an `arrives` step.
 ARRIVAL_OPTIONS = ("source", "ad_id", "get_started")
 #: Options of a `stub` step: what the stubbed flow action does.
@@ -91,6 +103,9 @@ SHAPES: dict[str, dict[str, Field]] = {
         "result": Field("any", "With stub: what the action returns (any TOML value)."),
         "fails": Field("bool", "With stub: the action fails (the state's on_failure follows)."),
         "times_out": Field("bool", "With stub: the action runs out of time (on_timeout, else on_failure)."),
+        "agent_takes": Field("bool", "A person takes the user's thread in the Page Inbox (Meta tells the bot)."),
+        "agent_says": Field("str", "A person answers the user through otnflow (tagged HUMAN_AGENT)."),
+        "agent_done": Field("bool", "The person marks the conversation Done: the bot has the thread again."),
         "user": Field("str", "Which user acts or is checked (in a test with `users`)."),
         "expect": Field("table:expect", "What must hold now."),
     },
@@ -116,6 +131,7 @@ SHAPES: dict[str, dict[str, Field]] = {
         "action_outcome": Field(
             "str", "How the previous step's last action call ended.", choices=("success", "failure", "timeout")
         ),
+        "with_human": Field("bool", "Whether a person has the user's conversation (the bot stays silent)."),
     },
 }
 
@@ -342,8 +358,18 @@ class _Run:
                     step.options.get("ad_id"),
                     step.options.get("get_started") is True,
                 )
-            elif step.action == "advance":
+            elif step.action == "advance":  # then the hand-over idle check, as the server runs it
                 self.bot.clock.advance(**parse_duration(step.value))
+                await self.bot.check_idle()
+                for uid, u in self.users.items():
+                    self.last[uid] = u.replies[before[uid] :]
+            elif step.action == "agent_takes":
+                await user.agent_takes()
+                self.last[step.user] = []
+            elif step.action == "agent_says":
+                self.last[step.user] = await user.agent_says(step.value)
+            elif step.action == "agent_done":
+                self.last[step.user] = await user.agent_done()
             elif step.action == "notify":
                 report = await self.bot.notify(
                     step.value, str(step.options.get("segment", "")), **dict(step.options.get("vars", {}))
@@ -452,6 +478,7 @@ CHECKS: dict[str, Callable[[Seen, Any], str | None]] = {
     "action_outcome": lambda seen, w: _differ(
         "action_outcome", w, str(seen.action_calls[-1].outcome) if seen.action_calls else None
     ),
+    "with_human": lambda seen, w: _differ("with_human", w, seen.user.with_human),
 }
 assert set(CHECKS) == set(SHAPES["expect"]), "every expectation key has a check"
 

@@ -33,7 +33,7 @@ from ..actions import ActionContext, ActionFailed, ActionFunction
 from ..config import OPTIONS, Settings, load_settings
 from ..flow import CompiledFlow, payloads
 from ..flow.spec import META_SOURCES
-from ..local.fake_graph import FakeGraph, SentMessage
+from ..local.fake_graph import BOT_APP_ID, PAGE_INBOX_APP_ID, FakeGraph, SentMessage
 from ..messenger.signature import sign
 from ..runtime.actions import ActionRecord
 from ..runtime.audience import Audience
@@ -44,7 +44,7 @@ from ..runtime.inspection import inspect_user
 from ..store import OPERATIONS, Token, TokenStatus, UserRecord
 from ..web import create_app
 from ..web.deadline import server_options
-from ..web.keys import CAMPAIGNS, DISPATCHER, FLOWS, GRAPH, STORE
+from ..web.keys import CAMPAIGNS, DISPATCHER, FLOWS, GRAPH, IDLE_TIMER, STORE
 
 PAGE_ID = "106000000000001"
 SECRET = "harness-app-secret"
@@ -196,6 +196,47 @@ class BotUser:
         await self.refresh()
         return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)[before:]]
 
+    # -- a person at the Page Inbox (the Handover Protocol) -------------------------------------------------
+    async def agent_takes(self, app_id: str = PAGE_INBOX_APP_ID) -> None:
+        """A person takes the thread in the Page Inbox (or another app takes it): Meta tells the bot."""
+        await self._handover(self.bot.fake.take_by(self.id, app_id))
+
+    async def agent_says(self, text: str, reply_id: str | None = None) -> list[ReplyView]:
+        """A person answers through otnflow (POST /api/agent/reply): tagged HUMAN_AGENT. Raises HarnessError with
+        the API's answer when it refuses (404 unknown user, 409 the policy's reason)."""
+        before = len(self.bot.fake.messages_to(self.id))
+        body: dict[str, Any] = {"user_id": self.id, "text": text, **({"id": reply_id} if reply_id else {})}
+        async with self.bot.session.post(
+            f"{self.bot.url}/api/agent/reply", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"}
+        ) as response:
+            if response.status != 202:
+                raise HarnessError(f"the agent's reply was refused: {response.status} {await response.text()}")
+        await self.bot.settle()
+        await self.refresh()
+        return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)[before:]]
+
+    async def agent_done(self, note: str | None = None) -> list[ReplyView]:
+        """The person marks the conversation Done in the Page Inbox: the thread goes back to the bot (Meta sends
+        it `pass_thread_control`), and the flow resumes at the handing state's `resume`."""
+        before = len(self.bot.fake.messages_to(self.id))
+        await self._handover(self.bot.fake.give_back(self.id, note))
+        return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)[before:]]
+
+    async def _handover(self, event_body: dict[str, Any]) -> None:
+        now = self.bot.clock.advance(seconds=1)
+        event = {"sender": {"id": self.id}, "recipient": {"id": PAGE_ID}, "timestamp": now, **event_body}
+        await self.bot.post({"object": "page", "entry": [{"id": PAGE_ID, "time": now, "messaging": [event]}]})
+        await self.refresh()
+
+    @property
+    def thread_owner(self) -> str:
+        """The app that has the user's conversation, as the bot knows it: "" for the bot itself."""
+        return self.record.thread_owner if self.record else ""
+
+    @property
+    def with_human(self) -> bool:
+        return bool(self.thread_owner)
+
     # -- what the test asserts on ----------------------------------------------------------------------------
     async def refresh(self) -> None:
         view = await inspect_user(self.bot.app[STORE], self.id)
@@ -286,7 +327,8 @@ class Bot:
         store in `store_dir` (a temporary folder by default); new users enter `flow` (default: config.toml's
         flows.default). `settings` override config.toml's, by dotted name with '_' for '.':
         policy_page_in_eu=True. `compiled` reuses flows already loaded (fast test suites). `action_env` holds the
-        environment variables HTTP actions read (`STOCK_API_URL`): the harness never reads the real environment."""
+        environment variables HTTP actions read (`STOCK_API_URL`): the harness never reads the real environment.
+        It also holds the variable `handover.alert_url_env` names (the hand-over alert's URL)."""
         for name in settings:
             if problem := unknown_setting(name):
                 raise HarnessError(problem)
@@ -308,6 +350,7 @@ class Bot:
                 "OTNFLOW_STORE_URL": f"sqlite:///{folder / 'harness.sqlite3'}",
                 "OTNFLOW_LOG_LEVEL": "WARNING",
                 "OTNFLOW_SERVER_SIMULATED_USER_IDS": "true",  # users are called alice, not 7100000000000001
+                "OTNFLOW_GRAPH_APP_ID": BOT_APP_ID,  # the fake's bot app: the Primary Receiver
                 "OTNFLOW_GRAPH_BACKOFF_BASE_SECONDS": "0.001",
                 "OTNFLOW_GRAPH_BACKOFF_MAX_SECONDS": "0.005",
             }
@@ -433,6 +476,15 @@ class Bot:
     async def settle(self) -> None:
         """Wait until every event is handled and every reply sent."""
         await self.app[DISPATCHER].idle()
+
+    async def check_idle(self) -> int:
+        """Run the hand-over idle check now (the server runs it every 30 s of wall time): threads whose person said
+        nothing for `handover.idle_minutes` on the bot's clock come back to the bot. Returns how many."""
+        taken = await self.app[IDLE_TIMER].tick()
+        await self.settle()
+        for user in self.users.values():
+            await user.refresh()
+        return taken
 
     async def dry_run(self, topic: str, segment: str = "", **variables: Any) -> Audience:
         """Who a notification would reach, per variant; nothing is sent, claimed or stored."""

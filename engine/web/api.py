@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,10 +17,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..messenger.signature import same_secret
+from ..policy import MessageKind, Outgoing
 from ..runtime.campaigns import CampaignError, CampaignReport, campaign_counts
+from ..runtime.handover import agent_reply_event
 from ..runtime.stats import stats_document
 from .bodies import BadBody, api_schema, checked_body, openapi_document
-from .keys import CAMPAIGNS, CLOCK, SETTINGS, STORE
+from .keys import CAMPAIGNS, CLOCK, DISPATCHER, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.api")
 RUNNING: web.AppKey[dict[str, asyncio.Task[CampaignReport]]] = web.AppKey("running_campaigns")
@@ -100,6 +103,30 @@ async def campaign(request: web.Request) -> web.Response:
         else:
             body.update(task.result().as_dict())
     return web.json_response(body)
+
+
+async def agent_reply(request: web.Request) -> web.Response:
+    """POST an AgentReply (openapi.json) -> 202 {"reply": key}: a person's reply, queued in the user's turn and sent
+    tagged HUMAN_AGENT; 404 for a user never seen; 409 with the policy's reason when it may not go (7 days after the
+    user's last message, never later). The step gates it again before the send."""
+    if not _authorized(request):
+        return _unauthorized()
+    try:
+        body = await checked_body(request, api_schema("AgentReply"))
+    except BadBody as bad:
+        return bad.response()
+    user = await request.app[STORE].load_user(body["user_id"])
+    if user is None:
+        return web.json_response({"error": f"no user {body['user_id']}"}, status=404)
+    now = request.app[CLOCK].now_ms()
+    gate = request.app[DISPATCHER].handler.gate
+    decision = gate.check(gate.facts(user), Outgoing(kind=MessageKind.AGENT_REPLY), now)
+    if not decision.allowed:
+        return web.json_response({"error": decision.reason}, status=409)
+    event = agent_reply_event(user, body["text"], body.get("id") or uuid.uuid4().hex, now)
+    if await request.app[STORE].add_events([event]):
+        request.app[DISPATCHER].wake(user.user_id, [event])
+    return web.json_response({"reply": event.key}, status=202)
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -3,6 +3,7 @@ order at start and closed in reverse at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 
@@ -30,6 +31,7 @@ from .keys import (
     FLOWS,
     GRAPH,
     GRAPH_URL,
+    IDLE_TIMER,
     METRICS,
     MIDDLEWARES,
     SENDING,
@@ -88,6 +90,7 @@ def create_app(
     app.router.add_post("/api/notify", api.notify)
     app.router.add_get("/api/campaigns/{id}", api.campaign)
     app.router.add_get("/api/stats", api.stats)
+    app.router.add_post("/api/agent/reply", api.agent_reply)
     app.router.add_get("/api/openapi.json", api.openapi)
     if local:
         playground_routes.setup(app)
@@ -138,8 +141,12 @@ async def _engine(app: web.Application) -> AsyncIterator[None]:
     )
     app[DISPATCHER] = runtime.dispatcher
     app[CAMPAIGNS] = runtime.campaigns
+    app[IDLE_TIMER] = runtime.idle_timer
     resumed = await runtime.dispatcher.start()
     if resumed:
         log.info("resuming work left by the previous run for %d user(s)", resumed)
+    idle_checks = asyncio.create_task(runtime.idle_timer.run(), name="hand-over idle timer")
     yield
+    idle_checks.cancel()
+    await asyncio.gather(idle_checks, return_exceptions=True)
     await runtime.dispatcher.stop()

@@ -12,6 +12,7 @@ from ..runtime.clock import Clock
 from ..runtime.conversation import StepMiddleware
 from ..runtime.dispatcher import Dispatcher
 from ..runtime.flows import LiveFlows
+from ..runtime.handover import IdleTimer
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingHealth
 from ..store import Backend
@@ -28,5 +29,6 @@ GRAPH_URL = web.AppKey("graph_url", str)
 SENDING = web.AppKey("sending", SendingHealth)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 CAMPAIGNS = web.AppKey("campaigns", CampaignRunner)
+IDLE_TIMER = web.AppKey("idle_timer", IdleTimer)
 MIDDLEWARES: web.AppKey[tuple[StepMiddleware, ...]] = web.AppKey("middlewares")
 FIGURES = web.AppKey("figures", StoreFigures)

@@ -152,6 +152,26 @@ async def test_mark_unreachable(store: Backend) -> None:
     assert user is not None and user.unreachable
 
 
+async def test_the_thread_owner_is_kept_on_the_user_and_listed_while_a_person_has_it(store: Backend) -> None:
+    """The Handover Protocol: a pass Meta accepted moves only the owner fields; the idle timeout lists those users."""
+    await store.add_events([event("a"), event("b", "u2")])
+    await store.commit_step(StepWrite(event_key="a", user=UserRecord(user_id="u1", state="help", tags={"vip"})), 1)
+    await store.commit_step(StepWrite(event_key="b", user=UserRecord(user_id="u2")), 1)
+    assert await store.users_with_human(10) == []
+    await store.set_thread_owner("u1", "263902037430900", 5_000, "help")
+    user = await store.load_user("u1")
+    assert user is not None and user.with_human
+    assert (user.thread_owner, user.handed_over_ms, user.handover_state) == ("263902037430900", 5_000, "help")
+    assert (user.state, user.tags) == ("help", {"vip"})  # nothing else moved
+    assert [u.user_id for u in await store.users_with_human(10)] == ["u1"]
+    user.thread_owner, user.agent_replied_ms = "", 6_000  # control came back, in a step's own write
+    await store.add_events([event("c")])
+    await store.commit_step(StepWrite(event_key="c", user=user), 2)
+    assert await store.users_with_human(10) == []
+    back = await store.load_user("u1")
+    assert back is not None and (back.with_human, back.agent_replied_ms) == (False, 6_000)
+
+
 def token(name: str, user: str = "u1", topic: str = "restock", received: int = 100, expires: int = 10_000) -> Token:
     return Token(
         token=name,

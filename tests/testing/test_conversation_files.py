@@ -107,8 +107,8 @@ def test_malformed_conversation_files_list_every_problem_with_its_line(tmp_path:
     assert found == [
         (
             4,
-            "a step does exactly one of says, taps, opts_in, arrives, advance, notify, stub, expect; "
-            "this one has says, taps",
+            "a step does exactly one of says, taps, opts_in, arrives, advance, notify, stub, agent_takes, "
+            "agent_says, agent_done, expect; this one has says, taps",
         ),
         (5, "duration 'soon' must be a number and a unit: s, m, h or d (e.g. '25h')"),
         (6, "unknown key 'rpely'; did you mean 'reply'?"),

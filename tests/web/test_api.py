@@ -154,4 +154,10 @@ async def test_every_api_error_is_json_and_the_document_is_served() -> None:
             served = await r.json()
     shipped = json.loads((ROOT / "engine" / "web" / "openapi.json").read_text())
     assert served == shipped and served["openapi"] == "3.1.0"
-    assert set(served["paths"]) == {"/api/notify", "/api/campaigns/{id}", "/api/stats", "/api/openapi.json"}
+    assert set(served["paths"]) == {
+        "/api/notify",
+        "/api/campaigns/{id}",
+        "/api/stats",
+        "/api/agent/reply",
+        "/api/openapi.json",
+    }
