@@ -80,7 +80,7 @@ def test_the_examples_pass_through_otnflow_test() -> None:
         [sys.executable, "-m", "engine.cli", "test", "flows/"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout
-    assert done.stdout.strip().endswith("11 passed, 0 failed")
+    assert done.stdout.strip().endswith("16 passed, 0 failed")
     assert "ok   arrivals: a race-day Messenger code" in done.stdout  # the referral entry points' file ran
 
 
