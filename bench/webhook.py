@@ -27,8 +27,8 @@ from pathlib import Path
 import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # first: the project's `actions` package, not bench/actions.py
 
 from _common import free_port, machine_line, start_fake_graph, wait_http  # noqa: E402
 
