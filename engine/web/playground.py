@@ -28,6 +28,7 @@ from aiohttp import web
 from yarl import URL
 
 from ..flow import Outcome
+from ..flow.spec import PAGE_INBOX_APP_ID, FlowSpec
 from ..flow.svg import to_svg
 from ..local.fake_graph import SentMessage
 from ..messenger.signature import same_secret, sign
@@ -36,6 +37,7 @@ from ..policy.gate import HOUR_MS
 from ..runtime.actions import ActionRecord
 from ..runtime.campaigns import CampaignError
 from ..runtime.clock import OffsetClock
+from ..runtime.handover import UNKNOWN_OWNER
 from ..runtime.inspection import inspect_user, message_text, refused_messages
 from ..store import TokenStatus, UserRecord
 from .bodies import BadBody, checked_body
@@ -408,6 +410,7 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
         "variables": record.variables if record else {},
         "window": {"open": facts_open, "closes_in_ms": closes_in, "hours": gate_settings.window_hours},
         "subscribed": not (record and record.unsubscribed_ms),
+        "thread": _thread(record, flow.spec),
         "otn_available": gate_settings.otn_enabled,
         "tokens": [
             {
@@ -424,6 +427,18 @@ async def _state(app: web.Application, user_id: str) -> dict[str, Any]:
         "reload": app[PLAYGROUND].reload_status,
         "reload_errors": list(app[PLAYGROUND].reload_errors),
     }
+
+
+def _thread(record: UserRecord | None, spec: FlowSpec) -> dict[str, Any]:
+    """Who owns the user's thread (Messenger's Handover Protocol): the bot, the Page Inbox or another app, since
+    when, and the state the flow resumes at when the bot gets it back."""
+    if record is None or not record.thread_owner:
+        return {"owner": "bot", "app_id": "", "since_ms": 0, "resume": ""}
+    owner = record.thread_owner
+    named = {PAGE_INBOX_APP_ID: "page_inbox", UNKNOWN_OWNER: "unknown"}.get(owner, "app")
+    handing = spec.states.get(record.handover_state)  # the state that handed over names where the flow resumes
+    resume = handing.handover.resume if handing and handing.handover else ""
+    return {"owner": named, "app_id": owner, "since_ms": record.handed_over_ms, "resume": resume}
 
 
 async def wait(request: web.Request) -> web.Response:

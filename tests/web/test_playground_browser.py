@@ -120,6 +120,7 @@ async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: 
             "Hi Alice! Welcome to the cellar. Red or white tonight?RESPONSE"
         )
         await expect(page.locator("#window")).to_have_text("open, closes in 23 h 59 min")
+        await expect(page.locator("#thread-owner")).to_have_text("the bot")  # no person has the thread
 
         await page.click("#quick button:text-is('White')")  # a quick reply, rendered as such
         await expect(page.locator("#tags .tag")).to_have_text(["likes_white"])
@@ -161,6 +162,11 @@ async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: 
         assert current and panel  # the diagram is scrolled to the current state, far right in the wine shop
         assert panel["x"] <= current["x"] and current["x"] + current["width"] <= panel["x"] + panel["width"]
         await page.screenshot(path=str(tmp_path / "playground.png"), full_page=True)
+        await page.fill("#text", "talk to a person")  # the wine shop's hand-over: the Page Inbox takes the thread
+        await page.click("#composer button")
+        await expect(page.locator("#thread-owner")).to_have_text(
+            "a person (Page Inbox), the bot is silent; resumes at welcome_back"
+        )
     assert (tmp_path / "playground.png").stat().st_size > 10_000
 
 
