@@ -124,8 +124,9 @@ class InboundEvent:
 
     @property
     def stored_kind(self) -> str:
-        """The inbox kind: the event's own, or `standby` for what arrived while another app owned the thread."""
-        return STANDBY if self.standby else self.kind
+        """The inbox kind: the event's own, or `standby` for what the user sent while another app owned the
+        thread (an agent's echo keeps its own kind: it is the person's, not the user's)."""
+        return STANDBY if self.standby and self.kind != AGENT_ECHO else self.kind
 
     def to_json(self) -> str:
         return jsonio.dumps(self.raw)
@@ -217,6 +218,9 @@ def parse_webhook(body: Any, *, simulated_ids: bool = False) -> ParsedWebhook:
 
 #: What a standby event can be that otnflow records: what the user said or tapped while a person had the thread.
 STANDBY_KINDS = ("message", "postback")
+#: A message the thread's owner (a person in the Page Inbox) sent, echoed to us in `standby[]`: the person is at
+#: work, so the hand-over's idle timeout counts from it. Its user is the echo's recipient.
+AGENT_ECHO = "agent_echo"
 
 
 def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, standby: bool = False) -> None:
@@ -225,7 +229,13 @@ def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, st
         parsed.rejected.append(RejectedItem(where, "item", f"{where} must be an object, not {_describe(item)}", item))
         return
     kind = classify(item)
-    if standby and kind not in STANDBY_KINDS:  # receipts, echoes of the agent's replies: one bounded label
+    if standby and kind == "echo":
+        try:
+            parsed.events.append(_agent_echo(item, where, simulated_ids))
+        except EventError as err:
+            parsed.rejected.append(RejectedItem(where, AGENT_ECHO, str(err), item))
+        return
+    if standby and kind not in STANDBY_KINDS:  # receipts and the like: one bounded label
         parsed.skipped[STANDBY] += 1
         return
     if kind not in HANDLED_KINDS:
@@ -240,6 +250,19 @@ def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, st
         return
     if event is not None:
         parsed.events.append(replace(event, standby=True) if standby else event)
+
+
+def _agent_echo(item: dict[str, Any], where: str, simulated_ids: bool) -> InboundEvent:
+    """An echo in `standby[]`: sent by the page (a person answering in the Page Inbox) to the user."""
+    _check_depth(item, where)
+    item = _well_formed(item)
+    timestamp = _timestamp(item, where)
+    page, user = _psid(item, "sender", where, simulated_ids), _psid(item, "recipient", where, simulated_ids)
+    mid = _string(_object(item, "message", where), "mid", f"{where}.message", MAX_KEY_CHARS, required=True)
+    assert mid is not None
+    return InboundEvent(
+        key=mid, user_id=user, page_id=page, timestamp=timestamp, kind=AGENT_ECHO, raw=item, standby=True
+    )
 
 
 def classify(item: Any) -> str:

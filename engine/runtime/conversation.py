@@ -15,7 +15,7 @@ from ..actions import ActionContext
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
 from ..messenger.client import ThreadControl
-from ..messenger.events import MAX_KEY_CHARS, STANDBY, InboundEvent, Referral, parse_event
+from ..messenger.events import AGENT_ECHO, MAX_KEY_CHARS, STANDBY, InboundEvent, Referral, parse_event
 from ..policy import MessageKind
 from ..policy.gate import DAY_MS
 from ..store import (
@@ -233,6 +233,10 @@ class StepHandler:
             return ThreadStep(
                 run_flow=False, engaged=False, agent_text=str(handover.internal_data(stored).get("text", ""))
             )
+        if stored.kind == AGENT_ECHO:  # a person answered in the Page Inbox: the idle timeout counts from here
+            if user.with_human:
+                user.agent_replied_ms = max(user.agent_replied_ms, stored.timestamp)
+            return ThreadStep(run_flow=False, engaged=False)
         if stored.kind == handover.HANDOVER_IDLE:
             if not handover.is_idle(user, now, self.handovers.idle_minutes):
                 return ThreadStep(run_flow=False, engaged=False)  # an agent answered meanwhile, or it came back

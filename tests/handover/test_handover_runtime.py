@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from engine.local.fake_graph import PAGE_INBOX_APP_ID
-from engine.testing.harness import Bot, HarnessError
+from engine.testing.harness import PAGE_ID, Bot, HarnessError
 from engine.web.keys import METRICS
 from tests.conftest import serve_on_loopback
 
@@ -167,3 +167,25 @@ async def test_the_alert_is_posted_and_its_failure_never_blocks_the_conversation
         await served.runner.cleanup()
     assert "secret-in-the-url" not in caplog.text
     assert "hand-over alert not delivered: HTTP 500" in caplog.text
+
+
+async def test_a_reply_typed_in_the_page_inbox_resets_the_idle_timeout() -> None:
+    """An agent answering in the Page Inbox (not through otnflow) reaches us as an echo in `standby[]`: the person
+    is at work, so the silence counts from there, not from the hand-over."""
+    async with start(handover_idle_minutes=30) as bot:
+        ann = bot.user("ann")
+        await ann.says("hi")
+        await ann.says("person")
+        bot.clock.advance(minutes=20)
+        now = bot.clock.now_ms()
+        echo = {
+            "sender": {"id": PAGE_ID},
+            "recipient": {"id": "ann"},
+            "timestamp": now,
+            "message": {"mid": "m_inbox_1", "is_echo": True, "app_id": int(PAGE_INBOX_APP_ID), "text": "Hello Ann!"},
+        }
+        await bot.post({"object": "page", "entry": [{"id": PAGE_ID, "time": now, "standby": [echo]}]})
+        bot.clock.advance(minutes=25)  # 45 minutes after the hand-over, 25 after the agent's last word
+        assert await bot.check_idle() == 0 and ann.with_human
+        bot.clock.advance(minutes=6)
+        assert await bot.check_idle() == 1 and not ann.with_human

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.messenger.events import STANDBY, Handover, HandoverKind, parse_webhook
+from engine.messenger.events import AGENT_ECHO, STANDBY, Handover, HandoverKind, parse_webhook
 from tests.conftest import webhook_fixture
 
 USER, PAGE, T0 = "7100000000000001", "106000000000001", 1764240000000
@@ -27,16 +27,23 @@ def test_a_standby_message_is_kept_as_standby() -> None:
     assert not parsed.skipped
 
 
-def test_standby_receipts_and_echoes_are_counted_under_one_label() -> None:
+def test_standby_receipts_are_counted_under_one_label_and_an_agents_echo_is_kept() -> None:
+    """A read receipt in standby is counted; the echo of a person's reply in the Page Inbox is kept as the agent's
+    (its user is the recipient), for the idle timeout; an echo without a mid is rejected, naming the field."""
     body = webhook_fixture("standby.json")
     entry = body["entry"][0]
+    echo = {"mid": "m_agent1", "is_echo": True, "app_id": 263902037430900, "text": "Hello!"}
     entry["standby"] += [
         {"sender": {"id": USER}, "recipient": {"id": PAGE}, "timestamp": T0 + 1, "read": {"watermark": T0}},
-        {"sender": {"id": PAGE}, "recipient": {"id": USER}, "timestamp": T0 + 2, "message": {"is_echo": True}},
+        {"sender": {"id": PAGE}, "recipient": {"id": USER}, "timestamp": T0 + 2, "message": echo},
+        {"sender": {"id": PAGE}, "recipient": {"id": USER}, "timestamp": T0 + 3, "message": {"is_echo": True}},
     ]
     parsed = parse_webhook(body)
-    assert [e.key for e in parsed.events] == ["m_stby1"]
-    assert parsed.skipped == {STANDBY: 2}
+    assert [(e.key, e.stored_kind) for e in parsed.events] == [("m_stby1", STANDBY), ("m_agent1", AGENT_ECHO)]
+    assert (parsed.events[1].user_id, parsed.events[1].page_id) == (USER, PAGE)
+    assert parsed.skipped == {STANDBY: 1}
+    (rejected,) = parsed.rejected
+    assert rejected.kind == AGENT_ECHO and "mid" in rejected.reason
 
 
 def test_a_broken_standby_list_is_rejected_alone() -> None:
