@@ -89,7 +89,7 @@ class IssuedToken:
 
 WINDOW_MS = 24 * 3_600_000
 TOKEN_MS = 365 * 24 * 3_600_000
-HUMAN_AGENT_MS = 7 * 24 * 3_600_000  # after the user's last interaction (the fake does not tell messages apart)
+HUMAN_AGENT_MS = 7 * 24 * 3_600_000  # after the user's last message (a postback tap does not count)
 ALLOWED_TAGS = frozenset({"CONFIRMED_EVENT_UPDATE", "POST_PURCHASE_UPDATE", "ACCOUNT_UPDATE", "HUMAN_AGENT"})
 BOT_APP_ID = "1517776481860111"  # the bot's app: the Page's Primary Receiver (as in `subscribed_apps`)
 PAGE_INBOX_APP_ID = "263902037430900"  # Meta's Page Inbox, a Secondary Receiver
@@ -113,6 +113,7 @@ class FakeGraph:
     clock: Any = None  # Callable[[], int] | None: enforce the window and tokens when set
     rate_limit_per_second: int | None = None  # answer 613 past this many sends within one clock second
     interactions: dict[str, int] = field(default_factory=dict)
+    messages: dict[str, int] = field(default_factory=dict)  # the user's last message: HUMAN_AGENT's 7 days
     # what `otnflow doctor` asks about: the Page behind the token, the app's webhook fields, the Page's features
     page: dict[str, str] = field(
         default_factory=lambda: {"id": "106000000000001", "name": "Test Page", "category": "Shopping & retail"}
@@ -148,9 +149,12 @@ class FakeGraph:
             raise ValueError(f"unknown failure kind {kind!r}; known: timeout, {', '.join(FAILURES)}")
         self._failures.extend(_Failure(kind, user_id) for _ in range(times))
 
-    def saw(self, user_id: str, at_ms: int) -> None:
-        """The user interacted at `at_ms` (a message, a tap): Meta opens their 24h window."""
+    def saw(self, user_id: str, at_ms: int, *, message: bool = True) -> None:
+        """The user interacted at `at_ms` (a message, a tap): Meta opens their 24h window. A message (quick replies
+        included; not a postback) also starts HUMAN_AGENT's 7 days."""
         self.interactions[user_id] = max(self.interactions.get(user_id, 0), at_ms)
+        if message:
+            self.messages[user_id] = max(self.messages.get(user_id, 0), at_ms)
 
     def issue_token(self, user_id: str, payload: str, at_ms: int) -> str:
         """The user tapped Notify Me on a request carrying `payload`: the token Meta would put in the opt-in."""
@@ -335,8 +339,8 @@ class FakeGraph:
         if now - self.interactions.get(user, -WINDOW_MS) < WINDOW_MS:
             return None
         if body.get("messaging_type") == "MESSAGE_TAG" and body.get("tag") == "HUMAN_AGENT":
-            seen = self.interactions.get(user)
-            return None if seen is not None and now - seen < HUMAN_AGENT_MS else "HUMAN_AGENT is allowed for 7 days"
+            said = self.messages.get(user)
+            return None if said is not None and now - said < HUMAN_AGENT_MS else "HUMAN_AGENT is allowed for 7 days"
         if body.get("messaging_type") == "MESSAGE_TAG" and body.get("tag") in ALLOWED_TAGS:
             return None
         return "This message is sent outside of allowed window."

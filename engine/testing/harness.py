@@ -190,7 +190,7 @@ class BotUser:
         now = self.bot.clock.advance(seconds=1)
         event = {"sender": {"id": self.id}, "recipient": {"id": PAGE_ID}, "timestamp": now, **payload}
         if interaction:
-            self.bot.fake.saw(self.id, now)  # what Meta knows: the user's window opens
+            self.bot.fake.saw(self.id, now, message="message" in payload)  # what Meta knows: the window opens
         channel = self.bot.fake.channel(self.id)  # `standby` while another app (a person) owns the thread
         await self.bot.post({"object": "page", "entry": [{"id": PAGE_ID, "time": now, channel: [event]}]})
         await self.refresh()

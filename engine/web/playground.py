@@ -325,7 +325,7 @@ async def _post(request: web.Request, user_id: str, payload: dict[str, Any], int
     now = app[CLOCK].now_ms()
     app[FAKE_GRAPH].profiles.setdefault(user_id, {"first_name": user_id.title(), "last_name": "Tester"})
     if interaction:
-        app[FAKE_GRAPH].saw(user_id, now)
+        app[FAKE_GRAPH].saw(user_id, now, message="message" in payload)
     event = {"sender": {"id": user_id}, "recipient": {"id": PAGE_ID}, "timestamp": now, **payload}
     raw = json.dumps({"object": "page", "entry": [{"id": PAGE_ID, "time": now, "messaging": [event]}]}).encode()
     url = f"http://127.0.0.1:{request.url.port}/webhook"

@@ -155,3 +155,21 @@ async def test_human_agent_is_refused_after_seven_days() -> None:
             assert (await send(session, served.url, text_to("u1", "MESSAGE_TAG", "HUMAN_AGENT")))[0] == 400
     finally:
         await served.runner.cleanup()
+
+
+async def test_human_agent_counts_from_the_users_last_message_not_a_later_tap() -> None:
+    """Meta's rule: HUMAN_AGENT up to 7 days after the user's last message; a postback tap since reopens the 24h
+    window but does not move those 7 days."""
+    day = 24 * 3_600_000
+    now = [1_000_000_000]
+    fake = FakeGraph(page_token="tok", clock=lambda: now[0])
+    served = await serve_on_loopback(fake.app())
+    try:
+        async with aiohttp.ClientSession() as session:
+            fake.saw("u1", now[0], message=True)
+            now[0] += 6 * day
+            fake.saw("u1", now[0], message=False)  # a button tapped (a postback) on day 6
+            now[0] += 2 * day  # day 8: outside the window, 8 days after the message, 2 after the tap
+            assert (await send(session, served.url, text_to("u1", "MESSAGE_TAG", "HUMAN_AGENT")))[0] == 400
+    finally:
+        await served.runner.cleanup()
