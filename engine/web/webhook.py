@@ -54,19 +54,7 @@ async def receive(request: web.Request) -> web.Response:
         return web.Response(status=400, text=f"malformed webhook body: {err}")
     _report_skipped(parsed, metrics)
     received = app[CLOCK].now_ms()
-    stored = [
-        StoredEvent(
-            key=e.key,
-            user_id=e.user_id,
-            page_id=e.page_id,
-            timestamp=e.timestamp,
-            kind=e.stored_kind,
-            body=body,
-            received_ms=received,
-            parsed=(body, e),
-        )
-        for e, body in ((e, e.to_json()) for e in parsed.events)
-    ]
+    stored = inbox_events(parsed, received)
     new = await app[STORE].add_events(stored) if stored else []
     if parsed.rejected:
         await app[STORE].add_rejected(
@@ -90,6 +78,23 @@ async def receive(request: web.Request) -> web.Response:
     for user_id, events in by_user.items():
         app[DISPATCHER].wake(user_id, events)
     return web.Response(text="EVENT_RECEIVED")
+
+
+def inbox_events(parsed: ParsedWebhook, received_ms: int) -> list[StoredEvent]:
+    """The judged events as inbox rows, each with the parse the step can reuse instead of reading its body again."""
+    return [
+        StoredEvent(
+            key=e.key,
+            user_id=e.user_id,
+            page_id=e.page_id,
+            timestamp=e.timestamp,
+            kind=e.stored_kind,
+            body=body,
+            received_ms=received_ms,
+            parsed=(body, e),
+        )
+        for e, body in ((e, e.to_json()) for e in parsed.events)
+    ]
 
 
 def _report_skipped(parsed: ParsedWebhook, metrics: Metrics) -> None:

@@ -26,6 +26,7 @@ from engine.runtime.metrics import Metrics
 from engine.runtime.sender import SendingHealth
 from engine.store import Backend, StoredEvent, open_store
 from engine.testing import ManualClock
+from engine.web.webhook import inbox_events
 from tests.conftest import T0, body_of, make_settings, message_event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,20 +47,7 @@ class Parts:
         1 ms apart from `at` ms after T0; the events stored."""
         events = [message_event(user, f"m_{user}_{at + i}", at + i, text) for i, text in enumerate(texts)]
         parsed = parse_webhook(body_of(*events), simulated_ids=True)
-        now = self.clock.now_ms()
-        stored = [
-            StoredEvent(
-                key=e.key,
-                user_id=e.user_id,
-                page_id=e.page_id,
-                timestamp=e.timestamp,
-                kind=e.kind,
-                body=e.to_json(),
-                received_ms=now,
-            )
-            for e in parsed.events
-        ]
-        return await self.store.add_events(stored)
+        return await self.store.add_events(inbox_events(parsed, self.clock.now_ms()))
 
     def texts_to(self, user: str) -> list[str | None]:
         return [m.text for m in self.fake.messages_to(user)]
