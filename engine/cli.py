@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -296,6 +297,16 @@ def _event_loop(choice: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def _tune_gc(threshold: int) -> None:
+    """Fewer garbage-collector runs for a long-lived server: with Python's default (a run every 700 new objects) a
+    webhook turn spent about a tenth of its CPU in the collector. Objects alive after start-up (modules, compiled
+    flows and templates) are frozen out of its scans; 0 keeps Python's settings."""
+    if threshold:
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(threshold, *gc.get_threshold()[1:])
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
@@ -333,6 +344,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     async def banner(app: web.Application) -> None:
         s = app[SETTINGS]
+        _tune_gc(s.server.gc_threshold)
         flows = app[FLOWS].current.flows
         lines = [
             f"otnflow serving on http://{host}:{port}/webhook",

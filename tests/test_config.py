@@ -122,6 +122,26 @@ def test_serve_runs_on_the_event_loop_the_settings_name() -> None:
             loop.close()
 
 
+def test_serve_collects_garbage_as_rarely_as_the_settings_say() -> None:
+    import gc
+
+    from engine.cli import _tune_gc
+
+    assert load_settings(ROOT / "config.toml", {}).server.gc_threshold == 10_000
+    with pytest.raises(ConfigError, match=r"server\.gc_threshold = -1 must be 0 or more"):
+        load_settings(ROOT / "config.toml", {"OTNFLOW_SERVER_GC_THRESHOLD": "-1"})
+    before = gc.get_threshold()
+    try:
+        _tune_gc(0)
+        assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+        _tune_gc(12_345)
+        assert gc.get_threshold() == (12_345, *before[1:])
+        assert gc.get_freeze_count() > 0  # what start-up built is out of the collector's scans
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
+
+
 def test_the_example_actions_load_with_another_flows_folder(tmp_path: Path) -> None:
     """The peer benchmark (../shared/peers/run-otnflow.sh) serves a copy of this project with flows/ swapped for
     an echo flow: the example's Python actions live in shop/, not flows/, so the server still starts."""
