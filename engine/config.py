@@ -12,6 +12,7 @@ a section's fields are its keys, and `OPTIONS` gives each its default, type and 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -390,8 +391,8 @@ def load_settings(
     env = os.environ if environ is None else environ
     path = config_path or Path(env.get("OTNFLOW_CONFIG", "config.toml"))
     values = {key: option.default for key, option in OPTIONS.items()}
-    actions: dict[str, str] = {}
-    http_actions: dict[str, HttpAction] = {}
+    actions: Mapping[str, str] = {}
+    http_actions: Mapping[str, HttpAction] = {}
     if path.exists():
         try:
             text = path.read_text(encoding="utf-8")
@@ -400,7 +401,8 @@ def load_settings(
             raise ConfigError(f"config: {path}:{err.lineno}: TOML syntax error: {err.msg}") from None
         except (OSError, UnicodeDecodeError) as err:
             raise ConfigError(f"config: {path}: cannot read it: {err}") from None
-        actions, http_actions = _actions(document.pop("actions", {}), path, text)
+        document.pop("actions", None)
+        actions, http_actions = _declared_actions(path, text)
         for section, table in document.items():
             if not isinstance(table, dict):
                 raise ConfigError(f"config: {path}: '{section}' must be a [section]; known: {_sections()}")
@@ -437,6 +439,14 @@ def load_settings(
         handover_alert_url=env.get(str(values["handover.alert_url_env"]), ""),
     )
     return _check_secrets(settings) if require_secrets else settings
+
+
+@functools.lru_cache(maxsize=16)
+def _declared_actions(path: Path, text: str) -> tuple[Mapping[str, str], Mapping[str, HttpAction]]:
+    """The actions a config text declares, checked once per text: checking an HTTP action parses its templates,
+    most of what reading a config costs, and a test suite starts hundreds of servers on one config.toml. (The
+    results are read-only: Settings copies the mappings; an HttpAction is frozen.)"""
+    return _actions(tomli.loads(text).get("actions", {}), path, text)
 
 
 def _actions(declared: Any, path: Path, text: str) -> tuple[dict[str, str], dict[str, HttpAction]]:

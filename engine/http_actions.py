@@ -15,6 +15,7 @@ retries and a JSONPath that picks the result. This module only reads and checks 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -173,8 +174,7 @@ class RequestTemplates:
 
     def __init__(self, action: HttpAction) -> None:
         self.action = action
-        env = template_environment()
-        self._compiled: dict[str, Template] = {source: env.from_string(source) for _, source in templates(action)}
+        self._compiled: dict[str, Template] = {source: _compiled(source) for _, source in templates(action)}
 
     def render(self, names: Mapping[str, Any]) -> HttpRequest:
         """The request over `names` (args, env, user_id, idempotency_key); the idempotency key travels in its
@@ -193,6 +193,16 @@ class RequestTemplates:
         headers = {k: render(v) for k, v in action.headers.items()}
         headers[IDEMPOTENCY_HEADER] = str(names["idempotency_key"])
         return HttpRequest(method=action.method, url=render(action.url), headers=headers, body=render(action.body))
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(source: str) -> Template:
+    """One compiled template per source a process sees: a compiled template is immutable, and every server a
+    process starts (a test suite starts hundreds) would otherwise parse the same few again."""
+    return _RENDERING.from_string(source)
+
+
+_RENDERING = template_environment()
 
 
 def _strings(value: Any, key: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:

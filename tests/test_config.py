@@ -160,3 +160,17 @@ def test_the_example_actions_load_with_another_flows_folder(tmp_path: Path) -> N
     done = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "hold_pair" in done.stdout
+
+
+def test_an_edited_config_is_read_again_and_a_broken_one_refused_each_time(tmp_path: Path) -> None:
+    # The actions a config declares are checked once per text (a suite starts hundreds of servers on one file).
+    path = tmp_path / "config.toml"
+    declare = '[actions.stock]\nkind = "http"\nurl = "http://127.0.0.1/{{ args.sku }}"\nargs = ["sku"]\nretries = %d\n'
+    path.write_text(declare % 1)
+    assert load_settings(path, {}).http_actions["stock"].retries == 1
+    path.write_text(declare % 3)
+    assert load_settings(path, {}).http_actions["stock"].retries == 3
+    path.write_text(declare % 30)
+    for _ in range(2):
+        with pytest.raises(ConfigError, match=r"config.toml:5: actions.stock: retries must be between 0 and 10"):
+            load_settings(path, {})

@@ -39,12 +39,13 @@ from ..runtime.actions import ActionRecord
 from ..runtime.audience import Audience
 from ..runtime.campaigns import CampaignReport
 from ..runtime.clock import ManualClock
-from ..runtime.flows import load_configured_flows, no_such_flow
+from ..runtime.flows import no_such_flow
 from ..runtime.inspection import inspect_user
 from ..store import OPERATIONS, Token, TokenStatus, UserRecord
 from ..web import create_app
 from ..web.deadline import server_options
 from ..web.keys import CAMPAIGNS, DISPATCHER, FLOWS, GRAPH, IDLE_TIMER, STORE
+from .reuse import COMPILED_FLOWS, EMPTY_STORE
 
 PAGE_ID = "106000000000001"
 SECRET = "harness-app-secret"
@@ -337,9 +338,13 @@ class Bot:
             config_path = Path(config) if config else None
             if config_path is None and Path("config.toml").exists():
                 config_path = Path("config.toml")
-            configured = load_settings(config_path, {}) if config_path else None
-            flows = flows or (configured.path(configured.flows.dir) if configured else Path("flows"))
-            templates = templates or (configured.path(configured.flows.templates) if configured else Path("templates"))
+            if flows is None or templates is None:
+                configured = load_settings(config_path, {}) if config_path else None
+                flows = flows or (configured.path(configured.flows.dir) if configured else Path("flows"))
+                templates = templates or (
+                    configured.path(configured.flows.templates) if configured else Path("templates")
+                )
+            store_file = folder / "harness.sqlite3"
             env = {
                 "OTNFLOW_APP_SECRET": SECRET,
                 "OTNFLOW_PAGE_TOKEN": "harness-page-token",
@@ -347,7 +352,7 @@ class Bot:
                 "OTNFLOW_API_TOKEN": API_TOKEN,
                 "OTNFLOW_FLOWS_DIR": str(Path(flows).resolve()),
                 "OTNFLOW_FLOWS_TEMPLATES": str(Path(templates).resolve()),
-                "OTNFLOW_STORE_URL": f"sqlite:///{folder / 'harness.sqlite3'}",
+                "OTNFLOW_STORE_URL": f"sqlite:///{store_file}",
                 "OTNFLOW_LOG_LEVEL": "WARNING",
                 "OTNFLOW_SERVER_SIMULATED_USER_IDS": "true",  # users are called alice, not 7100000000000001
                 "OTNFLOW_GRAPH_APP_ID": BOT_APP_ID,  # the fake's bot app: the Primary Receiver
@@ -363,9 +368,6 @@ class Bot:
             )
             if flow is not None:
                 env["OTNFLOW_FLOWS_DEFAULT"] = flow
-                compiled = compiled or load_configured_flows(load_settings(config_path, env))
-                if flow not in compiled:
-                    raise HarnessError(no_such_flow(flow, compiled))
             clock = ManualClock(START_MS)
             fake = FakeGraph(page_token="harness-page-token", clock=clock.now_ms)
             fake_runner = web.AppRunner(fake.app(), access_log=None)
@@ -373,7 +375,13 @@ class Bot:
             await web.TCPSite(fake_runner, "127.0.0.1", 0).start()
             try:
                 env["OTNFLOW_GRAPH_URL"] = f"http://127.0.0.1:{fake_runner.addresses[0][1]}"
-                bot = cls(load_settings(config_path, env), clock, fake)
+                loaded = load_settings(config_path, env)
+                compiled = compiled if compiled is not None else COMPILED_FLOWS.of(loaded)
+                if flow is not None and flow not in compiled:
+                    raise HarnessError(no_such_flow(flow, compiled))
+                if loaded.store_url == f"sqlite:///{store_file}":
+                    await EMPTY_STORE.put(store_file)  # the schema made once per process, copied: no fsyncs
+                bot = cls(loaded, clock, fake)
                 bot._compiled = compiled
                 await bot._serve()
                 bot.session = aiohttp.ClientSession()

@@ -1,0 +1,111 @@
+"""What the flow-test harness makes once per process and reuses for every bot it starts: an empty SQLite store
+(the schema, as the store itself creates it) and compiled flows.
+
+Each bot still gets its own copy of the store file, its own app, dispatcher, fake Graph API and clock: tests stay
+as independent as before. They stop paying, each, for the same schema creation (a new SQLite file switched to WAL
+and given its tables fsyncs several times: 30-50 ms on a disk, as much again to close) and the same flow
+compilation (60-110 ms for the example flows).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..config import Settings
+from ..flow import CompiledFlow, FlowOptions, flow_files, load_flows
+from ..store import open_store
+
+
+class EmptyStore:
+    """The bytes of a SQLite store with its schema and nothing else, made once by the store's own `open` and
+    `close` (so it is always the schema the store code creates, WAL mode included)."""
+
+    def __init__(self) -> None:
+        self._image: bytes | None = None
+
+    async def image(self) -> bytes:
+        if self._image is None:
+            with tempfile.TemporaryDirectory(prefix="otnflow-empty-store-") as tmp:
+                made = Path(tmp) / "empty.sqlite3"
+                store = open_store(f"sqlite:///{made}")
+                await store.open()
+                await store.close()  # the last connection checkpoints the WAL into the file and removes it
+                self._image = made.read_bytes()
+        return self._image
+
+    async def put(self, path: Path) -> None:
+        """An empty store at `path`, unless a file is already there (a `store_dir` a test starts a bot on twice)."""
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(await self.image())
+
+
+def _identities(named: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    """Filters and globals by name and object (the cache entry keeps the objects alive, so ids stay unique)."""
+    return tuple(sorted((name, id(value)) for name, value in named.items()))
+
+
+#: More files than this under the templates folder (a folder that is not one): compile each time, walk no more.
+MAX_FILES = 500
+
+
+def _files(flows_dir: Path, templates_dir: Path | None) -> tuple[tuple[str, int, int], ...] | None:
+    """Every file a compilation may read, with its modification time and size (an edited file compiles again);
+    None when there are too many to look at each time."""
+    paths = flow_files([flows_dir])
+    if templates_dir is not None and templates_dir.is_dir():
+        for path in templates_dir.rglob("*"):
+            paths.append(path)
+            if len(paths) > MAX_FILES:
+                return None
+    return tuple((str(p), (s := p.stat()).st_mtime_ns, s.st_size) for p in sorted(paths) if p.is_file())
+
+
+class CompiledFlows:
+    """Compiled flows by folder, flow options and the files' (mtime, size); the few most recent kept. Compiled
+    flows are read-only once built (a user's state lives in the store, not in the machine), so bots share them,
+    as `otnflow test` and the pytest plugin already did for conversation files."""
+
+    def __init__(self, keep: int = 8) -> None:
+        self.keep = keep
+        self._cache: OrderedDict[Hashable, tuple[FlowOptions, dict[str, CompiledFlow]]] = OrderedDict()
+        self.compiled = 0  # how many times flows were compiled (what a test of the cache looks at)
+
+    def of(self, settings: Settings) -> dict[str, CompiledFlow]:
+        """The flows `settings` configure (FlowError as `load_configured_flows` raises it)."""
+        options = settings.flow_options()
+        folder = settings.path(settings.flows.dir)
+        files = _files(folder, options.templates_dir)
+        if files is None:
+            self.compiled += 1
+            return load_flows([folder], options)
+        key = (
+            folder,
+            options.templates_dir,
+            options.limits,
+            options.otn_available,
+            options.tags_set_elsewhere,
+            _identities(options.template_filters),
+            _identities(options.template_globals),
+            None if options.actions is None else tuple(sorted(options.actions.items())),
+            files,
+        )
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key][1]
+        flows = load_flows([folder], options)
+        self.compiled += 1
+        self._cache[key] = (options, flows)
+        while len(self._cache) > self.keep:
+            self._cache.popitem(last=False)
+        return flows
+
+
+#: One of each per process (a pytest-xdist worker is a process: nothing is shared between workers).
+EMPTY_STORE = EmptyStore()
+COMPILED_FLOWS = CompiledFlows()
