@@ -384,7 +384,10 @@ class Bot:
                 bot = cls(loaded, clock, fake)
                 bot._compiled = compiled
                 await bot._serve()
-                bot.session = aiohttp.ClientSession()
+                # reuse no connection the server may be closing: it drops one idle for its read timeout, and a
+                # test that blocks the loop (subprocess.run) would otherwise post on it as it closes (a reset)
+                idle = loaded.server.read_timeout_seconds / 2
+                bot.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(keepalive_timeout=idle))
                 try:
                     yield bot
                 finally:

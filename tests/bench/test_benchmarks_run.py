@@ -51,5 +51,5 @@ def test_harness_bench_runs_and_compares_a_start_with_the_fresh_one() -> None:
     out = run_bench("bench/harness.py", "--runs", "2")
     lines = out.splitlines()
     assert lines[0].startswith("cores ") and "otnflow " in lines[0], out
-    labels = [line.split("  ")[0].strip() for line in lines[1:]]
+    labels = [line.strip().split("  ")[0] for line in lines[1:]]
     assert "whole test" in labels and "bot start + stop" in labels and "ratio" in labels, out

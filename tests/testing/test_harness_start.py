@@ -1,10 +1,11 @@
-"""What the harness makes once per process and reuses (engine/testing/reuse.py): the empty store is the schema the
-store itself creates, each bot still starts on its own store, a store_dir keeps its users, and flows compile again
-when a file changes."""
+"""How the harness starts a bot: what it makes once per process and reuses (engine/testing/reuse.py: the empty
+store is the schema the store itself creates, each bot still starts on its own store, a store_dir keeps its users,
+flows compile again when a file changes), and a client that never posts on a connection the server is closing."""
 
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 from engine.store import open_store
@@ -71,3 +72,13 @@ async def test_flows_compile_once_and_again_when_a_file_changes(tmp_path: Path) 
     hello.write_text("Good evening, and welcome!")  # a template the flow reads changes: its size and mtime
     assert await greeting() == "Good evening, and welcome!"
     assert COMPILED_FLOWS.compiled == compiled + 1
+
+
+async def test_a_step_after_the_loop_was_blocked_past_the_servers_keepalive_still_arrives() -> None:
+    # A test that runs `otnflow stats` with subprocess.run blocks the loop for seconds under load: the server then
+    # closes the harness's idle connection at the very moment the next step reuses it (Connection reset by peer).
+    async with example_bot(server_read_timeout_seconds=0.2) as bot:
+        alice = bot.user("alice", first_name="Alice")
+        await alice.says("hi")
+        time.sleep(0.4)  # the point: the loop is blocked, as by subprocess.run
+        assert await alice.says("menu")
