@@ -45,7 +45,7 @@ from ..store import OPERATIONS, Token, TokenStatus, UserRecord
 from ..web import create_app
 from ..web.deadline import server_options
 from ..web.keys import CAMPAIGNS, DISPATCHER, FLOWS, GRAPH, IDLE_TIMER, STORE
-from .reuse import COMPILED_FLOWS, EMPTY_STORE
+from .reuse import COMPILED_FLOWS, EMPTY_STORE, scratch_folder
 
 PAGE_ID = "106000000000001"
 SECRET = "harness-app-secret"
@@ -333,7 +333,7 @@ class Bot:
         for name in settings:
             if problem := unknown_setting(name):
                 raise HarnessError(problem)
-        with tempfile.TemporaryDirectory(prefix="otnflow-harness-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="otnflow-harness-", dir=scratch_folder()) as tmp:
             folder = Path(store_dir) if store_dir else Path(tmp)
             config_path = Path(config) if config else None
             if config_path is None and Path("config.toml").exists():

@@ -5,12 +5,16 @@ flows compile again when a file changes), and a client that never posts on a con
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from engine.store import open_store
+from engine.testing import reuse
 from engine.testing.harness import Bot
-from engine.testing.reuse import COMPILED_FLOWS
+from engine.testing.reuse import COMPILED_FLOWS, scratch_folder
 from engine.web.keys import STORE
 from tests.conftest import example_bot
 
@@ -82,3 +86,21 @@ async def test_a_step_after_the_loop_was_blocked_past_the_servers_keepalive_stil
         await alice.says("hi")
         time.sleep(0.4)  # the point: the loop is blocked, as by subprocess.run
         assert await alice.says("menu")
+
+
+async def test_a_bots_store_is_a_sqlite_file_in_ram_where_there_is_room_and_is_gone_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with example_bot() as bot:
+        store = Path(bot.settings.store_url.removeprefix("sqlite:///"))
+        assert store.exists() and store.parent.parent == Path(scratch_folder() or tempfile.gettempdir())
+    assert not store.parent.exists()
+    for folder, needed in ((tmp_path / "none", 1), (tmp_path, 2**62)):  # no such folder; not enough room
+        monkeypatch.setattr(reuse, "RAM_FOLDER", folder)
+        monkeypatch.setattr(reuse, "RAM_NEEDED_BYTES", needed)
+        scratch_folder.cache_clear()
+        assert scratch_folder() is None
+    monkeypatch.setattr(reuse, "RAM_NEEDED_BYTES", 1)
+    scratch_folder.cache_clear()
+    assert scratch_folder() == str(tmp_path)
+    scratch_folder.cache_clear()  # the next test finds the machine's own folder again
