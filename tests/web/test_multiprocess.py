@@ -116,7 +116,8 @@ async def test_three_processes_share_one_store(
                     return busy == 0
 
                 # MongoDB: the killed process died inside a transaction; its documents stay locked until the server
-                # aborts that transaction (transactionLifetimeLimitSeconds, 60 s by default), then the survivors go on
+                # aborts that transaction (transactionLifetimeLimitSeconds: 60 s by default, 5 s on the suite's
+                # SecantusDB, tests/secantus_server.py), then the survivors go on
                 await wait_until(settled, timeout=150, what="the survivors to handle every event")
                 counts = await store.counts()
                 assert counts["inbox_handled"] == users * events  # each event once, duplicates dropped

@@ -4,7 +4,9 @@ thread, the tags panel and the window indicator. A screenshot is saved under the
 A brand-new user on a phone-sized screen; a notification sent through the API shows at once; a broken flow edit
 shows a banner until it is fixed. And another web site open in the same browser cannot drive it.
 
-Every test fails on any error the page throws or logs (`chromium()` watches every page it opens)."""
+Every test fails on any error the page throws or logs (`chromium()` watches every page it opens). One Chromium
+serves the module (its start costs more than a test), each page in a fresh browser context: nothing carries over
+from one test to the next. The module's tests share one event loop and one xdist worker for that."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from aiohttp import web
 
 from engine.config import load_settings
@@ -25,13 +28,39 @@ from tests.conftest import Loopback, serve_on_loopback
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
-pytestmark = pytest.mark.skipif(
-    not Path(CHROMIUM).exists() and not __import__("os").environ.get("CI"),
-    reason="Debian's chromium is not installed (the README's test command installs it; CI requires it)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists() and not __import__("os").environ.get("CI"),
+        reason="Debian's chromium is not installed (the README's test command installs it; CI requires it)",
+    ),
+    pytest.mark.asyncio(loop_scope="module"),  # the browser's loop
+    pytest.mark.xdist_group("chromium"),  # one worker starts it (`--dist loadgroup`)
+]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_chromium() -> AsyncIterator[Any]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-background-networking",
+                "--disable-gpu",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def playground(tmp_path: Path) -> AsyncIterator[Loopback]:
     """The playground over a copy of the example flows (a test may break them)."""
     shutil.copytree(ROOT / "flows", tmp_path / "flows", ignore=shutil.ignore_patterns("tests"))
@@ -58,9 +87,12 @@ class Watched:
     def __init__(self, browser: Any) -> None:
         self.browser = browser
         self.errors: list[str] = []
+        self.pages: list[Any] = []
 
     async def new_page(self, **options: Any) -> Any:
+        """A page in a browser context of its own (Playwright's `new_page`), closed with it at the test's end."""
         page = await self.browser.new_page(**options)
+        self.pages.append(page)
         page.on("pageerror", lambda error: self.errors.append(f"page error on {page.url}: {error}"))
         page.on(
             "console",
@@ -78,34 +110,24 @@ class Watched:
 
 
 @asynccontextmanager
-async def chromium(expected: re.Pattern[str] | None = None) -> AsyncIterator[Watched]:
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-gpu",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
-        )
-        watched = Watched(browser)
-        try:
-            yield watched
-        finally:
-            await browser.close()
-        unexpected = [e for e in watched.errors if not (expected and expected.search(e))]
-        assert not unexpected, "the page logged or threw errors:\n" + "\n".join(unexpected)
+async def chromium(browser: Any, expected: re.Pattern[str] | None = None) -> AsyncIterator[Watched]:
+    """The module's browser, watched: its pages are closed (their contexts with them) when the test is done."""
+    watched = Watched(browser)
+    try:
+        yield watched
+    finally:
+        for page in watched.pages:
+            await page.close()
+    unexpected = [e for e in watched.errors if not (expected and expected.search(e))]
+    assert not unexpected, "the page logged or threw errors:\n" + "\n".join(unexpected)
 
 
-async def test_playground_drives_the_wine_shop_through_the_otn_loop(playground: Loopback, tmp_path: Path) -> None:
+async def test_playground_drives_the_wine_shop_through_the_otn_loop(
+    shared_chromium: Any, playground: Loopback, tmp_path: Path
+) -> None:
     from playwright.async_api import expect
 
-    async with chromium() as browser:
+    async with chromium(shared_chromium) as browser:
         page = await browser.new_page(viewport={"width": 1400, "height": 900})
         await page.goto(f"{playground.url}/playground")
         untokened = "fetch('/playground/api/state?user=alice').then((r) => r.status)"
@@ -181,7 +203,7 @@ Promise.allSettled([
 </script></body>"""
 
 
-async def test_another_web_site_cannot_drive_the_playground(playground: Loopback) -> None:
+async def test_another_web_site_cannot_drive_the_playground(shared_chromium: Any, playground: Loopback) -> None:
     """A page from another origin (another loopback port) fires the requests a hostile site could: a text/plain
     form post, no-cors fetches, a JSON fetch. None of them reaches the flow."""
     import aiohttp
@@ -194,7 +216,9 @@ async def test_another_web_site_cannot_drive_the_playground(playground: Loopback
     site = await serve_on_loopback(other)
     refused = re.compile(r"^console error on .*(Failed to load resource|CORS policy|Failed to fetch)")
     try:
-        async with chromium(expected=refused) as browser:  # the attack page's refused requests are the point
+        async with chromium(
+            shared_chromium, expected=refused
+        ) as browser:  # the attack page's refused requests are the point
             page = await browser.new_page()
             await page.goto(site.url)
             await page.wait_for_function("document.title === 'sent'")
@@ -212,13 +236,15 @@ async def test_another_web_site_cannot_drive_the_playground(playground: Loopback
         await site.runner.cleanup()
 
 
-async def test_a_brand_new_user_on_a_phone_sees_an_api_notification_at_once(playground: Loopback) -> None:
+async def test_a_brand_new_user_on_a_phone_sees_an_api_notification_at_once(
+    shared_chromium: Any, playground: Loopback
+) -> None:
     """No tokens yet (the page once threw on that), a 390 px wide screen, and a notification sent through
     POST /api/notify (not the page) shows in the thread without the user doing anything."""
     import aiohttp
     from playwright.async_api import expect
 
-    async with chromium() as browser:
+    async with chromium(shared_chromium) as browser:
         page = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
         await page.goto(f"{playground.url}/playground")
         await page.fill("#user", "newbie")
@@ -262,13 +288,13 @@ async def test_a_brand_new_user_on_a_phone_sees_an_api_notification_at_once(play
 
 
 async def test_a_broken_flow_edit_shows_a_banner_with_the_located_errors_until_fixed(
-    playground: Loopback, tmp_path: Path
+    shared_chromium: Any, playground: Loopback, tmp_path: Path
 ) -> None:
     from playwright.async_api import expect
 
     wine = tmp_path / "flows" / "wine_shop.toml"
     good = wine.read_text()
-    async with chromium() as browser:
+    async with chromium(shared_chromium) as browser:
         page = await browser.new_page()
         await page.goto(f"{playground.url}/playground")
         await expect(page.locator("#flow option")).to_have_count(2)
