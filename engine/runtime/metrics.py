@@ -3,10 +3,56 @@
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import Any, Self
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import prometheus_client
+from prometheus_client import CollectorRegistry, generate_latest
 
 _MAX_KINDS_REMEMBERED = 1_000
+
+
+class _BoundLabels(prometheus_client.metrics.MetricWrapperBase):
+    """`labels(...)` remembered per label values. prometheus_client validates the values, converts them and takes a
+    lock on every call (~4 us); a turn makes several such calls with a handful of distinct values. The children are
+    the library's own (it keeps each one anyway), so what /metrics shows is unchanged."""
+
+    _bound: dict[tuple[object, ...], Self]
+
+    def labels(self, *labelvalues: object, **labelkwargs: object) -> Self:
+        if labelkwargs:
+            return super().labels(*labelvalues, **labelkwargs)
+        try:
+            return self._bound[labelvalues]
+        except AttributeError:
+            self._bound = {}
+        except KeyError:
+            pass
+        child = self._bound[labelvalues] = super().labels(*labelvalues)
+        return child
+
+    def remove(self, *labelvalues: Any) -> None:
+        self._bound = {}
+        super().remove(*labelvalues)
+
+    def remove_by_labels(self, labels: dict[str, str]) -> None:
+        self._bound = {}
+        super().remove_by_labels(labels)
+
+    def clear(self) -> None:
+        self._bound = {}
+        super().clear()
+
+
+class Counter(_BoundLabels, prometheus_client.Counter):
+    pass
+
+
+class Gauge(_BoundLabels, prometheus_client.Gauge):
+    pass
+
+
+class Histogram(_BoundLabels, prometheus_client.Histogram):
+    pass
 
 
 class Metrics:
