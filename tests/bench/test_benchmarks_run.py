@@ -53,3 +53,11 @@ def test_harness_bench_runs_and_compares_a_start_with_the_fresh_one() -> None:
     assert lines[0].startswith("cores ") and "otnflow " in lines[0], out
     labels = [line.strip().split("  ")[0] for line in lines[1:]]
     assert "whole test" in labels and "bot start + stop" in labels and "ratio" in labels, out
+
+
+def test_send_bench_runs_both_sides_and_every_send_gets_through() -> None:
+    out = run_bench("bench/send.py", "--sends", "60", "--concurrency", "4", "--rounds", "2")
+    lines = out.splitlines()
+    assert lines[0].startswith("cores ") and "uvloop " in lines[0], out
+    assert [line.split("  ")[0] for line in lines[3:5]] == ["bare aiohttp loop", "GraphClient.send"], out
+    assert lines[-1].startswith("the client's CPU per send is "), out
