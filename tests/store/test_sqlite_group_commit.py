@@ -19,8 +19,12 @@ async def test_a_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
             [StoredEvent(key="e", user_id="bad", page_id="page", timestamp=1, kind="message", body="{}", received_ms=0)]
         )
         assert store._writer is not None
-        gate = threading.Event()
-        busy = asyncio.get_running_loop().run_in_executor(store._writer, gate.wait, 10)  # the writer is busy
+        gate, started = threading.Event(), threading.Event()
+        busy = store._writer.submit(lambda _: started.set() or gate.wait(10))  # the writer is busy
+        for _ in range(1000):  # until the writer thread runs it (then nothing else is in its batch)
+            if started.is_set():
+                break
+            await asyncio.sleep(0.001)
         too_big = Token(
             token="t", user_id="bad", topic="topic", payload="p", received_ms=1, expires_ms=2**64
         )  # no SQLite INTEGER holds it: fails inside the write
@@ -32,10 +36,10 @@ async def test_a_failing_write_in_a_group_fails_alone(tmp_path: Path) -> None:
             asyncio.create_task(store.put_user(UserRecord(user_id="last"))),
         ]
         for _ in range(100):  # until all three are queued behind the busy writer
-            if len(store._queue) == 3:
+            if store._writer.queued() == 3:
                 break
             await asyncio.sleep(0.001)
-        assert len(store._queue) == 3  # one group: they will share a transaction
+        assert store._writer.queued() == 3  # one group: they will share a transaction
         gate.set()
         await busy
         first, failed, last = await asyncio.gather(*writes, return_exceptions=True)
