@@ -31,16 +31,6 @@ MAX_TEXT_CHARS = 20_000  # a text, a title, a payload
 MAX_DEPTH = 32  # Meta's events nest ~6 levels
 MAX_REJECTED_CHARS = 8_192  # of a rejected event's JSON kept in the dead-letter table
 
-HANDLED_KINDS = (
-    "message",
-    "postback",
-    "optin",
-    "reaction",
-    "referral",
-    "pass_thread_control",
-    "take_thread_control",
-    "request_thread_control",
-)
 #: The kind an event is stored under when it came in `standby[]`: the thread belongs to another app (a person in
 #: the Page Inbox); it is recorded, never answered. Its body is the event as Meta sent it (a message, a postback).
 STANDBY = "standby"
@@ -88,12 +78,38 @@ class Referral:
     ad_id: str | None = None
 
 
+class EventKind(StrEnum):
+    """What an inbound event is, named as Meta names the key that carries it (the Handover Protocol's three are
+    HandoverKind's), and otnflow's own `agent_echo`: a person's reply in the Page Inbox, echoed in `standby[]`."""
+
+    MESSAGE = "message"
+    POSTBACK = "postback"
+    OPTIN = "optin"
+    REACTION = "reaction"
+    REFERRAL = "referral"
+    AGENT_ECHO = "agent_echo"
+
+
 class HandoverKind(StrEnum):
     """The Handover Protocol's webhook events (`messaging_handovers`), named as Meta names their keys."""
 
     PASS = "pass_thread_control"  # control passed to the app receiving it (e.g. an agent marked the chat Done)
     TAKE = "take_thread_control"  # another app took the thread from the app receiving it
     REQUEST = "request_thread_control"  # another app asks the owner (us) for the thread
+
+
+#: The kinds otnflow acts on, by the key that carries each; `classify` tries them in this order.
+HANDLED_KINDS: dict[str, EventKind | HandoverKind] = {
+    kind.value: kind
+    for kind in (
+        EventKind.MESSAGE,
+        EventKind.POSTBACK,
+        EventKind.OPTIN,
+        EventKind.REACTION,
+        EventKind.REFERRAL,
+        *HandoverKind,
+    )
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,7 +130,7 @@ class InboundEvent:
     user_id: str  # the sender's page-scoped id (PSID)
     page_id: str
     timestamp: int  # ms, Meta's
-    kind: str  # message, postback, optin, reaction, referral
+    kind: EventKind | HandoverKind
     text: str | None = None
     payload: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -126,7 +142,7 @@ class InboundEvent:
     def stored_kind(self) -> str:
         """The inbox kind: the event's own, or `standby` for what the user sent while another app owned the
         thread (an agent's echo keeps its own kind: it is the person's, not the user's)."""
-        return STANDBY if self.standby and self.kind != AGENT_ECHO else self.kind
+        return STANDBY if self.standby and self.kind is not EventKind.AGENT_ECHO else self.kind
 
     def to_json(self) -> str:
         return jsonio.dumps(self.raw)
@@ -217,10 +233,7 @@ def parse_webhook(body: Any, *, simulated_ids: bool = False) -> ParsedWebhook:
 
 
 #: What a standby event can be that otnflow records: what the user said or tapped while a person had the thread.
-STANDBY_KINDS = ("message", "postback")
-#: A message the thread's owner (a person in the Page Inbox) sent, echoed to us in `standby[]`: the person is at
-#: work, so the hand-over's idle timeout counts from it. Its user is the echo's recipient.
-AGENT_ECHO = "agent_echo"
+STANDBY_KINDS = frozenset({EventKind.MESSAGE, EventKind.POSTBACK})
 
 
 def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, standby: bool = False) -> None:
@@ -233,7 +246,7 @@ def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, st
         try:
             parsed.events.append(_agent_echo(item, where, simulated_ids))
         except EventError as err:
-            parsed.rejected.append(RejectedItem(where, AGENT_ECHO, str(err), item))
+            parsed.rejected.append(RejectedItem(where, EventKind.AGENT_ECHO, str(err), item))
         return
     if standby and kind not in STANDBY_KINDS:  # receipts and the like: one bounded label
         parsed.skipped[STANDBY] += 1
@@ -253,7 +266,8 @@ def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, st
 
 
 def _agent_echo(item: dict[str, Any], where: str, simulated_ids: bool) -> InboundEvent:
-    """An echo in `standby[]`: sent by the page (a person answering in the Page Inbox) to the user."""
+    """An echo in `standby[]`: sent by the page (a person answering in the Page Inbox) to the user. The person is at
+    work, so the hand-over's idle timeout counts from it. Its user is the echo's recipient."""
     _check_depth(item, where)
     item = _well_formed(item)
     timestamp = _timestamp(item, where)
@@ -261,20 +275,21 @@ def _agent_echo(item: dict[str, Any], where: str, simulated_ids: bool) -> Inboun
     mid = _string(_object(item, "message", where), "mid", f"{where}.message", MAX_KEY_CHARS, required=True)
     assert mid is not None
     return InboundEvent(
-        key=mid, user_id=user, page_id=page, timestamp=timestamp, kind=AGENT_ECHO, raw=item, standby=True
+        key=mid, user_id=user, page_id=page, timestamp=timestamp, kind=EventKind.AGENT_ECHO, raw=item, standby=True
     )
 
 
 def classify(item: Any) -> str:
-    """The event's kind from the key that carries it; nothing else is looked at. Not an object: `item`."""
+    """The event's kind from the key that carries it (a member of HANDLED_KINDS, else Meta's word); nothing else is
+    looked at. Not an object: `item`."""
     if not isinstance(item, dict):
         return "item"
     message = item.get("message")
     if "message" in item:
-        return "echo" if isinstance(message, dict) and message.get("is_echo") is True else "message"
-    for kind in HANDLED_KINDS[1:]:
-        if kind in item:
-            if kind == "optin" and _plugin_user_only(item):
+        return "echo" if isinstance(message, dict) and message.get("is_echo") is True else EventKind.MESSAGE
+    for key, kind in HANDLED_KINDS.items():
+        if key in item:
+            if kind is EventKind.OPTIN and _plugin_user_only(item):
                 return "optin_user_ref"
             return kind
     for key in item:
@@ -308,9 +323,10 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
     """One item of `messaging`: an InboundEvent, None (counted in `skipped`) for what otnflow does not act on, or
     EventError naming what is wrong with a kind otnflow handles. Ids are Meta's digits, or also readable names
     with `simulated_ids`."""
-    kind = classify(item)
-    if kind not in HANDLED_KINDS:
-        skipped[kind] += 1
+    found = classify(item)
+    kind = HANDLED_KINDS.get(found)
+    if kind is None:
+        skipped[found] += 1
         return None
     assert isinstance(item, dict)
     _check_depth(item, where)
@@ -334,7 +350,7 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
             referral=referral,
         )
 
-    if kind == "message":
+    if kind is EventKind.MESSAGE:
         mid = _string(body, "mid", f"{where}.message", MAX_KEY_CHARS, required=True)
         text = _string(body, "text", f"{where}.message", MAX_TEXT_CHARS)
         quick = body.get("quick_reply")
@@ -345,7 +361,7 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
             )
         assert mid is not None
         return make(mid, text, payload)
-    if kind == "postback":
+    if kind is EventKind.POSTBACK:
         payload = _string(body, "payload", f"{where}.postback") or ""
         title = _string(body, "title", f"{where}.postback")
         mid = _string(body, "mid", f"{where}.postback", MAX_KEY_CHARS)
@@ -356,7 +372,7 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
             payload,
             referral,
         )
-    if kind == "optin":
+    if kind is EventKind.OPTIN:
         details = [
             _string(body, name, f"{where}.optin", MAX_KEY_CHARS)
             for name in ("one_time_notif_token", "notification_messages_token", "ref")
@@ -364,11 +380,11 @@ def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: 
         payload = _string(body, "payload", f"{where}.optin")
         detail = next((d for d in details if d), None)
         return make(f"{sender}:{timestamp}:optin:{detail}", None, payload)
-    if kind == "reaction":
+    if kind is EventKind.REACTION:
         action = _string(body, "action", f"{where}.reaction", MAX_KEY_CHARS)
         target = _string(body, "mid", f"{where}.reaction", MAX_KEY_CHARS)
         return make(f"{sender}:{timestamp}:reaction:{action}:{target}")
-    if kind == "referral":
+    if kind is EventKind.REFERRAL:
         referral = _referral(item, where)
         return make(f"{sender}:{timestamp}:referral:{referral.ref}", None, referral.ref, referral)
     handover = _handover(HandoverKind(kind), body, f"{where}.{kind}")

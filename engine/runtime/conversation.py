@@ -15,7 +15,7 @@ from ..actions import ActionContext
 from ..flow import Arrival, CompiledFlow, Reply, Snapshot, StepResult, UserInput, payloads
 from ..messenger import outbound
 from ..messenger.client import ThreadControl
-from ..messenger.events import AGENT_ECHO, MAX_KEY_CHARS, STANDBY, InboundEvent, Referral, parse_event
+from ..messenger.events import MAX_KEY_CHARS, STANDBY, EventKind, InboundEvent, Referral, parse_event
 from ..policy import MessageKind
 from ..policy.gate import DAY_MS
 from ..store import (
@@ -51,7 +51,7 @@ UNKNOWN_TOPIC = "(unknown)"
 #: Actions one event may run in a row (an action's outcome may lead to another state with an action).
 MAX_ACTIONS_PER_EVENT = 5
 
-WINDOW_OPENERS = frozenset({"message", "postback", "reaction", "referral"})
+WINDOW_OPENERS = frozenset({EventKind.MESSAGE, EventKind.POSTBACK, EventKind.REACTION, EventKind.REFERRAL})
 
 
 #: Where a plugin opt-in's `ref` and `user_ref` are kept among the user's variables.
@@ -178,7 +178,7 @@ class StepHandler:
         engaged = event is not None and event.kind in WINDOW_OPENERS
         if event is not None and engaged:
             user.last_interaction_ms = max(user.last_interaction_ms, event.timestamp)
-            if event.kind == "message":
+            if event.kind is EventKind.MESSAGE:
                 user.last_message_ms = max(user.last_message_ms, event.timestamp)
         thread = self._thread(stored, event, user, flow)
         if thread.run_flow is False:  # a person has the thread, or the event is about who has it: no flow step
@@ -186,7 +186,7 @@ class StepHandler:
         if thread.engaged and engaged:
             replies += self._armed_requests(flow, armed, user, write)  # the loop: before the flow's own reply
         rerequests = len(replies)
-        if event is not None and event.kind == "optin":
+        if event is not None and event.kind is EventKind.OPTIN:
             self._receive_token(flows, flow, user, event, write)
             if write.tokens:  # tapping a Notify Me is asking to hear from us again
                 self._consent(user, write, True)
@@ -202,7 +202,7 @@ class StepHandler:
             replies += result.replies
             if result.consent is not None:  # before the gate: a request in the step that unsubscribes is refused
                 self._consent(user, write, result.consent)
-        after_optin = event is not None and event.kind == "optin"
+        after_optin = event is not None and event.kind is EventKind.OPTIN
         gated = await self._gated(replies, stored.key, user, engaged and thread.engaged, after_optin, write)
         for item in gated[:rerequests]:
             item.meta.re_request = True
@@ -233,7 +233,9 @@ class StepHandler:
             return ThreadStep(
                 run_flow=False, engaged=False, agent_text=str(handover.internal_data(stored).get("text", ""))
             )
-        if stored.kind == AGENT_ECHO:  # a person answered in the Page Inbox: the idle timeout counts from here
+        if (
+            stored.kind == EventKind.AGENT_ECHO
+        ):  # a person answered in the Page Inbox: the idle timeout counts from here
             if user.with_human:
                 user.agent_replied_ms = max(user.agent_replied_ms, stored.timestamp)
             return ThreadStep(run_flow=False, engaged=False)
@@ -252,7 +254,7 @@ class StepHandler:
             return ThreadStep()
         if not user.with_human:  # Meta delivers in standby: another app has the thread, though nobody told us
             user.thread_owner, user.handed_over_ms = handover.UNKNOWN_OWNER, event.timestamp if event else now
-        if event is not None and event.kind == "message" and flow.takes_back(user.handover_state, event.text):
+        if event is not None and event.kind is EventKind.MESSAGE and flow.takes_back(user.handover_state, event.text):
             self.metrics_handover("take_back")
             return self._take_back(stored, user, engaged=True)
         return ThreadStep(run_flow=False, engaged=False)
@@ -291,12 +293,12 @@ class StepHandler:
         snapshot = self.snapshot(flow, user)
         profile = user.profile or {}
         arrival = _arrival(event.referral)
-        if event.kind in ("message", "postback"):
+        if event.kind in (EventKind.MESSAGE, EventKind.POSTBACK):
             return flow.step(snapshot, UserInput(event.text, event.payload, arrival), profile)
-        if event.kind == "optin":
+        if event.kind is EventKind.OPTIN:
             topic = payloads.parse_request(event.payload, flow.spec.topics).topic
             return flow.enter_optin(snapshot, topic, profile) if topic in flow.spec.topics else None
-        if event.kind == "referral":  # routed by the flow's entry points; new users start, others resume
+        if event.kind is EventKind.REFERRAL:  # routed by the flow's entry points; new users start, others resume
             return flow.step(snapshot, UserInput(arrival=arrival), profile)
         return None  # reactions and the like: they reopen the window, nothing to say
 

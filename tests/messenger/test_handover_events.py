@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from engine.messenger.events import AGENT_ECHO, STANDBY, Handover, HandoverKind, parse_webhook
+from engine.messenger.events import STANDBY, EventKind, Handover, HandoverKind, parse_webhook
 from tests.conftest import webhook_fixture
 
 USER, PAGE, T0 = "7100000000000001", "106000000000001", 1764240000000
@@ -39,11 +39,11 @@ def test_standby_receipts_are_counted_under_one_label_and_an_agents_echo_is_kept
         {"sender": {"id": PAGE}, "recipient": {"id": USER}, "timestamp": T0 + 3, "message": {"is_echo": True}},
     ]
     parsed = parse_webhook(body)
-    assert [(e.key, e.stored_kind) for e in parsed.events] == [("m_stby1", STANDBY), ("m_agent1", AGENT_ECHO)]
+    assert [(e.key, e.stored_kind) for e in parsed.events] == [("m_stby1", STANDBY), ("m_agent1", EventKind.AGENT_ECHO)]
     assert (parsed.events[1].user_id, parsed.events[1].page_id) == (USER, PAGE)
     assert parsed.skipped == {STANDBY: 1}
     (rejected,) = parsed.rejected
-    assert rejected.kind == AGENT_ECHO and "mid" in rejected.reason
+    assert rejected.kind == EventKind.AGENT_ECHO and "mid" in rejected.reason
 
 
 def test_a_broken_standby_list_is_rejected_alone() -> None:
