@@ -42,6 +42,7 @@ class Run:
     cpu: float
     load: float
     summary: str
+    failed: list[str]  # pytest's FAILED/ERROR lines: a run with any is not comparable
 
 
 def export(commit: str, into: Path) -> Path:
@@ -101,7 +102,8 @@ def run(project: Path, ids_file: Path, workers: int, lock: str | None) -> Run:
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = lines[-1].strip("= ") if lines else f"exit {done.returncode}"
-    return Run(wall=wall, cpu=cpu, load=load, summary=summary)
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    return Run(wall=wall, cpu=cpu, load=load, summary=summary, failed=failed)
 
 
 def main() -> None:
@@ -143,9 +145,13 @@ def main() -> None:
                     f"{result.summary}",
                     flush=True,
                 )
+                for line in result.failed:
+                    print(f"{'':>7}{line[:200]}", flush=True)
             old, new = runs[args.old], runs[args.new]
             ratios.append((new.wall / old.wall, new.cpu / old.cpu))
-            comparable = all("failed" not in r.summary and "error" not in r.summary for r in runs.values())
+            comparable = not any(r.failed for r in runs.values()) and all(
+                "failed" not in r.summary and "error" not in r.summary for r in runs.values()
+            )
             print(
                 f"{number:>5}  new/old  wall {ratios[-1][0]:.2f}  cpu {ratios[-1][1]:.2f}"
                 + ("" if comparable else "  (not comparable: a run had failures)"),
