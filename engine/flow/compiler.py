@@ -227,6 +227,15 @@ class CompiledFlow:
         self._env = env
         self._templates: dict[Message, Template] = {}
         self._late_taps = self._index_late_taps()
+        # what each state offers under its message, made once (the same for every user)
+        self._quick_replies = {
+            name: tuple(QuickReply(c.title, c.payload) for c in state.quick_replies)
+            for name, state in spec.states.items()
+        }
+        self._buttons = {
+            name: tuple(Button(c.title, None if c.url else c.payload, c.url) for c in state.buttons)
+            for name, state in spec.states.items()
+        }
         self.machine = self._build_machine()
 
     # The machine -------------------------------------------------------------------------------------------
@@ -278,8 +287,8 @@ class CompiledFlow:
             convo.replies.append(
                 Reply(
                     self.render(state.say, convo.context()),
-                    tuple(QuickReply(c.title, c.payload) for c in state.quick_replies),
-                    tuple(Button(c.title, None if c.url else c.payload, c.url) for c in state.buttons),
+                    self._quick_replies[state.name],
+                    self._buttons[state.name],
                     message_tag=state.message_tag,
                     promotional=state.promotional is not False,
                 )
@@ -488,7 +497,7 @@ class CompiledFlow:
     def _fallback(self, convo: _Conversation, state: State) -> None:
         fallback = self.spec.fallback
         text = self.render(fallback.say, convo.context()) if fallback else DEFAULT_FALLBACK
-        convo.replies.append(Reply(text, tuple(QuickReply(c.title, c.payload) for c in state.quick_replies)))
+        convo.replies.append(Reply(text, self._quick_replies[state.name]))
         if fallback and fallback.goto:
             self._fire(convo, "fallback")
 
