@@ -129,7 +129,17 @@ class Decision:
 
 
 def refuse(reason: Refusal) -> Decision:
-    return Decision(via=None, reason=reason)
+    return _REFUSED[reason]
+
+
+def allow(via: Via) -> Decision:
+    """Allowed, with no message tag."""
+    return _ALLOWED[via]
+
+
+# Decisions are immutable: one of each is made once, not one per message (a tagged one is made when needed).
+_REFUSED = {reason: Decision(via=None, reason=reason) for reason in Refusal}
+_ALLOWED = {via: Decision(via=via) for via in (Via.RESPONSE, Via.UPDATE, Via.OTN_TOKEN)}
 
 
 def window_open(facts: Facts, now_ms: int, settings: PolicySettings) -> bool:
@@ -153,7 +163,7 @@ def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySetting
             return refuse(Refusal.NO_VALID_TOKEN)
         if message.token_expires_ms is not None and message.token_expires_ms <= now_ms:
             return refuse(Refusal.TOKEN_EXPIRED)
-        return Decision(via=Via.OTN_TOKEN)
+        return allow(Via.OTN_TOKEN)
     inside = window_open(facts, now_ms, settings)
     closed = Refusal.LATE_OPTIN if message.after_optin else Refusal.OUTSIDE_WINDOW  # a late Notify Me tap says so
     if message.kind == MessageKind.OTN_REQUEST:
@@ -163,9 +173,9 @@ def decide(facts: Facts, message: Outgoing, now_ms: int, settings: PolicySetting
             return refuse(Refusal.TOKEN_ALREADY_HELD)
         if facts.recent_requests >= settings.otn_max_requests:
             return refuse(Refusal.REQUEST_LIMIT)
-        return Decision(via=Via.RESPONSE if message.responding else Via.UPDATE)
+        return allow(Via.RESPONSE if message.responding else Via.UPDATE)
     if inside:
-        return Decision(via=Via.RESPONSE if message.responding else Via.UPDATE)
+        return allow(Via.RESPONSE if message.responding else Via.UPDATE)
     if message.tag is None:
         return refuse(closed)
     if message.tag not in settings.allowed_tags:

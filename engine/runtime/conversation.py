@@ -390,12 +390,15 @@ class StepHandler:
         self, replies: list[Reply], key: str, user: UserRecord, responding: bool, after_optin: bool, write: StepWrite
     ) -> list[OutboxItem]:
         """Outbox rows for the replies; those the policy gate refuses are recorded `refused`, with the reason."""
+        if not replies:
+            return []
         now = self.clock.now_ms()
         items = []
         queued: Counter[str] = Counter()  # requests this step already let through, per topic: they count too
+        plain = self.gate.facts(user)  # what the gate knows for any reply but an OTN request
         for i, reply in enumerate(replies):
             item = reply_to_outbox(reply, f"{key}#{i}", user.user_id, responding)
-            facts = self.gate.facts(user)
+            facts = plain
             if reply.otn_topic is not None:
                 asked = request_key(dict(reply.otn_vars))
                 received = sum(1 for t in write.tokens if t.topic == reply.otn_topic and t.request_key == asked)

@@ -62,11 +62,16 @@ class Gate:
         return decision
 
 
+#: The kinds of outbox row the gate tells apart from an ordinary message, by their stored name.
+_GATED_KINDS = {
+    str(kind): kind for kind in (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION, MessageKind.AGENT_REPLY)
+}
+
+
 def outgoing_from_meta(meta: OutboxMeta) -> Outgoing:
     """An outbox row's meta as the gate's Outgoing (an unknown kind is an ordinary message)."""
-    kinds = (MessageKind.OTN_REQUEST, MessageKind.NOTIFICATION, MessageKind.AGENT_REPLY)
     return Outgoing(
-        kind=MessageKind(meta.kind) if meta.kind in kinds else MessageKind.MESSAGE,
+        kind=_GATED_KINDS.get(meta.kind, MessageKind.MESSAGE),
         responding=meta.responding,
         tag=meta.tag,
         promotional=meta.promotional,
