@@ -28,6 +28,9 @@ def test_dumps_then_loads_gives_the_value_back_as_the_standard_library_does(valu
 def test_a_big_integer_is_read_as_an_integer_not_a_float() -> None:
     assert jsonio.loads(b'{"timestamp": 1000000000000000000000000000000}') == {"timestamp": 10**30}
     assert type(jsonio.loads("[18446744073709551615]")[0]) is int
+    # 19 digits with a minus sign can be under -2**63: orjson would read it as a float
+    assert jsonio.loads(b"[-9223372036854775809, -9223372036854775808]") == [-(2**63) - 1, -(2**63)]
+    assert jsonio.loads('{"t": -9999999999999999999}') == {"t": -9999999999999999999}
 
 
 def test_what_neither_reads_raises_the_standard_librarys_error() -> None:
@@ -35,3 +38,4 @@ def test_what_neither_reads_raises_the_standard_librarys_error() -> None:
         jsonio.loads(b"[1,]")
     with pytest.raises(UnicodeDecodeError):
         jsonio.loads(b'"\xff"')
+
