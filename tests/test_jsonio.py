@@ -39,3 +39,8 @@ def test_what_neither_reads_raises_the_standard_librarys_error() -> None:
     with pytest.raises(UnicodeDecodeError):
         jsonio.loads(b'"\xff"')
 
+
+def test_orjson_writes_says_whether_a_value_has_no_lone_surrogate() -> None:
+    assert jsonio.orjson_writes({"text": "héllo 👋", "n": [1, 2.5, None]})
+    assert not jsonio.orjson_writes({"text": "x\ud83d"})
+    assert not jsonio.orjson_writes({"big": 10**30})  # refused for another reason: the caller asks the stdlib
