@@ -187,7 +187,14 @@ class ParsedWebhook:
 
 
 def parse_body(raw: bytes, *, simulated_ids: bool = False) -> ParsedWebhook:
-    return parse_webhook(jsonio.loads(raw, _strict_loads), simulated_ids=simulated_ids)
+    body = jsonio.loads(raw, _strict_loads)
+    return parse_webhook(body, simulated_ids=simulated_ids, check_depth=_could_nest_deeper_than(raw, MAX_DEPTH))
+
+
+def _could_nest_deeper_than(raw: bytes, depth: int) -> bool:
+    """False when the body has too few brackets for anything in it to nest `depth` levels deep, so no event's depth
+    needs walking (nearly every body: the sample webhooks have 6-18; brackets in strings only make the count larger)."""
+    return raw.count(b"{") + raw.count(b"[") > depth
 
 
 def _strict_loads(raw: bytes) -> Any:
@@ -204,7 +211,8 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_webhook(body: Any, *, simulated_ids: bool = False) -> ParsedWebhook:
+def parse_webhook(body: Any, *, simulated_ids: bool = False, check_depth: bool = True) -> ParsedWebhook:
+    """`check_depth=False` only when nothing in the body can nest more than MAX_DEPTH levels (`parse_body` knows)."""
     if not isinstance(body, dict):
         raise WebhookFormatError("body must be a JSON object")
     parsed = ParsedWebhook([], Counter())
@@ -228,7 +236,7 @@ def parse_webhook(body: Any, *, simulated_ids: bool = False) -> ParsedWebhook:
                 parsed.rejected.append(RejectedItem(where, "item", f"{where}.{channel} must be a list", items))
                 continue
             for j, item in enumerate(items):
-                _judge(item, f"{where}.{channel}[{j}]", parsed, simulated_ids, standby=channel == STANDBY)
+                _judge(item, f"{where}.{channel}[{j}]", parsed, simulated_ids, channel == STANDBY, check_depth)
     return parsed
 
 
@@ -236,7 +244,7 @@ def parse_webhook(body: Any, *, simulated_ids: bool = False) -> ParsedWebhook:
 STANDBY_KINDS = frozenset({EventKind.MESSAGE, EventKind.POSTBACK})
 
 
-def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, standby: bool = False) -> None:
+def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, standby: bool, check_depth: bool) -> None:
     """One item of `messaging` (or `standby`), judged alone: stored, skipped or rejected."""
     if not isinstance(item, dict):
         parsed.rejected.append(RejectedItem(where, "item", f"{where} must be an object, not {_describe(item)}", item))
@@ -244,7 +252,7 @@ def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, st
     kind = classify(item)
     if standby and kind == "echo":
         try:
-            parsed.events.append(_agent_echo(item, where, simulated_ids))
+            parsed.events.append(_agent_echo(item, where, simulated_ids, check_depth))
         except EventError as err:
             parsed.rejected.append(RejectedItem(where, EventKind.AGENT_ECHO, str(err), item))
         return
@@ -257,7 +265,7 @@ def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, st
             parsed.notices.append(_policy_notice(item, kind))
         return
     try:
-        event = parse_event(item, where, parsed.skipped, simulated_ids=simulated_ids)
+        event = parse_event(item, where, parsed.skipped, simulated_ids=simulated_ids, check_depth=check_depth)
     except EventError as err:
         parsed.rejected.append(RejectedItem(where, kind, str(err), item))
         return
@@ -265,10 +273,11 @@ def _judge(item: Any, where: str, parsed: ParsedWebhook, simulated_ids: bool, st
         parsed.events.append(replace(event, standby=True) if standby else event)
 
 
-def _agent_echo(item: dict[str, Any], where: str, simulated_ids: bool) -> InboundEvent:
+def _agent_echo(item: dict[str, Any], where: str, simulated_ids: bool, check_depth: bool) -> InboundEvent:
     """An echo in `standby[]`: sent by the page (a person answering in the Page Inbox) to the user. The person is at
     work, so the hand-over's idle timeout counts from it. Its user is the echo's recipient."""
-    _check_depth(item, where)
+    if check_depth:
+        _check_depth(item, where)
     item = _well_formed(item)
     timestamp = _timestamp(item, where)
     page, user = _psid(item, "sender", where, simulated_ids), _psid(item, "recipient", where, simulated_ids)
@@ -319,17 +328,20 @@ def _policy_notice(item: dict[str, Any], kind: str) -> PageNotice:
     )
 
 
-def parse_event(item: Any, where: str, skipped: Counter[str], *, simulated_ids: bool = False) -> InboundEvent | None:
+def parse_event(
+    item: Any, where: str, skipped: Counter[str], *, simulated_ids: bool = False, check_depth: bool = True
+) -> InboundEvent | None:
     """One item of `messaging`: an InboundEvent, None (counted in `skipped`) for what otnflow does not act on, or
     EventError naming what is wrong with a kind otnflow handles. Ids are Meta's digits, or also readable names
-    with `simulated_ids`."""
+    with `simulated_ids`; `check_depth=False` when the caller knows the item cannot nest more than MAX_DEPTH."""
     found = classify(item)
     kind = HANDLED_KINDS.get(found)
     if kind is None:
         skipped[found] += 1
         return None
     assert isinstance(item, dict)
-    _check_depth(item, where)
+    if check_depth:
+        _check_depth(item, where)
     item = _well_formed(item)
     timestamp = _timestamp(item, where)
     sender, page = _psid(item, "sender", where, simulated_ids), _psid(item, "recipient", where, simulated_ids)

@@ -131,6 +131,21 @@ def test_items_that_are_not_events_are_rejected_not_fatal() -> None:
     assert {r.kind for r in parsed.rejected} == {"item"}
 
 
+@pytest.mark.parametrize("channel", ["messaging", "standby"])
+def test_an_event_nested_too_deep_is_rejected_from_raw_bytes_too(channel: str) -> None:
+    """parse_body skips walking the events' depth when the body has too few brackets to be deep: a deep one still
+    is a dead letter, and brackets inside strings only make it look deeper."""
+    deep = functools.reduce(lambda a, _: [a], range(40), [])
+    is_echo = {"is_echo": True} if channel == "standby" else {}
+    bad = {**GOOD, "message": {"mid": "m_bad", "x": deep, **is_echo}}
+    good = {**GOOD, "message": {"mid": "m_good", "text": "[[[{{{" * 20, **is_echo}}
+    raw = json.dumps({"object": "page", "entry": [{"id": "1", "time": 1, channel: [bad, good]}]}).encode()
+    parsed = parse_body(raw)
+    assert [e.key for e in parsed.events] == ["m_good"]
+    (rejected,) = parsed.rejected
+    assert rejected.reason == f"entry[0].{channel}[0] is nested more than 32 levels deep"
+
+
 def test_a_lone_surrogate_is_replaced_and_the_event_kept() -> None:
     raw = (
         b'{"object":"page","entry":[{"messaging":[{"sender":{"id":"1"},"recipient":{"id":"2"},'
