@@ -106,3 +106,25 @@ async def test_slow_headers_are_cut_at_the_read_timeout(server_factory) -> None:
     assert all(c is not None for c in closed), f"{sum(c is None for c in closed)} slow connections left open"
     _cut_near_the_read_timeout(closed)
     assert statistics.median(latencies) < 1.0 and max(latencies) < 3.0, latencies  # as above
+
+
+async def test_a_body_sent_in_parts_within_the_read_timeout_is_stored_and_answered(server_factory) -> None:  # type: ignore[no-untyped-def]
+    """The deadline's timer is armed only for a body still on its way: this one is read under it, in time."""
+    server: Server = await server_factory(server_read_timeout_seconds=str(READ_TIMEOUT))
+    raw = json.dumps(body_of(message_event("7100000000000001", "m_parts", 1, text="hi"))).encode()
+    parts = urlsplit(server.url)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    writer.write(
+        b"POST /webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nConnection: close\r\n"
+        b"X-Hub-Signature-256: " + sign(raw, APP_SECRET).encode() + b"\r\n"
+        b"Content-Length: " + str(len(raw)).encode() + b"\r\n\r\n" + raw[:20]
+    )
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.write(raw[20:])
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"EVENT_RECEIVED"), answer
+    await server.idle()
+    assert (await server.counts())["inbox_handled"] == 1
