@@ -36,6 +36,7 @@ from .keys import (
     MIDDLEWARES,
     SENDING,
     SETTINGS,
+    SIMULATED_IDS,
     STORE,
 )
 
@@ -82,6 +83,7 @@ def create_app(
     app[SENDING] = SendingHealth()
     if fake_graph is not None or local:
         app[FAKE_GRAPH] = fake_graph or FakeGraph()
+    app[SIMULATED_IDS] = settings.server.simulated_user_ids or FAKE_GRAPH in app  # decided once, not per request
     app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine, api.campaigns_ctx, monitoring.figures_ctx])
     app.router.add_get("/webhook", webhook.verify_subscription)
     app.router.add_post("/webhook", webhook.receive)

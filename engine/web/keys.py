@@ -25,6 +25,8 @@ METRICS = web.AppKey("metrics", Metrics)
 STORE = web.AppKey("store", Backend)
 GRAPH = web.AppKey("graph", GraphClient)
 FAKE_GRAPH = web.AppKey("fake_graph", FakeGraph)
+#: The webhook accepts readable user ids ("alice"): `server.simulated_user_ids`, or local mode (a fake Graph API).
+SIMULATED_IDS = web.AppKey("simulated_ids", bool)
 GRAPH_URL = web.AppKey("graph_url", str)
 SENDING = web.AppKey("sending", SendingHealth)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

@@ -17,9 +17,12 @@ from ..messenger.events import SKIPPED_KINDS, ParsedWebhook, WebhookFormatError,
 from ..messenger.signature import same_secret, verify
 from ..runtime.metrics import Metrics
 from ..store import RejectedEvent, StoredEvent
-from .keys import CLOCK, DISPATCHER, FAKE_GRAPH, METRICS, SETTINGS, STORE
+from .keys import CLOCK, DISPATCHER, METRICS, SETTINGS, SIMULATED_IDS, STORE
 
 log = logging.getLogger("otnflow.webhook")
+#: The 200 every accepted body gets, its bytes and headers built once (aiohttp copies the headers per response).
+_RECEIVED_BODY = b"EVENT_RECEIVED"
+_RECEIVED_HEADERS = {"Content-Type": "text/plain; charset=utf-8"}
 
 
 async def verify_subscription(request: web.Request) -> web.Response:
@@ -46,8 +49,7 @@ async def receive(request: web.Request) -> web.Response:
         log.warning("webhook signature missing or invalid: %d bytes refused, nothing stored", len(raw))
         return web.Response(status=403, text="invalid signature")
     try:
-        simulated = settings.server.simulated_user_ids or FAKE_GRAPH in app  # local mode: named users
-        parsed = parse_body(raw, simulated_ids=simulated)
+        parsed = parse_body(raw, simulated_ids=app[SIMULATED_IDS])
     except WebhookFormatError as err:
         metrics.webhook_rejected.labels("400").inc()
         log.warning("malformed webhook body: %s", err)
@@ -70,14 +72,15 @@ async def receive(request: web.Request) -> web.Response:
             log.warning(
                 "webhook event rejected, kept in the dead-letter table (otnflow inbox --rejected): %s", r.reason
             )
-    metrics.events_duplicate.inc(len(stored) - len(new))
+    if len(new) < len(stored):
+        metrics.events_duplicate.inc(len(stored) - len(new))
     by_user: dict[str, list[StoredEvent]] = defaultdict(list)
     for event in new:
         metrics.events_received.labels(event.kind).inc()
         by_user[event.user_id].append(event)
     for user_id, events in by_user.items():
         app[DISPATCHER].wake(user_id, events)
-    return web.Response(text="EVENT_RECEIVED")
+    return web.Response(body=_RECEIVED_BODY, headers=_RECEIVED_HEADERS)
 
 
 def inbox_events(parsed: ParsedWebhook, received_ms: int) -> list[StoredEvent]:
