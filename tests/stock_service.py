@@ -34,6 +34,7 @@ class StockService:
     key: str = KEY
     failures: int = 0  # answer 503 to this many requests first
     delay_seconds: float = 0.0  # wait this long before each answer
+    set_cookie: str = ""  # a Set-Cookie header on every answer, as a web shop's session would
     received: list[Received] = field(default_factory=list)
     url: str = ""
 
@@ -54,7 +55,10 @@ class StockService:
         sku = request.match_info["sku"]
         if sku not in self.stock:
             return web.json_response({"error": f"no such wine {sku}"}, status=404)
-        return web.json_response({"sku": sku, "available": self.stock[sku]})
+        answer = web.json_response({"sku": sku, "available": self.stock[sku]})
+        if self.set_cookie:
+            answer.headers["Set-Cookie"] = self.set_cookie
+        return answer
 
     @classmethod
     @asynccontextmanager

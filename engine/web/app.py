@@ -121,7 +121,9 @@ async def _graph_ctx(app: web.Application) -> AsyncIterator[None]:
         port = runner.addresses[0][1]
         base_url = f"http://127.0.0.1:{port}"
     app[GRAPH_URL] = base_url
-    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100))
+    # One session for every user's Graph API calls and HTTP actions: it keeps no cookies, or a cookie a service set
+    # while answering for one user would go out with the next user's call.
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100), cookie_jar=aiohttp.DummyCookieJar())
     app[GRAPH] = GraphClient(session, graph_settings(settings, base_url))
     yield
     await session.close()

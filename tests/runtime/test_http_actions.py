@@ -190,3 +190,19 @@ async def test_the_wine_shop_checks_stock_over_http_and_metrics_and_logs_say_how
     assert 'otnflow_action_seconds_count{action="check_stock"} 3.0' in metrics
     assert "action 'check_stock': GET 127.0.0.1 answered HTTP 401" in caplog.text
     assert SECRET not in caplog.text
+
+
+async def test_a_cookie_one_user_s_call_was_given_never_goes_out_with_another_user_s_call() -> None:
+    """The app's one HTTP session serves every user's actions and the Graph API: a cookie a service sets while
+    answering for one user (a session id) must not be kept and sent with the next user's call."""
+    async with StockService.running(set_cookie="shop_session=rob-only; Path=/") as stock:
+        # by name: aiohttp's cookie jar never keeps cookies of a bare IP address
+        env = {"STOCK_API_URL": stock.url.replace("127.0.0.1", "localhost"), "STOCK_API_KEY": SECRET}
+        async with Bot.start(config=ROOT / "config.toml", action_env=env) as bot:
+            for name in ("rob", "ann"):
+                user = bot.user(name)
+                await user.says("hi")
+                await user.taps("Red")
+                await user.taps("Buy a bottle")
+    assert len(stock.received) == 2
+    assert [r.headers.get("Cookie") for r in stock.received] == [None, None]
