@@ -233,9 +233,8 @@ class StepHandler:
             return ThreadStep(
                 run_flow=False, engaged=False, agent_text=str(handover.internal_data(stored).get("text", ""))
             )
-        if (
-            stored.kind == EventKind.AGENT_ECHO
-        ):  # a person answered in the Page Inbox: the idle timeout counts from here
+        # A person answered in the Page Inbox: the idle timeout counts from here.
+        if stored.kind == EventKind.AGENT_ECHO:
             if user.with_human:
                 user.agent_replied_ms = max(user.agent_replied_ms, stored.timestamp)
             return ThreadStep(run_flow=False, engaged=False)
