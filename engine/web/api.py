@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler
 
 from ..messenger.signature import same_secret
@@ -22,6 +22,7 @@ from ..runtime.campaigns import CampaignError, CampaignReport, campaign_counts
 from ..runtime.handover import agent_reply_event
 from ..runtime.stats import stats_document
 from .bodies import BadBody, api_schema, checked_body, openapi_document
+from .deadline import bounded
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, SETTINGS, STORE
 
 log = logging.getLogger("otnflow.api")
@@ -39,16 +40,48 @@ async def campaigns_ctx(app: web.Application) -> AsyncIterator[None]:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp answers its own errors (no route, wrong method, body too large) in text; under /api/, JSON."""
-    try:
-        return await handler(request)
-    except web.HTTPException as err:
-        if err.status < 400 or not request.path.startswith("/api/"):
-            raise
-        headers = {k: v for k, v in err.headers.items() if k.lower() not in ("content-type", "content-length")}
-        return web.json_response({"error": err.reason}, status=err.status, headers=headers)
+def add_routes(app: web.Application) -> None:
+    """The admin API under /api/. Every error there is JSON: each route's handler is wrapped (`_json_errors`, and
+    `deadline.bounded` inside it) rather than the app given middlewares (deadline.py says why), so aiohttp's own
+    answers get routes too: another method on an API path is a 405 (with `Allow`), any other path a 404."""
+    for method, path, handler in (
+        ("POST", "/api/notify", notify),
+        ("GET", "/api/campaigns/{id}", campaign),
+        ("GET", "/api/stats", stats),
+        ("POST", "/api/agent/reply", agent_reply),
+        ("GET", "/api/openapi.json", openapi),
+    ):
+        resource = app.router.add_resource(path)
+        if method == "GET":
+            resource.add_route("HEAD", _json_errors(bounded(handler)))  # as `add_get` does
+        resource.add_route(method, _json_errors(bounded(handler)))
+        resource.add_route(hdrs.METH_ANY, _json_errors(bounded(_method_not_allowed)))  # after: any other method
+    app.router.add_route(hdrs.METH_ANY, "/api/{tail:.*}", _json_errors(bounded(_no_route)))
+
+
+def _json_errors(handler: Handler) -> Handler:
+    """aiohttp answers its own errors (wrong method, body too large) in text; the API answers them in JSON."""
+
+    async def answer_errors_in_json(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPException as err:
+            if err.status < 400:
+                raise
+            headers = {k: v for k, v in err.headers.items() if k.lower() not in ("content-type", "content-length")}
+            return web.json_response({"error": err.reason}, status=err.status, headers=headers)
+
+    return answer_errors_in_json
+
+
+async def _method_not_allowed(request: web.Request) -> web.StreamResponse:
+    resource = request.match_info.route.resource
+    allowed = {route.method for route in resource or () if route.method != hdrs.METH_ANY}
+    raise web.HTTPMethodNotAllowed(request.method, allowed)
+
+
+async def _no_route(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
 
 
 def _authorized(request: web.Request) -> bool:

@@ -21,8 +21,9 @@ from ..runtime.flows import FlowSet, LiveFlows, load_configured_flows
 from ..runtime.metrics import Metrics
 from ..runtime.sender import SendingHealth
 from ..store import Backend, open_store
-from . import api, deadline, monitoring, reload, webhook
+from . import api, monitoring, reload, webhook
 from . import playground as playground_routes
+from .deadline import bounded
 from .keys import (
     CAMPAIGNS,
     CLOCK,
@@ -66,10 +67,8 @@ def create_app(
     conversation step, the first outermost (docs/architecture.md, "Extension points")."""
     if playground and not settings.local_mode:
         raise ValueError(PLAYGROUND_REFUSED)
-    app = web.Application(
-        client_max_size=settings.server.max_body_bytes,
-        middlewares=[api.json_errors, deadline.read_deadline],  # /api errors in JSON, the read deadline's too
-    )
+    # no app middlewares: each route reads its body under the limits itself (deadline.bounded), /api's in JSON
+    app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[MIDDLEWARES] = tuple(middlewares)
     if store is not None:
@@ -85,15 +84,11 @@ def create_app(
         app[FAKE_GRAPH] = fake_graph or FakeGraph()
     app[SIMULATED_IDS] = settings.server.simulated_user_ids or FAKE_GRAPH in app  # decided once, not per request
     app.cleanup_ctx.extend([_store_ctx, _graph_ctx, _engine, api.campaigns_ctx, monitoring.figures_ctx])
-    app.router.add_get("/webhook", webhook.verify_subscription)
-    app.router.add_post("/webhook", webhook.receive)
-    app.router.add_get("/healthz", monitoring.healthz)
-    app.router.add_get("/metrics", monitoring.metrics)
-    app.router.add_post("/api/notify", api.notify)
-    app.router.add_get("/api/campaigns/{id}", api.campaign)
-    app.router.add_get("/api/stats", api.stats)
-    app.router.add_post("/api/agent/reply", api.agent_reply)
-    app.router.add_get("/api/openapi.json", api.openapi)
+    app.router.add_get("/webhook", bounded(webhook.verify_subscription))
+    app.router.add_post("/webhook", bounded(webhook.receive))
+    app.router.add_get("/healthz", bounded(monitoring.healthz))
+    app.router.add_get("/metrics", bounded(monitoring.metrics))
+    api.add_routes(app)
     if local:
         playground_routes.setup(app)
         app.cleanup_ctx.append(reload.watch_ctx)

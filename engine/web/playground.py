@@ -41,6 +41,7 @@ from ..runtime.handover import UNKNOWN_OWNER
 from ..runtime.inspection import inspect_user, message_text, refused_messages
 from ..store import TokenStatus, UserRecord
 from .bodies import BadBody, checked_body
+from .deadline import bounded
 from .keys import CAMPAIGNS, CLOCK, DISPATCHER, FAKE_GRAPH, FLOWS, SETTINGS, STORE
 from .reload import Reloaded
 
@@ -127,12 +128,12 @@ def setup(app: web.Application) -> None:
     app[PLAYGROUND] = playground = Playground()
     app[FAKE_GRAPH].listeners.append(playground.wake)
     app.on_shutdown.append(_release_waiting_pages)
-    app.router.add_get("/playground", _guarded(page, needs_token=False))
-    app.router.add_get("/playground/api/state", _guarded(state))
-    app.router.add_get("/playground/api/wait", _guarded(wait))
-    app.router.add_get("/playground/api/diagram", _guarded(diagram))
-    app.router.add_post("/playground/api/audience", _guarded(audience))
-    app.router.add_post("/playground/api/{action}", _guarded(act))
+    app.router.add_get("/playground", bounded(_guarded(page, needs_token=False)))
+    app.router.add_get("/playground/api/state", bounded(_guarded(state)))
+    app.router.add_get("/playground/api/wait", bounded(_guarded(wait)))
+    app.router.add_get("/playground/api/diagram", bounded(_guarded(diagram)))
+    app.router.add_post("/playground/api/audience", bounded(_guarded(audience)))
+    app.router.add_post("/playground/api/{action}", bounded(_guarded(act)))
     app.cleanup_ctx.append(_session_ctx)
 
 

@@ -138,6 +138,24 @@ async def test_notify_bodies_are_checked_against_the_openapi_document(body: Any,
         assert answer.get("field", "") == field
 
 
+async def test_api_answers_for_any_method_and_path_under_it_in_json_body_limit_first() -> None:
+    """aiohttp's own answers (no route, wrong method, body too large) under /api/ are JSON, for every path and
+    method, and a body over the limit is refused before anything else is decided, as for a route's own method."""
+    too_large = b"x" * (1_048_576 + 1)  # the limit + 1: read in full before the refusal (no reset)
+    async with example_bot() as bot:
+        async with bot.session.head(f"{bot.url}/api/stats", headers=AUTH) as r:
+            assert r.status == 200
+        async with bot.session.delete(f"{bot.url}/api/stats", headers=AUTH) as r:
+            assert r.status == 405 and r.headers["Allow"] == "GET,HEAD" and "error" in await r.json()
+        async with bot.session.get(f"{bot.url}/api/campaigns", headers=AUTH) as r:  # no id: no route
+            assert r.status == 404 and (await r.json())["error"] == "Not Found"
+        for path in ("/api/stats", "/api/campaigns/x/y", "/api/agent/reply"):
+            async with bot.session.post(f"{bot.url}{path}", data=too_large, headers=AUTH) as r:
+                assert r.status == 413 and "error" in await r.json(), path
+        async with bot.session.get(f"{bot.url}/apiary") as r:  # not under /api/: aiohttp's own text
+            assert r.status == 404 and r.content_type == "text/plain"
+
+
 async def test_every_api_error_is_json_and_the_document_is_served() -> None:
     async with example_bot() as bot:
         for raw in (b"{", b'{"topic": NaN}', b"\xff", b"[" * 100_000):
