@@ -113,6 +113,7 @@ class BotUser:
         self.record: UserRecord | None = None
         self._tokens: list[Token] = []
         self._refused: list[dict[str, Any]] = []
+        self._views: list[ReplyView] = []  # the views of the messages sent to the user so far, in order
 
     # -- what the user does ----------------------------------------------------------------------------------
     async def says(self, text: str) -> list[ReplyView]:
@@ -150,10 +151,9 @@ class BotUser:
 
     async def opts_in(self, topic: str | None = None) -> list[ReplyView]:
         """Tap Notify Me on the latest OTN request (for `topic`, if given)."""
-        for sent in reversed(self.bot.fake.messages_to(self.id)):
-            view = ReplyView.of(sent)
+        for view in reversed(self.replies):
             if view.otn_topic is not None and topic in (None, view.otn_topic):
-                payload = sent.body["message"]["attachment"]["payload"]["payload"]
+                payload = view.raw["message"]["attachment"]["payload"]["payload"]
                 token = self.bot.fake.issue_token(self.id, payload, self.bot.clock.now_ms())
                 return await self._act(
                     {"optin": {"type": "one_time_notif_req", "payload": payload, "one_time_notif_token": token}},
@@ -187,7 +187,7 @@ class BotUser:
         return await self._act({"referral": referral})
 
     async def _act(self, payload: dict[str, Any], interaction: bool = True) -> list[ReplyView]:
-        before = len(self.bot.fake.messages_to(self.id))
+        before = len(self.replies)
         now = self.bot.clock.advance(seconds=1)
         event = {"sender": {"id": self.id}, "recipient": {"id": PAGE_ID}, "timestamp": now, **payload}
         if interaction:
@@ -195,7 +195,7 @@ class BotUser:
         channel = self.bot.fake.channel(self.id)  # `standby` while another app (a person) owns the thread
         await self.bot.post({"object": "page", "entry": [{"id": PAGE_ID, "time": now, channel: [event]}]})
         await self.refresh()
-        return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)[before:]]
+        return self.replies[before:]
 
     # -- a person at the Page Inbox (the Handover Protocol) -------------------------------------------------
     async def agent_takes(self, app_id: str = PAGE_INBOX_APP_ID) -> None:
@@ -205,7 +205,7 @@ class BotUser:
     async def agent_says(self, text: str, reply_id: str | None = None) -> list[ReplyView]:
         """A person answers through otnflow (POST /api/agent/reply): tagged HUMAN_AGENT. Raises HarnessError with
         the API's answer when it refuses (404 unknown user, 409 the policy's reason)."""
-        before = len(self.bot.fake.messages_to(self.id))
+        before = len(self.replies)
         body: dict[str, Any] = {"user_id": self.id, "text": text, **({"id": reply_id} if reply_id else {})}
         async with self.bot.session.post(
             f"{self.bot.url}/api/agent/reply", json=body, headers={"Authorization": f"Bearer {API_TOKEN}"}
@@ -214,14 +214,14 @@ class BotUser:
                 raise HarnessError(f"the agent's reply was refused: {response.status} {await response.text()}")
         await self.bot.settle()
         await self.refresh()
-        return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)[before:]]
+        return self.replies[before:]
 
     async def agent_done(self, note: str | None = None) -> list[ReplyView]:
         """The person marks the conversation Done in the Page Inbox: the thread goes back to the bot (Meta sends
         it `pass_thread_control`), and the flow resumes at the handing state's `resume`."""
-        before = len(self.bot.fake.messages_to(self.id))
+        before = len(self.replies)
         await self._handover(self.bot.fake.give_back(self.id, note))
-        return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)[before:]]
+        return self.replies[before:]
 
     async def _handover(self, event_body: dict[str, Any]) -> None:
         now = self.bot.clock.advance(seconds=1)
@@ -245,7 +245,13 @@ class BotUser:
 
     @property
     def replies(self) -> list[ReplyView]:
-        return [ReplyView.of(m) for m in self.bot.fake.messages_to(self.id)]
+        """Every message sent to the user, oldest first. A message's view is made once: tests and steps ask for
+        them after every step (the fake only appends, or starts over when reset)."""
+        sent, views = self.bot.fake.messages_to(self.id), self._views
+        if len(sent) < len(views) or (views and views[-1].raw is not sent[len(views) - 1].body):
+            views.clear()  # the fake was reset
+        views.extend(ReplyView.of(m) for m in sent[len(views) :])
+        return list(views)
 
     @property
     def last_reply(self) -> ReplyView:
