@@ -21,6 +21,7 @@ from jinja2.sandbox import SandboxedEnvironment
 from transitions import EventData, Machine, Transition
 from transitions import State as MachineState
 
+from ..immutable import immutable
 from . import payloads
 from .segments import ALWAYS, Segment
 from .spec import Cause, Edge, Effects, FlowSpec, Message, Outcome, Rule, Scalar, State, source_name
@@ -46,7 +47,7 @@ class Button:
     url: str | None = None
 
 
-@dataclass(frozen=True)
+@immutable
 class Reply:
     """One outgoing message. With `otn_topic` set it is a Notify Me request and `text` is its title."""
 
@@ -60,7 +61,7 @@ class Reply:
     promotional: bool = True
 
 
-@dataclass(frozen=True)
+@immutable
 class Arrival:
     """Where the user came from: Meta's referral (an m.me link, an ad, a code, the chat plugin, Discover), as the
     runtime read it from a `referral` event or a Get Started postback. `source` is Meta's word (SHORTLINK, ADS...)."""
@@ -75,7 +76,7 @@ REFERRAL_VARIABLES = ("ref", "ref_source", "ref_ad_id")
 FIRST_REFERRAL_VARIABLES = ("first_ref", "first_ref_source", "first_ref_ad_id")
 
 
-@dataclass(frozen=True)
+@immutable
 class UserInput:
     """What the user did: typed `text`, or tapped something carrying `payload` (a quick reply carries both), or
     arrived from a referral (`arrival`; a Get Started postback can carry one too)."""
@@ -85,7 +86,7 @@ class UserInput:
     arrival: Arrival | None = None
 
 
-@dataclass(frozen=True)
+@immutable
 class Snapshot:
     """The conversational part of a user record. `state` is None for a user the flow has never seen."""
 
@@ -133,7 +134,7 @@ class HandoverCall:
     note: str = ""
 
 
-@dataclass(frozen=True, kw_only=True)
+@immutable(kw_only=True)
 class StepResult:
     snapshot: Snapshot
     replies: tuple[Reply, ...]

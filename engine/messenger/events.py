@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from .. import jsonio
+from ..immutable import immutable
 
 # Sane ranges: outside them an event is rejected, never an exception further down (SQLite and BSON hold 64 bits).
 MIN_TIMESTAMP_MS = 1_072_915_200_000  # 2004-01-01: Facebook did not exist before
@@ -124,7 +125,7 @@ class Handover:
     metadata: str | None = None
 
 
-@dataclass(frozen=True, kw_only=True)
+@immutable(kw_only=True)
 class InboundEvent:
     key: str  # dedup key: the mid, or sender:timestamp:kind:detail where Meta sends no mid
     user_id: str  # the sender's page-scoped id (PSID)

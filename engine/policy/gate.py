@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from ..immutable import immutable
+
 MINUTE_MS = 60_000
 HOUR_MS = 60 * MINUTE_MS
 DAY_MS = 24 * HOUR_MS
@@ -78,7 +80,7 @@ class PolicySettings:
         return self.otn_available and not self.page_in_eu
 
 
-@dataclass(frozen=True, kw_only=True)
+@immutable(kw_only=True)
 class Facts:
     """What the gate knows of the user."""
 
@@ -92,7 +94,7 @@ class Facts:
     with_human: bool = False  # another app (a person in the Page Inbox) owns the thread: the bot stays silent
 
 
-@dataclass(frozen=True, kw_only=True)
+@immutable(kw_only=True)
 class Outgoing:
     """What is to be sent."""
 
@@ -105,7 +107,7 @@ class Outgoing:
     after_optin: bool = False  # a reply to a Notify Me tap: an opt-in reopens no window
 
 
-@dataclass(frozen=True, kw_only=True)
+@immutable(kw_only=True)
 class Decision:
     """Allowed (how it goes: `via`, `tag`) or refused (why: `reason`), never both nor neither."""
 

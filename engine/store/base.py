@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
+from ..immutable import immutable
 from .status import CampaignStatus, ItemStatus, OutboxStatus, TokenStatus
 
 
@@ -62,7 +63,7 @@ class UserRecord:
 _USER_FIELDS = frozenset(f.name for f in fields(UserRecord)) - {"user_id"}
 
 
-@dataclass(frozen=True, kw_only=True)
+@immutable(kw_only=True)
 class StoredEvent:
     key: str
     user_id: str
