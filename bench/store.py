@@ -3,6 +3,13 @@ load a user, claim a lease, save a step), and events per second through the whol
 at the fake Graph API out) with one `otnflow serve` process and with three sharing the store.
 
     python bench/store.py [--ops 2000] [--users 60] [--events 20]
+    python bench/store.py --writer [--turns 5000] [--batch 30] [--rounds 5]
+
+`--writer`: only the SQLite writer's work for the peer load's turns (the inbox row, the step's commit with one
+reply marked `sending`, that reply's `sent` status one batch later), `--batch` writes a transaction as group commit
+makes them under load (~31 on average in `measure.sh`'s load), on a real file, one thread: its CPU per turn
+(`time.thread_time`). Load-independent in instructions: run it under
+`valgrind --tool=callgrind --separate-threads=yes` and read the thread numbered 2 (the benchmark's writer).
 
 MongoDB: the MongoDB at $OTNFLOW_BENCH_MONGODB_URL, else SecantusDB started on loopback (a MongoDB-compatible
 server written for embedding and tests: expect a real mongod to be faster).
@@ -12,16 +19,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
 import signal
+import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -31,8 +44,10 @@ sys.path.insert(0, str(ROOT))  # first: the project's `actions` package, not ben
 
 from _common import free_port, machine_line, start_fake_graph, start_secantus, wait_http  # noqa: E402
 
+from engine.messenger.events import EventKind  # noqa: E402
 from engine.messenger.signature import sign  # noqa: E402
-from engine.store import StepWrite, StoredEvent, UserRecord, open_store  # noqa: E402
+from engine.store import OutboxItem, OutboxStatus, StepWrite, StoredEvent, UserRecord, open_store  # noqa: E402
+from engine.store.sqlite import Job, SqliteStore  # noqa: E402
 
 SECRET = "bench-secret"
 
@@ -81,6 +96,81 @@ async def store_ops(url: str, ops: int, concurrency: int = 32) -> dict[str, floa
     await measure("claim a lease", lambda i: store.acquire_lease(users[i], "bench", now, 10_000))
     await store.close()
     return rates
+
+
+class _KeptJobs:
+    """Stands in for the store's writer thread: keeps each write job, for `writer_turns` to run in batches."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []
+
+    def submit(self, fn):  # type: ignore[no-untyped-def]
+        future = asyncio.get_running_loop().create_future()
+        self.jobs.append((fn, future))
+        return future
+
+
+def _turn(store: SqliteStore, i: int, now: int, users: int) -> list[Coroutine[Any, Any, Any]]:
+    """Turn i's first two writes as the server makes them: its inbox row, then its step (one reply, `sending`)."""
+    uid, key, text = f"u{i % users}", f"m_{now}_{i}", f"hello {now} #{i}"
+    body = json.dumps(
+        {"sender": {"id": uid}, "recipient": {"id": "p"}, "timestamp": now + i, "message": {"mid": key, "text": text}}
+    )
+    event = StoredEvent(
+        key=key, user_id=uid, page_id="p", timestamp=now + i, kind=EventKind.MESSAGE, body=body, received_ms=now
+    )
+    user = UserRecord(
+        user_id=uid, page_id="p", flow="echo", state="echo", last_interaction_ms=now, last_message_ms=now,
+        created_ms=now, variables={"text": text},
+    )  # fmt: skip
+    reply = OutboxItem(key=f"{key}#0", user_id=uid, message={"text": f"You said: {text}"}, status=OutboxStatus.SENDING)
+    return [store.add_events([event]), store.commit_step(StepWrite(event_key=key, user=user, outbox=[reply]), now)]
+
+
+async def writer_turns(path: Path, turns: int, batch: int, users: int = 500) -> float:
+    """µs of the writer thread's CPU per turn: the store's own write jobs, made by its public methods, run through
+    its group commit on one thread, each transaction holding `batch` // 3 turns' inbox rows and steps and the `sent`
+    statuses of the turns before them (the queue and the event loop's settling left out)."""
+    store = SqliteStore(path)
+    kept = _KeptJobs()
+    store._writer = kept  # type: ignore[assignment]
+    now = int(time.time() * 1000)
+    per_batch = max(1, batch // 3)
+    tasks = []
+    transactions: list[list[Job]] = []
+    for first in range(0, turns, per_batch):
+        writes = [w for i in range(first, min(turns, first + per_batch)) for w in _turn(store, i, now, users)]
+        writes += [  # the replies of the transaction before, sent meanwhile
+            store.set_outbox_status(f"m_{now}_{i}#0", OutboxStatus.SENT, "", now)
+            for i in range(max(0, first - per_batch), first)
+        ]
+        kept.jobs.clear()
+        tasks += [asyncio.ensure_future(w) for w in writes]
+        await asyncio.sleep(0)  # each runs to its submit
+        transactions.append(list(kept.jobs))
+    spent: list[float] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        db = store._create_schema()
+        start = time.thread_time()
+        for jobs in transactions:
+            errors.extend(error for _, _, error in SqliteStore._group_commit(db, jobs) if error is not None)
+        spent.append(time.thread_time() - start)
+        db.close()
+
+    writer = threading.Thread(target=run, name="bench-writer")
+    writer.start()
+    writer.join()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.closing(sqlite3.connect(path)) as db:  # every write landed: the figure is for real work
+        handled = db.execute("SELECT count(*) FROM inbox WHERE handled_ms IS NOT NULL").fetchone()[0]
+        sent = db.execute("SELECT count(*) FROM outbox WHERE status = 'sent'").fetchone()[0]
+    if errors or handled != turns or sent != (turns - 1) // per_batch * per_batch:  # the last replies stay `sending`
+        raise RuntimeError(f"the writes did not all land: {errors[:1]}, {handled} handled, {sent} sent of {turns}")
+    return spent[0] * 1e6 / turns
 
 
 async def whole_path(store_url: str, processes: int, users: int, events: int, graph: str, tmp: Path) -> float:
@@ -158,7 +248,24 @@ async def main() -> None:
     parser.add_argument("--ops", type=int, default=2000)
     parser.add_argument("--users", type=int, default=60)
     parser.add_argument("--events", type=int, default=20)
+    parser.add_argument("--writer", action="store_true", help="only the SQLite writer's CPU per turn")
+    parser.add_argument("--turns", type=int, default=5000)
+    parser.add_argument("--batch", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
+    if args.writer:
+        with tempfile.TemporaryDirectory() as tmp:
+            rounds = [
+                await writer_turns(Path(tmp) / f"w{n}.sqlite3", args.turns, args.batch) for n in range(args.rounds)
+            ]
+        print(machine_line())
+        print(
+            f"SQLite writer, {args.turns} turns, {args.batch} writes a transaction: CPU per turn "
+            f"median {statistics.median(rounds):.1f} µs, min {min(rounds):.1f} (rounds: "
+            + ", ".join(f"{r:.1f}" for r in rounds)
+            + f"; load {os.getloadavg()[0]:.1f})"
+        )
+        return
     graph_port = free_port()
     graph = f"http://127.0.0.1:{graph_port}"
     fake = start_fake_graph(graph_port, ROOT)

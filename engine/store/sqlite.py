@@ -152,6 +152,17 @@ _INSERT_OUTBOX = (
     "INSERT OR IGNORE INTO outbox (key, user_id, message, meta, status, detail, created_ms, updated_ms) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_TOKEN = f"INSERT OR IGNORE INTO tokens ({_TOKEN_COLUMNS}) VALUES ({_TOKEN_PLACES})"
+_UPSERT_USER = (
+    "INSERT INTO users (user_id, data) VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET data = excluded.data"
+)
+
+
+def _executemany(db: sqlite3.Connection, statement: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """`executemany`, skipped for no rows: even then it costs a cursor and a statement lookup (most steps have no
+    token, disarm or OTN log row)."""
+    if rows:
+        db.executemany(statement, rows)
 
 
 def _outbox_row(o: OutboxItem, now_ms: int) -> tuple[Any, ...]:
@@ -160,7 +171,7 @@ def _outbox_row(o: OutboxItem, now_ms: int) -> tuple[Any, ...]:
         o.user_id,
         jsonio.dumps(o.message),
         jsonio.dumps(o.meta.to_data()),
-        o.status,
+        str(o.status),  # a plain str: sqlite3 looks for an adapter, at length, for any subclass of one
         o.detail,
         now_ms,
         now_ms,
@@ -389,7 +400,7 @@ class SqliteStore:
                 cursor = db.execute(
                     "INSERT OR IGNORE INTO inbox (key, user_id, page_id, timestamp, kind, body, received_ms) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (e.key, e.user_id, e.page_id, e.timestamp, e.kind, e.body, e.received_ms),
+                    (e.key, e.user_id, e.page_id, e.timestamp, str(e.kind), e.body, e.received_ms),
                 )
                 if cursor.rowcount:
                     new.append(e)
@@ -483,19 +494,14 @@ class SqliteStore:
             ).rowcount
             if not marked:
                 return False
-            db.execute(
-                "INSERT INTO users (user_id, data) VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET data = ?",
-                (user.user_id, data, data),
+            db.execute(_UPSERT_USER, (user.user_id, data))
+            _executemany(db, _INSERT_OUTBOX, rows)
+            _executemany(db, _INSERT_TOKEN, [_token_row(t) for t in write.tokens])
+            _executemany(
+                db, "DELETE FROM armed WHERE user_id = ? AND topic = ?", [(user.user_id, t) for t in write.disarm]
             )
-            db.executemany(_INSERT_OUTBOX, rows)
-            db.executemany(
-                f"INSERT OR IGNORE INTO tokens ({_TOKEN_COLUMNS}) VALUES ({_TOKEN_PLACES})",
-                [_token_row(t) for t in write.tokens],
-            )
-            db.executemany(
-                "DELETE FROM armed WHERE user_id = ? AND topic = ?", [(user.user_id, topic) for topic in write.disarm]
-            )
-            db.executemany(
+            _executemany(
+                db,
                 "INSERT INTO otn_log VALUES (?, ?, ?, ?)",
                 [(user.user_id, topic, what, now_ms) for topic, what in write.otn_log],
             )
@@ -535,10 +541,7 @@ class SqliteStore:
         data = jsonio.dumps(user.to_data())
 
         def work(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO users (user_id, data) VALUES (?, ?) ON CONFLICT (user_id) DO UPDATE SET data = ?",
-                (user.user_id, data, data),
-            )
+            db.execute(_UPSERT_USER, (user.user_id, data))
 
         await self._write(work)
 
@@ -601,7 +604,8 @@ class SqliteStore:
     async def set_outbox_status(self, key: str, status: OutboxStatus, detail: str, now_ms: int) -> None:
         def work(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE outbox SET status = ?, detail = ?, updated_ms = ? WHERE key = ?", (status, detail, now_ms, key)
+                "UPDATE outbox SET status = ?, detail = ?, updated_ms = ? WHERE key = ?",
+                (str(status), detail, now_ms, key),
             )
 
         await self._write(work)
@@ -873,11 +877,13 @@ class SqliteStore:
                 "UPDATE tokens SET status = ?, used_ms = ? WHERE token = ?",
                 [(f.token_status, now_ms, f.delivery.token.token) for f in finished],
             )
-            db.executemany(
+            _executemany(
+                db,
                 "INSERT INTO otn_log VALUES (?, ?, ?, ?)",
                 [(f.delivery.user_id, f.delivery.token.topic, f.logged, now_ms) for f in finished if f.logged],
             )
-            db.executemany(
+            _executemany(
+                db,
                 "INSERT OR IGNORE INTO armed VALUES (?, ?, ?, ?)",
                 [(f.delivery.user_id, *f.arm, now_ms) for f in finished if f.arm is not None],
             )

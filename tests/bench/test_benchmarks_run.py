@@ -61,3 +61,11 @@ def test_send_bench_runs_both_sides_and_every_send_gets_through() -> None:
     assert lines[0].startswith("cores ") and "uvloop " in lines[0], out
     assert [line.split("  ")[0] for line in lines[3:5]] == ["bare aiohttp loop", "GraphClient.send"], out
     assert lines[-1].startswith("the client's CPU per send is "), out
+
+
+def test_store_bench_writer_mode_runs_every_write_it_times() -> None:
+    # The writer's figure is for real work: the run fails unless every inbox row, step and `sent` status landed.
+    out = run_bench("bench/store.py", "--writer", "--turns", "40", "--batch", "9", "--rounds", "2")
+    lines = out.splitlines()
+    assert lines[0].startswith("cores ") and "otnflow " in lines[0], out
+    assert lines[1].startswith("SQLite writer, 40 turns, 9 writes a transaction: CPU per turn median "), out
