@@ -4,6 +4,16 @@ Writes run on one dedicated thread that owns the writing connection (SQLite seri
 another, so the event loop never blocks on disk. `synchronous=NORMAL` in WAL mode survives a process crash
 (SIGKILL) without losing a committed transaction; only a power loss can drop the last commits. Each public write
 is atomic on its own.
+
+`load_for_step` is answered, for most turns, from a bounded cache of what this store itself last committed or read
+for the user (`step_cache.py`): the user's JSON and armed re-requests. Each write of this store that changes a user's
+row or armed requests updates or drops that user's entry when it settles, in commit order. A commit by another
+connection to the file (`otnflow notify` beside `otnflow serve`, the CLI) is seen by the writer: inside each group
+commit's transaction it reads `PRAGMA data_version` (which changes only when another connection committed), and when
+it changed the whole cache is cleared before any write of that batch is settled. So an event's step never starts from
+an entry older than another process's commit that landed before the event was stored; one that lands between an
+event's arrival and its step is seen at the user's next event (as the dispatcher's reuse of the record a worker just
+committed already accepts).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ from .base import (
     request_vars,
 )
 from .status import CampaignStatus, OtnLogged, OutboxStatus, TokenStatus
+from .step_cache import StepCache
 
 T = TypeVar("T")
 SCHEMA_VERSION = 1
@@ -229,6 +240,9 @@ def _token_row(t: Token) -> tuple[Any, ...]:
 
 Job = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
+#: What a settled write does to the step cache, on the event loop, before any future of its batch is settled: it is
+#: handed the write's result, or None when it failed.
+Effect = Callable[[Any], None]
 
 
 class _ConnectionThread:
@@ -237,9 +251,15 @@ class _ConnectionThread:
     wake-up per batch, not per job, and no `run_in_executor` (its futures and locks cost the loop's thread
     10-30 µs a call, measured)."""
 
-    def __init__(self, name: str, run_batch: Callable[[sqlite3.Connection, list[Job]], list[Outcome]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        run_batch: Callable[[sqlite3.Connection, list[Job]], list[Outcome]],
+        settle: Callable[[list[Outcome]], None] | None = None,
+    ) -> None:
         self.db: sqlite3.Connection | None = None
         self._run_batch = run_batch
+        self._settle = settle or _settle
         self._jobs: queue.SimpleQueue[Job | asyncio.Future[None]] = queue.SimpleQueue()  # a bare future: stop
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
@@ -280,7 +300,7 @@ class _ConnectionThread:
                     self.db.close()
                 outcomes.append((stop, None, None))
             with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
-                outcomes[0][0].get_loop().call_soon_threadsafe(_settle, outcomes)
+                outcomes[0][0].get_loop().call_soon_threadsafe(self._settle, outcomes)
             if stop is not None:
                 return
 
@@ -303,41 +323,66 @@ class SqliteStore:
     ones. Reads use a second connection on a second thread (WAL lets readers run beside the writer) and see every
     write whose await has returned."""
 
-    def __init__(self, path: str | Path, inbox_retention_days: float = 7.0) -> None:
+    def __init__(
+        self, path: str | Path, inbox_retention_days: float = 7.0, step_cache: StepCache | None = None
+    ) -> None:
         self.path = Path(path)
         self.retention_ms = int(inbox_retention_days * 86_400_000)
         self._writer: _ConnectionThread | None = None
         self._reader: _ConnectionThread | None = None
+        self.step_cache = step_cache if step_cache is not None else StepCache()
+        self._effects: dict[asyncio.Future[Any], Effect] = {}  # a queued write's effect on the cache
+        self._data_version: int | None = None  # the writer's last `PRAGMA data_version` (writer thread only)
 
     # -- plumbing ------------------------------------------------------------------------------------------
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         assert self._reader is not None, "store is not open"
         return await self._reader.submit(fn)
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _write(self, fn: Callable[[sqlite3.Connection], T], effect: Effect | None = None) -> T:
+        """`effect`: what the write does to the step cache once it settled. A write that changes a user's row or
+        armed requests must give one (dropping that user's entry, or clearing the cache when it cannot say whose)."""
         assert self._writer is not None, "store is not open"
-        return await self._writer.submit(fn)
+        future = self._writer.submit(fn)
+        if effect is not None:
+            self._effects[future] = effect
+        return await future
 
-    @classmethod
-    def _group_commit(cls, db: sqlite3.Connection, batch: list[Job]) -> list[Outcome]:
+    def _drop(self, *user_ids: str) -> Effect:
+        def effect(_: Any) -> None:
+            for user_id in user_ids:
+                self.step_cache.drop(user_id)
+
+        return effect
+
+    def _settle_writes(self, outcomes: list[Outcome]) -> None:
+        """On the event loop: the batch's effects on the step cache in commit order, then its futures."""
+        if self._effects:
+            for future, result, error in outcomes:
+                effect = self._effects.pop(future, None)
+                if effect is not None:
+                    effect(None if error is not None else result)
+        _settle(outcomes)
+
+    def _group_commit(self, db: sqlite3.Connection, batch: list[Job]) -> list[Outcome]:
         """On the writer thread: run every queued write in one transaction. Should one write fail, the transaction
         is rolled back and each write is run again in a transaction of its own, so a failing write fails alone (the
         common case pays for no savepoints)."""
         try:
-            return cls._transaction(db, batch)
+            return self._transaction(db, batch)
         except Exception:
             outcomes: list[Outcome] = []
             for write in batch:
                 try:
-                    outcomes += cls._transaction(db, [write])
+                    outcomes += self._transaction(db, [write])
                 except Exception as err:
                     outcomes.append((write[1], None, err))
             return outcomes
 
-    @staticmethod
-    def _transaction(db: sqlite3.Connection, batch: list[Job]) -> list[Outcome]:
+    def _transaction(self, db: sqlite3.Connection, batch: list[Job]) -> list[Outcome]:
         db.execute("BEGIN IMMEDIATE")
         try:
+            self._notice_other_writers(db, batch)
             outcomes: list[Outcome] = [(future, fn(db), None) for fn, future in batch]
             db.execute("COMMIT")
         except BaseException:
@@ -345,6 +390,17 @@ class SqliteStore:
                 db.execute("ROLLBACK")
             raise
         return outcomes
+
+    def _notice_other_writers(self, db: sqlite3.Connection, batch: list[Job]) -> None:
+        """On the writer thread, inside the transaction (no other connection can commit until it ends): when another
+        connection committed since the last look, the step cache is cleared on the event loop. Queued before this
+        batch is settled (the loop runs `call_soon_threadsafe` callbacks in order), so before any of its writes
+        returns. `data_version` does not change for this connection's own commits."""
+        version = db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._data_version:
+            self._data_version = version
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody reads the cache any more
+                batch[0][1].get_loop().call_soon_threadsafe(self.step_cache.clear)
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,7 +433,7 @@ class SqliteStore:
         return db
 
     async def open(self) -> None:
-        self._writer = _ConnectionThread("otnflow-sqlite-write", self._group_commit)
+        self._writer = _ConnectionThread("otnflow-sqlite-write", self._group_commit, self._settle_writes)
         self._reader = _ConnectionThread("otnflow-sqlite-read", lambda db, batch: _each(batch, db))
         try:
             await self._writer.open(self._create_schema)
@@ -516,18 +572,34 @@ class SqliteStore:
                 db.execute("DELETE FROM unsubscribed WHERE user_id = ?", (user.user_id,))
             return True
 
-        return await self._write(work)
+        def effect(committed: bool | None) -> None:
+            if committed:
+                self.step_cache.committed(user.user_id, data, write.disarm, withdrawn=write.consent is False)
+            else:  # another worker or a replay got there first: what it wrote is unknown here
+                self.step_cache.drop(user.user_id)
+
+        return await self._write(work, effect)
 
     async def load_for_step(self, user_id: str) -> tuple[UserRecord | None, list[tuple[str, str]]]:
-        def work(db: sqlite3.Connection) -> tuple[UserRecord | None, list[tuple[str, str]]]:
+        """From the step cache when it holds the user (see the module's docstring), else read (and kept)."""
+        kept = self.step_cache.get(user_id)
+        if kept is not None:
+            return kept
+
+        def work(db: sqlite3.Connection) -> tuple[str | None, list[tuple[str, str]]]:
             row = db.execute("SELECT data FROM users WHERE user_id = ?", (user_id,)).fetchone()
             armed = db.execute(
                 "SELECT topic, source_state FROM armed WHERE user_id = ? ORDER BY armed_ms, topic", (user_id,)
             ).fetchall()
-            user = UserRecord.from_data(user_id, jsonio.loads(row[0])) if row else None
-            return user, [(topic, state) for topic, state in armed]
+            return (row[0] if row else None), [(topic, state) for topic, state in armed]
 
-        return await self._read(work)
+        ticket = self.step_cache.reading(user_id)
+        try:
+            data, armed = await self._read(work)
+        except BaseException:
+            self.step_cache.abandon(user_id, ticket)
+            raise
+        return self.step_cache.read(user_id, ticket, data, armed)
 
     async def load_users(self, user_ids: Sequence[str]) -> dict[str, UserRecord]:
         def work(db: sqlite3.Connection) -> dict[str, UserRecord]:
@@ -543,14 +615,14 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> None:
             db.execute(_UPSERT_USER, (user.user_id, data))
 
-        await self._write(work)
+        await self._write(work, self._drop(user.user_id))
 
     async def forget_user(self, user_id: str) -> None:
         def work(db: sqlite3.Connection) -> None:
             for table in ("users", "inbox", "outbox", "tokens", "armed", "otn_log", "campaign_items", "unsubscribed"):
                 db.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
 
-        await self._write(work)
+        await self._write(work, self._drop(user_id))  # a read in flight is not kept either: no deleted user returns
 
     async def unsubscribed_users(self) -> int:
         return await self._read(lambda db: int(db.execute("SELECT count(*) FROM unsubscribed").fetchone()[0]))
@@ -561,7 +633,7 @@ class SqliteStore:
                 "UPDATE users SET data = json_set(data, '$.unreachable', json('true')) WHERE user_id = ?", (user_id,)
             )
 
-        await self._write(work)
+        await self._write(work, self._drop(user_id))
 
     async def set_thread_owner(self, user_id: str, owner: str, since_ms: int, state: str) -> None:
         def work(db: sqlite3.Connection) -> None:
@@ -571,7 +643,7 @@ class SqliteStore:
                 (owner, since_ms, state, user_id),
             )
 
-        await self._write(work)
+        await self._write(work, self._drop(user_id))
 
     async def users_with_human(self, limit: int) -> list[UserRecord]:
         def work(db: sqlite3.Connection) -> list[UserRecord]:
@@ -706,7 +778,7 @@ class SqliteStore:
         def work(db: sqlite3.Connection) -> None:
             db.execute("INSERT OR IGNORE INTO armed VALUES (?, ?, ?, ?)", (user_id, topic, source_state, now_ms))
 
-        await self._write(work)
+        await self._write(work, self._drop(user_id))
 
     async def armed(self, user_id: str) -> list[tuple[str, str]]:
         def work(db: sqlite3.Connection) -> list[tuple[str, str]]:
@@ -889,7 +961,7 @@ class SqliteStore:
             )
 
         if finished:
-            await self._write(work)
+            await self._write(work, self._drop(*{f.delivery.user_id for f in finished if f.arm is not None}))
 
     async def uncertain_deliveries(self, campaign_id: str, now_ms: int) -> tuple[list[Delivery], int | None]:
         def work(db: sqlite3.Connection) -> tuple[list[Delivery], int | None]:
