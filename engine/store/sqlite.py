@@ -433,6 +433,8 @@ class SqliteStore:
         return db
 
     async def open(self) -> None:
+        self.step_cache.clear()  # reopened: what others committed meanwhile is unknown, and the new connection's
+        self._data_version = None  # data_version starts afresh
         self._writer = _ConnectionThread("otnflow-sqlite-write", self._group_commit, self._settle_writes)
         self._reader = _ConnectionThread("otnflow-sqlite-read", lambda db, batch: _each(batch, db))
         try:

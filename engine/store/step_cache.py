@@ -73,11 +73,16 @@ class StepCache:
     def committed(self, user_id: str, data: str, disarm: Collection[str], withdrawn: bool) -> None:
         """A step's write committed: the user's new JSON, their armed requests less those it disarmed (none left
         when they withdrew consent). Kept only when their armed requests were known; else the entry is dropped."""
-        entry = self._entries.get(user_id)
-        self.drop(user_id)
-        if entry is not None:
-            armed = () if withdrawn else tuple(a for a in entry.armed if a[0] not in disarm)
-            self._put(user_id, _Entry(data, armed))
+        entry = self._entries.pop(user_id, None)
+        self._reading.pop(user_id, None)
+        if entry is None:
+            return
+        armed = entry.armed
+        if withdrawn:
+            armed = ()
+        elif disarm:
+            armed = tuple(a for a in armed if a[0] not in disarm)
+        self._put(user_id, _Entry(data, armed))
 
     def drop(self, user_id: str) -> None:
         """The user's row or armed requests changed otherwise: read them again next time."""
