@@ -155,7 +155,7 @@ async def writer_turns(path: Path, turns: int, batch: int, users: int = 500) -> 
         db = store._create_schema()
         start = time.thread_time()
         for jobs in transactions:
-            errors.extend(error for _, _, error in SqliteStore._group_commit(db, jobs) if error is not None)
+            errors.extend(error for _, _, error in store._group_commit(db, jobs) if error is not None)
         spent.append(time.thread_time() - start)
         db.close()
 
