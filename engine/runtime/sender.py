@@ -8,16 +8,16 @@ for a chat, and Meta itself refuses a second use of an OTN token). See docs/arch
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Coroutine
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ..messenger.client import GraphClient, SendResult, ThreadControl
 from ..messenger.errors import Outcome
 from ..messenger.outbound import send_body
 from ..policy import MessageKind, Via
-from ..store import OtnLogged, OutboxItem, OutboxStatus, Store, UserRecord
+from ..store import OtnLogged, OtnLogLine, OutboxItem, OutboxStatus, StatusMark, Store, UserRecord
 from .clock import Clock
 from .handover import THREAD_CONTROL, HandoverAlert
 from .metrics import Metrics
@@ -33,6 +33,66 @@ class SendingHealth:
     it and restarts. (How rows ended is counted in /metrics, `otnflow_sends_total`, and by the store.)"""
 
     halt_reason: str = ""
+
+
+class QueuedMarks:
+    """What the sender writes after a send without waiting for it: a row's `sent` mark and, for an OTN request,
+    its log line. They are queued here and handed to the store together, one write (`Store.set_outbox_statuses`)
+    for all that the sends of one event-loop iteration queued, instead of a task and a write per send. A mark is
+    only ever queued after the step that committed its row (the send waits for that commit), and the write is
+    handed over at the next iteration, before anything a later step queues. A process that dies first leaves the
+    row `sending`: uncertain at restart, never resent. A write that fails is logged with the rows it leaves so."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._marks: list[StatusMark] = []
+        self._logged: list[OtnLogLine] = []
+        self._writes: set[asyncio.Future[None]] = set()
+
+    def add(self, mark: StatusMark, logged: OtnLogLine | None = None) -> None:
+        if not self._marks:  # the first of this iteration: hand them over once it has run
+            asyncio.get_running_loop().call_soon(self._hand_over)
+        self._marks.append(mark)
+        if logged is not None:
+            self._logged.append(logged)
+
+    def _hand_over(self) -> None:
+        if not self._marks:  # `flush` took them first
+            return
+        marks, logged = self._marks, self._logged
+        self._marks, self._logged = [], []
+        try:
+            write = asyncio.ensure_future(self.store.set_outbox_statuses(marks, logged))
+        except Exception as error:  # e.g. the store already closed
+            _report(marks, error)
+            return
+        self._writes.add(write)
+        write.add_done_callback(functools.partial(self._landed, marks))
+
+    def _landed(self, marks: Sequence[StatusMark], write: asyncio.Future[None]) -> None:
+        self._writes.discard(write)
+        if write.cancelled():  # the process is going down (or, in tests, killed): as a crash would leave them
+            return
+        if (error := write.exception()) is not None:
+            _report(marks, error)
+
+    async def flush(self) -> None:
+        """Hand over what is queued and wait until every write handed over has landed (or failed)."""
+        self._hand_over()
+        await asyncio.gather(*list(self._writes), return_exceptions=True)
+
+
+def _report(marks: Sequence[StatusMark], error: BaseException) -> None:
+    keys = ", ".join(mark.key for mark in marks[:5]) + (", ..." if len(marks) > 5 else "")
+    log.error(
+        "recording %d sent row(s) failed (%s: %s): they stay `sending` and become `uncertain` at the next start "
+        "(never resent); rows %s",
+        len(marks),
+        type(error).__name__,
+        error,
+        keys,
+        exc_info=error,
+    )
 
 
 class OutboxSender:
@@ -53,16 +113,11 @@ class OutboxSender:
         self.metrics = metrics
         self.health = health
         self.gate = gate
-        self._pending_writes: set[asyncio.Task[None]] = set()
-
-    def _background(self, write: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(write)
-        self._pending_writes.add(task)
-        task.add_done_callback(self._pending_writes.discard)
+        self.marks = QueuedMarks(store)
 
     async def flush(self) -> None:
         """Wait for the status writes (and hand-over alerts) still queued (shutdown, tests)."""
-        await asyncio.gather(*list(self._pending_writes), return_exceptions=True)
+        await self.marks.flush()
         if self.alert is not None:
             await self.alert.flush()
 
@@ -106,16 +161,15 @@ class OutboxSender:
         else:
             result = await self.client.send(send_body(item.user_id, item.message, decision.via.value, decision.tag))
             self.metrics.sends.labels(result.outcome.value).inc()
-        if result.outcome is Outcome.SENT and control:
-            self._background(self._finish(item, OutboxStatus.SENT, ""))
-            return result.outcome
         if result.outcome is Outcome.SENT:
-            # Not awaited: the write is queued in order behind the others; if the process dies before it lands,
-            # the row stays `sending` and becomes `uncertain` at restart, which never resends it.
-            self._background(self._finish(item, OutboxStatus.SENT, result.message_id or ""))
-            if item.meta.kind == MessageKind.OTN_REQUEST:
+            # Not awaited (QueuedMarks): if the process dies before the mark lands, the row stays `sending` and
+            # becomes `uncertain` at restart, which never resends it.
+            mark = StatusMark(item.key, OutboxStatus.SENT, result.message_id or "", self.clock.now_ms())
+            logged = None
+            if not control and item.meta.kind == MessageKind.OTN_REQUEST:
                 what = OtnLogged.RE_REQUEST if item.meta.re_request else OtnLogged.REQUEST
-                self._background(self.store.log_otn(item.user_id, str(item.meta.topic), what, now))
+                logged = OtnLogLine(item.user_id, str(item.meta.topic), what, now)
+            self.marks.add(mark, logged)
             return result.outcome
         detail = f"{result.outcome.value}: {result.detail}"
         if result.outcome in (Outcome.BAD_TOKEN, Outcome.PERMISSION):

@@ -13,9 +13,9 @@ the outbox status updates around each send.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..immutable import immutable
 from .status import CampaignStatus, ItemStatus, OutboxStatus, TokenStatus
@@ -148,6 +148,24 @@ class OutboxItem:
     created_ms: int = 0
     seq: int = 0
     updated_ms: int = 0  # when the status last changed
+
+
+class StatusMark(NamedTuple):
+    """An outbox row's new status, written after its send without the sender waiting (a tuple: many a second)."""
+
+    key: str
+    status: OutboxStatus
+    detail: str
+    updated_ms: int
+
+
+class OtnLogLine(NamedTuple):
+    """One line of the OTN log (the `otn_log` table's columns, in its order)."""
+
+    user_id: str
+    topic: str
+    what: str
+    at_ms: int
 
 
 def request_key(variables: Mapping[str, str]) -> str:
@@ -306,6 +324,12 @@ class OutboxStore(Protocol):
     async def pending_outbox(self, user_id: str) -> list[OutboxItem]: ...
     async def add_outbox(self, item: OutboxItem, now_ms: int) -> None: ...
     async def set_outbox_status(self, key: str, status: OutboxStatus, detail: str, now_ms: int) -> None: ...
+
+    def set_outbox_statuses(self, marks: Sequence[StatusMark], logged: Sequence[OtnLogLine] = ()) -> Awaitable[None]:
+        """Queue one write of several rows' statuses and the OTN log lines of the requests among them, in the order
+        given, behind every write queued before; the awaitable is done when it has landed (or failed). Not a
+        coroutine: the sender queues the marks of many sends at once and awaits nothing (flush waits for them)."""
+        ...
 
     async def recover_in_flight(self, detail: str) -> int:
         """At start: rows left 'sending' by a crash become 'uncertain', with `detail` (not resent: see

@@ -35,9 +35,11 @@ from .base import (
     Campaign,
     Delivery,
     DeliveryResult,
+    OtnLogLine,
     OutboxItem,
     OutboxMeta,
     RejectedEvent,
+    StatusMark,
     StepWrite,
     StoredEvent,
     Token,
@@ -394,9 +396,25 @@ class MongoStore:
         await _ignoring_duplicates(self.db.outbox.update_one({"_id": item.key}, {"$setOnInsert": row}, upsert=True))
 
     async def set_outbox_status(self, key: str, status: OutboxStatus, detail: str, now_ms: int) -> None:
-        await self.db.outbox.update_one(
-            {"_id": key}, {"$set": {"status": status, "detail": detail, "updated_ms": now_ms}}
-        )
+        await self._set_outbox_statuses((StatusMark(key, status, detail, now_ms),), ())
+
+    def set_outbox_statuses(self, marks: Sequence[StatusMark], logged: Sequence[OtnLogLine] = ()) -> Awaitable[None]:
+        return asyncio.ensure_future(self._set_outbox_statuses(marks, logged))
+
+    async def _set_outbox_statuses(self, marks: Sequence[StatusMark], logged: Sequence[OtnLogLine]) -> None:
+        """One bulk write for the rows, one insert for the log lines: a round trip each, not a transaction (each
+        mark stands alone; one that did not land leaves its row `sending`, uncertain at restart, never resent)."""
+        if marks:
+            await self.db.outbox.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": m.key}, {"$set": {"status": m.status, "detail": m.detail, "updated_ms": m.updated_ms}}
+                    )
+                    for m in marks
+                ]
+            )
+        if logged:
+            await self.db.otn_log.insert_many([line._asdict() for line in logged])
 
     async def recover_in_flight(self, detail: str) -> int:
         result = await self.db.outbox.update_many(
@@ -495,7 +513,7 @@ class MongoStore:
         return int(doc["at_ms"]) if doc else 0
 
     async def log_otn(self, user_id: str, topic: str, what: str, now_ms: int) -> None:
-        await self.db.otn_log.insert_one({"user_id": user_id, "topic": topic, "what": what, "at_ms": now_ms})
+        await self._set_outbox_statuses((), (OtnLogLine(user_id, topic, what, now_ms),))
 
     async def arm(self, user_id: str, topic: str, source_state: str, now_ms: int) -> None:
         await _ignoring_duplicates(

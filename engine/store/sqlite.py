@@ -25,7 +25,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,9 +34,11 @@ from .base import (
     Campaign,
     Delivery,
     DeliveryResult,
+    OtnLogLine,
     OutboxItem,
     OutboxMeta,
     RejectedEvent,
+    StatusMark,
     StepWrite,
     StoredEvent,
     Token,
@@ -174,6 +176,10 @@ def _executemany(db: sqlite3.Connection, statement: str, rows: Sequence[tuple[An
     token, disarm or OTN log row)."""
     if rows:
         db.executemany(statement, rows)
+
+
+_SET_STATUS = "UPDATE outbox SET status = ?, detail = ?, updated_ms = ? WHERE key = ?"
+_LOG_OTN = "INSERT INTO otn_log VALUES (?, ?, ?, ?)"
 
 
 def _outbox_row(o: OutboxItem, now_ms: int) -> tuple[Any, ...]:
@@ -676,13 +682,15 @@ class SqliteStore:
         await self._write(work)
 
     async def set_outbox_status(self, key: str, status: OutboxStatus, detail: str, now_ms: int) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            db.execute(
-                "UPDATE outbox SET status = ?, detail = ?, updated_ms = ? WHERE key = ?",
-                (str(status), detail, now_ms, key),
-            )
+        await self.set_outbox_statuses((StatusMark(key, status, detail, now_ms),))
 
-        await self._write(work)
+    def set_outbox_statuses(self, marks: Sequence[StatusMark], logged: Sequence[OtnLogLine] = ()) -> Awaitable[None]:
+        def work(db: sqlite3.Connection) -> None:  # plain str for the enums (see _outbox_row)
+            _executemany(db, _SET_STATUS, [(str(status), detail, at, key) for key, status, detail, at in marks])
+            _executemany(db, _LOG_OTN, [(user, topic, str(what), at) for user, topic, what, at in logged])
+
+        assert self._writer is not None, "store is not open"
+        return self._writer.submit(work)  # one job (a future, a queue put) for all of them
 
     async def recover_in_flight(self, detail: str) -> int:
         def work(db: sqlite3.Connection) -> int:
@@ -771,10 +779,7 @@ class SqliteStore:
         return await self._read(work)
 
     async def log_otn(self, user_id: str, topic: str, what: str, now_ms: int) -> None:
-        def work(db: sqlite3.Connection) -> None:
-            db.execute("INSERT INTO otn_log VALUES (?, ?, ?, ?)", (user_id, topic, what, now_ms))
-
-        await self._write(work)
+        await self.set_outbox_statuses((), (OtnLogLine(user_id, topic, what, now_ms),))
 
     async def arm(self, user_id: str, topic: str, source_state: str, now_ms: int) -> None:
         def work(db: sqlite3.Connection) -> None:

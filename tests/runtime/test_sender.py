@@ -5,10 +5,17 @@ against the fake Graph API on loopback."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Awaitable, Sequence
+
 import pytest
 
 from engine.local.fake_graph import SentMessage
-from engine.store import OutboxItem, UserRecord
+from engine.runtime.dispatcher import STOPPED_WHILE_SENDING
+from engine.store import OPERATIONS, OtnLogLine, OutboxItem, OutboxStatus, StatusMark, UserRecord
+from engine.testing.harness import _dead as dead
 from tests.runtime.parts import Parts, PartsFactory
 
 
@@ -102,3 +109,71 @@ async def test_a_halt_stops_everyone_keeps_every_row_and_a_restart_sends_them(st
     await restarted.runtime.dispatcher.idle(5)
     assert restarted.texts_to("ann") == ["echo: 1"] and restarted.texts_to("bob") == ["echo: hi"]
     assert [status for status, _ in parts.outbox("ann") + parts.outbox("bob")] == ["sent", "sent"]
+
+
+async def test_the_sent_marks_queued_in_one_loop_iteration_are_one_store_write(
+    start_parts: PartsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parts = await start_parts()
+    rows: list[OutboxItem] = []
+    for user in ("ann", "bob", "cy"):
+        (event,) = await parts.receive(user, "hi")
+        rows += (await parts.runtime.handler.handle(event, send_now=True)).outbox  # committed `sending`
+    writes: list[list[str]] = []
+    write = parts.store.set_outbox_statuses
+
+    def counted(marks: Sequence[StatusMark], logged: Sequence[OtnLogLine] = ()) -> Awaitable[None]:
+        writes.append([mark.key for mark in marks])
+        return write(marks, logged)
+
+    monkeypatch.setattr(parts.store, "set_outbox_statuses", counted)
+    queued_marks = parts.runtime.sender.marks
+    for row in rows:  # three sends that came back in the same iteration
+        queued_marks.add(StatusMark(row.key, OutboxStatus.SENT, f"m_{row.user_id}", parts.clock.now_ms()))
+    assert writes == []  # nothing written yet: handed over once the iteration has run
+    await asyncio.sleep(0)
+    assert writes == [[row.key for row in rows]]
+    await parts.runtime.sender.flush()  # waits for the write handed over
+    assert [parts.outbox(user) for user in ("ann", "bob", "cy")] == [[("sent", f"m_{u}")] for u in ("ann", "bob", "cy")]
+    queued_marks.add(StatusMark(rows[0].key, OutboxStatus.SENT, "again", parts.clock.now_ms()))
+    await parts.runtime.sender.flush()  # a mark not handed over yet: flush hands it over itself
+    assert len(writes) == 2 and parts.outbox("ann") == [("sent", "again")]
+
+
+async def test_a_send_whose_sent_mark_had_not_landed_when_the_process_died_is_uncertain_and_never_resent(
+    start_parts: PartsFactory,
+) -> None:
+    parts = await start_parts()
+    user, rows = await queued(parts, "ann", "hello")
+    await parts.runtime.sender.send(user, rows)  # reached Meta; its `sent` mark is queued, not written yet
+    assert parts.texts_to("ann") == ["echo: hello"] and parts.outbox("ann") == [("sending", "")]
+    for name in OPERATIONS:  # the process dies (as the test harness kills one): it writes nothing more
+        setattr(parts.store, name, dead)
+    await parts.runtime.sender.flush()  # what was queued ran into the wall
+    assert parts.outbox("ann") == [("sending", "")]
+    restarted = await start_parts()  # a new process on the same store
+    assert await restarted.runtime.dispatcher.start() == 0  # nothing to resend
+    await restarted.runtime.dispatcher.idle(5)
+    assert parts.outbox("ann") == [("uncertain", STOPPED_WHILE_SENDING)]
+    assert parts.texts_to("ann") == ["echo: hello"]  # once
+
+
+async def test_a_failing_write_of_sent_marks_is_logged_with_its_rows_and_they_stay_sending(
+    start_parts: PartsFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    parts = await start_parts()
+    user, rows = await queued(parts, "ann", "1", "2")
+    with sqlite3.connect(parts.store_path) as db:  # the file refuses the `sent` marks (as a full disk would)
+        db.execute(
+            "CREATE TRIGGER no_sent BEFORE UPDATE OF status ON outbox WHEN NEW.status = 'sent' "
+            "BEGIN SELECT RAISE(ABORT, 'no room for sent marks'); END"
+        )
+    with caplog.at_level(logging.ERROR, logger="otnflow.sender"):
+        await parts.runtime.sender.send(user, rows)
+        await parts.runtime.sender.flush()
+    assert parts.texts_to("ann") == ["echo: 1", "echo: 2"]
+    assert parts.outbox("ann") == [("sending", ""), ("sending", "")]  # uncertain at the next start, never resent
+    logged = [r.getMessage() for r in caplog.records if r.name == "otnflow.sender"]  # one per write (the two
+    # sends came back in different iterations)
+    assert logged and all("no room for sent marks" in m and "`uncertain`" in m for m in logged)
+    assert all(any(row.key in m for m in logged) for row in rows)

@@ -20,10 +20,12 @@ from engine.store import (
     DeliveryResult,
     ItemStatus,
     OtnLogged,
+    OtnLogLine,
     OutboxItem,
     OutboxMeta,
     OutboxStatus,
     RejectedEvent,
+    StatusMark,
     StepWrite,
     StoredEvent,
     Token,
@@ -129,6 +131,33 @@ async def test_in_flight_sends_become_uncertain_at_restart(store: Backend, store
         assert (await reopened.counts())["outbox_uncertain"] == 1
     finally:
         await reopened.close()
+
+
+async def test_many_rows_statuses_and_otn_log_lines_land_in_one_call_in_the_order_given(store: Backend) -> None:
+    """What the sender writes after its sends, without waiting: `sent` marks (and OTN log lines), many at once."""
+    await store.add_events([event("a")])
+    rows = [
+        OutboxItem(key=f"a#{i}", user_id="u1", message={"text": str(i)}, status=OutboxStatus.SENDING) for i in range(4)
+    ]
+    await store.commit_step(StepWrite(event_key="a", user=UserRecord(user_id="u1"), outbox=rows), 1)
+    marks = [
+        StatusMark("a#0", OutboxStatus.SENT, "m_0", 5),
+        StatusMark("a#1", OutboxStatus.REFUSED, "outside_window", 6),
+        StatusMark("a#2", OutboxStatus.REFUSED, "first", 7),
+        StatusMark("a#2", OutboxStatus.REFUSED, "second", 8),  # a row marked twice: the later mark stands
+    ]
+    lines = [OtnLogLine("u1", "restock", OtnLogged.REQUEST, 5), OtnLogLine("u1", "restock", OtnLogged.RE_REQUEST, 9)]
+    await store.set_outbox_statuses(marks, lines)
+    counts = await store.counts()
+    assert (counts["outbox_sent"], counts["outbox_refused"], counts["outbox_sending"]) == (1, 2, 1)  # a#3 untouched
+    refused = [(row.key, row.detail, row.updated_ms) for row in await store.refused_rows("u1")]
+    assert refused == [("a#1", "outside_window", 6), ("a#2", "second", 8)]
+    assert await store.last_otn("u1", "restock", OtnLogged.REQUEST) == 5
+    assert await store.last_otn("u1", "restock", OtnLogged.RE_REQUEST) == 9
+    await store.set_outbox_statuses([StatusMark("a#3", OutboxStatus.SENT, "m_3", 10)])  # no log line
+    await store.set_outbox_statuses([], [])  # nothing: nothing written, no error
+    assert (await store.counts())["outbox_sent"] == 2
+    assert await store.count_otn_log("u1", "restock", OtnLogged.REQUEST, 0) == 1
 
 
 async def test_users_with_pending_work(store: Backend) -> None:
