@@ -8,6 +8,8 @@ import pytest
 
 from engine.policy import Decision, Facts, MessageKind, Outgoing, PolicySettings, Refusal, Via, decide
 from engine.policy.gate import DAY_MS, HOUR_MS, MINUTE_MS
+from engine.runtime.policy_check import outgoing_from_meta
+from engine.store import OutboxMeta
 
 NOW = 1_800_000_000_000
 S = PolicySettings()
@@ -194,3 +196,17 @@ def test_a_decision_is_allowed_or_refused_never_both_nor_neither() -> None:
         Decision(via=None)
     with pytest.raises(ValueError, match="allowed"):
         Decision(via=Via.UPDATE, reason=Refusal.OUTSIDE_WINDOW)
+
+
+def test_an_outbox_rows_meta_gives_the_outgoing_its_fields_say_one_per_distinct_meta() -> None:
+    """The sender and the step read an outbox row's meta as an Outgoing; equal metas share one (it is immutable),
+    and every field the gate reads keeps metas apart."""
+    kinds = [*MessageKind, "a_kind_from_a_newer_version"]
+    tags = (None, "ACCOUNT_UPDATE", "HUMAN_AGENT")
+    grid = itertools.product(kinds, (False, True), tags, (False, True), (False, True))
+    for kind, responding, tag, promotional, after_optin in grid:
+        fields = {"responding": responding, "tag": tag, "promotional": promotional, "after_optin": after_optin}
+        outgoing = outgoing_from_meta(OutboxMeta(kind=kind, **fields))  # type: ignore[arg-type]
+        known = kind if kind in set(MessageKind) else MessageKind.MESSAGE  # an unknown kind: an ordinary message
+        assert outgoing == Outgoing(kind=MessageKind(known), **fields)  # type: ignore[arg-type]
+        assert outgoing_from_meta(OutboxMeta(kind=str(kind), **fields)) is outgoing  # type: ignore[arg-type]
