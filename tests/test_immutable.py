@@ -11,12 +11,25 @@ import pytest
 from mypy import api as mypy_api
 
 from engine.flow import Arrival, Reply, Snapshot, StepResult, UserInput
+from engine.messenger.client import SendResult
 from engine.messenger.events import EventKind, InboundEvent
 from engine.policy import Decision, Facts, Outgoing
 from engine.store import StoredEvent
 
 ROOT = Path(__file__).resolve().parents[1]
-RECORDS = [InboundEvent, StoredEvent, Facts, Outgoing, Decision, Reply, UserInput, Snapshot, StepResult, Arrival]
+RECORDS = [
+    InboundEvent,
+    StoredEvent,
+    Facts,
+    Outgoing,
+    Decision,
+    Reply,
+    UserInput,
+    Snapshot,
+    StepResult,
+    Arrival,
+    SendResult,
+]
 
 
 def test_the_type_checker_refuses_to_assign_any_field_of_a_record(

@@ -16,6 +16,7 @@ import aiohttp
 from yarl import URL
 
 from .. import jsonio
+from ..immutable import immutable
 from .errors import GraphError, Outcome, classify
 from .signature import appsecret_proof
 
@@ -50,7 +51,7 @@ class GraphSettings:
     backoff_max_seconds: float = 30.0
 
 
-@dataclass(frozen=True, kw_only=True)
+@immutable(kw_only=True)  # one a send: read-only to the type checker, not frozen at run time (engine/immutable.py)
 class SendResult:
     outcome: Outcome
     message_id: str | None = None
