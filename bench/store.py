@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from _common import free_port, machine_line, start_fake_graph, start_secantus, w
 
 from engine.messenger.events import EventKind  # noqa: E402
 from engine.messenger.signature import sign  # noqa: E402
-from engine.store import OutboxItem, OutboxStatus, StepWrite, StoredEvent, UserRecord, open_store  # noqa: E402
+from engine.store import OutboxItem, OutboxStatus, StatusMark, StepWrite, StoredEvent, UserRecord, open_store  # noqa: E402
 from engine.store.sqlite import Job, SqliteStore  # noqa: E402
 
 SECRET = "bench-secret"
@@ -130,7 +130,8 @@ def _turn(store: SqliteStore, i: int, now: int, users: int) -> list[Coroutine[An
 async def writer_turns(path: Path, turns: int, batch: int, users: int = 500) -> float:
     """µs of the writer thread's CPU per turn: the store's own write jobs, made by its public methods, run through
     its group commit on one thread, each transaction holding `batch` // 3 turns' inbox rows and steps and the `sent`
-    statuses of the turns before them (the queue and the event loop's settling left out)."""
+    marks of the turns before them, one job as the sender hands them over (the queue and the event loop's settling
+    left out)."""
     store = SqliteStore(path)
     kept = _KeptJobs()
     store._writer = kept  # type: ignore[assignment]
@@ -139,12 +140,15 @@ async def writer_turns(path: Path, turns: int, batch: int, users: int = 500) -> 
     tasks = []
     transactions: list[list[Job]] = []
     for first in range(0, turns, per_batch):
-        writes = [w for i in range(first, min(turns, first + per_batch)) for w in _turn(store, i, now, users)]
-        writes += [  # the replies of the transaction before, sent meanwhile
-            store.set_outbox_status(f"m_{now}_{i}#0", OutboxStatus.SENT, "", now)
-            for i in range(max(0, first - per_batch), first)
-        ]
         kept.jobs.clear()
+        writes: list[Awaitable[Any]] = [
+            w for i in range(first, min(turns, first + per_batch)) for w in _turn(store, i, now, users)
+        ]
+        if first:  # the replies of the transaction before, sent meanwhile: their `sent` marks, one job (QueuedMarks)
+            sent = range(first - per_batch, first)
+            writes.append(
+                store.set_outbox_statuses([StatusMark(f"m_{now}_{i}#0", OutboxStatus.SENT, "", now) for i in sent])
+            )
         tasks += [asyncio.ensure_future(w) for w in writes]
         await asyncio.sleep(0)  # each runs to its submit
         transactions.append(list(kept.jobs))
