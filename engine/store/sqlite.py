@@ -566,7 +566,7 @@ class SqliteStore:
             )
             _executemany(
                 db,
-                "INSERT INTO otn_log VALUES (?, ?, ?, ?)",
+                _LOG_OTN,
                 [(user.user_id, topic, what, now_ms) for topic, what in write.otn_log],
             )
             if write.consent is False:  # unsubscribed: no token of theirs is ever sent, no re-request goes out
@@ -958,7 +958,7 @@ class SqliteStore:
             )
             _executemany(
                 db,
-                "INSERT INTO otn_log VALUES (?, ?, ?, ?)",
+                _LOG_OTN,
                 [(f.delivery.user_id, f.delivery.token.topic, f.logged, now_ms) for f in finished if f.logged],
             )
             _executemany(

@@ -10,7 +10,6 @@ import asyncio
 import re
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -18,6 +17,7 @@ from aiohttp import hdrs, web
 from engine.config import load_settings
 from engine.web.app import create_app
 from tests.conftest import ROOT, Server, serve_on_loopback
+from tests.web.test_slow_clients import _trickle
 
 READ_TIMEOUT = 0.5
 API_TOKEN = "route-test-api-token"
@@ -37,33 +37,22 @@ def _requests(app: web.Application) -> list[tuple[str, str]]:
     return wanted
 
 
-async def _closed_after(url: str, method: str, path: str, credentials: str) -> float | None:
-    """Send the headers (with what gets past each route's guard) and part of the body, then wait: how long until
-    the server closed (None: still open)."""
-    parts = urlsplit(url)
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    start = time.monotonic()
-    writer.write(
+def _short_request(method: str, path: str, credentials: str) -> bytes:
+    """The headers (with what gets past each route's guard) and 8 bytes of a body announced longer."""
+    return (
         f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        f'{credentials}Content-Length: {PROMISED}\r\n\r\n{{"a": 1,'.encode()
-    )
-    try:
-        while await asyncio.wait_for(reader.read(1024), READ_TIMEOUT + 5):
-            pass  # an answer (408, 401, ...) may come first; the close is what counts
-        return time.monotonic() - start
-    except ConnectionError:
-        return time.monotonic() - start
-    except TimeoutError:
-        return None
-    finally:
-        writer.close()
+        f'{credentials}Content-Length: {PROMISED}\r\n\r\n{{"a": 1,'
+    ).encode()
 
 
 async def _check_every_route(app: web.Application, url: str, playground_token: str = "") -> None:
     wanted = _requests(app)
     assert len(wanted) >= 5, wanted
     credentials = f"Authorization: Bearer {API_TOKEN}\r\nX-Playground-Token: {playground_token}\r\n"
-    closed = await asyncio.gather(*(_closed_after(url, method, path, credentials) for method, path in wanted))
+    deadline = time.monotonic() + READ_TIMEOUT + 5
+    closed = await asyncio.gather(
+        *(_trickle(url, _short_request(method, path, credentials), b"", deadline) for method, path in wanted)
+    )
     held = [f"{method} {path}" for (method, path), after in zip(wanted, closed, strict=True) if after is None]
     assert not held, f"connections still open {READ_TIMEOUT + 5} s after a short body: {held}"
 
