@@ -361,6 +361,16 @@ async def server(server_factory: Callable[..., Awaitable[Server]]) -> Server:
     return await server_factory()
 
 
+#: The smallest flow: one state that says hello.j2 and ends (tests that write their own flows folder).
+SHOP_FLOW = """[flow]
+name = "shop"
+start = "hello"
+
+[states.hello]
+template = "hello.j2"
+end = true
+"""
+
 T0 = 1_764_240_000_000  # the test clock's start, and the sample webhooks' timestamp
 
 

@@ -13,13 +13,14 @@ a test spent more time waiting for them than running its steps.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import tempfile
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..config import Settings
 from ..flow import CompiledFlow, FlowOptions, flow_files, load_flows
@@ -68,9 +69,16 @@ class EmptyStore:
         path.write_bytes(await self.image())
 
 
-def _identities(named: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
-    """Filters and globals by name and object (the cache entry keeps the objects alive, so ids stay unique)."""
-    return tuple(sorted((name, id(value)) for name, value in named.items()))
+def _key_part(value: Any) -> Hashable:
+    """A flow option as part of a cache key: a mapping (filters, globals, actions) as its sorted items, a value by
+    itself when it hashes, else by identity (the cache entry keeps the options alive, so ids stay unique)."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((name, _key_part(item)) for name, item in value.items()))
+    try:
+        hash(value)
+    except TypeError:
+        return id(value)
+    return cast(Hashable, value)
 
 
 #: More files than this under the templates folder (a folder that is not one): compile each time, walk no more.
@@ -107,17 +115,8 @@ class CompiledFlows:
         if files is None:
             self.compiled += 1
             return load_flows([folder], options)
-        key = (
-            folder,
-            options.templates_dir,
-            options.limits,
-            options.otn_available,
-            options.tags_set_elsewhere,
-            _identities(options.template_filters),
-            _identities(options.template_globals),
-            None if options.actions is None else tuple(sorted(options.actions.items())),
-            files,
-        )
+        # every option, so that one added to FlowOptions is part of the key without being named here
+        key = (folder, *(_key_part(getattr(options, f.name)) for f in dataclasses.fields(options)), files)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key][1]

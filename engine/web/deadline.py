@@ -1,14 +1,14 @@
 """Slow clients cannot hold the server: a request's body must arrive within `server.read_timeout_seconds`.
 
 aiohttp waits for a body as long as bytes keep coming; 300 clients sending one byte every few seconds would each
-hold a connection for good. This middleware reads every body under a deadline (408 and the connection closed when
-it passes) before any handler runs, so handlers read it from memory; a body that came whole with its headers (nearly
-every one) is read at once, with no timer to arm and cancel. It wraps every route's handler (`bounded`), not the app
-as a middleware: any app middleware makes aiohttp wrap every request in its own current-app layer too, ~26k
-instructions a request (docs/architecture.md, Performance). A request for no route is answered without its body
-being read (aiohttp closes the connection if the body has not all arrived). Headers get the same bound from the
-keep-alive timer (`server_options`): a connection that has not sent a complete request by then is closed. A
-reverse proxy in front remains the first line (docs/deploying.md).
+hold a connection for good. `bounded` wraps every route's handler and reads the body under a deadline (408 and the
+connection closed when it passes) before the handler runs, so handlers read it from memory; a body that came whole
+with its headers (nearly every one) is read at once, with no timer to arm and cancel. A wrapper per route, not an
+app middleware: any app middleware makes aiohttp wrap every request in its own current-app layer too, ~26k
+instructions a request (docs/architecture.md, Performance); tests/web/test_every_route_bounded.py fails for a route
+left out. A request for no route is answered without its body being read (aiohttp closes the connection if the body
+has not all arrived). Headers get the same bound from the keep-alive timer (`server_options`): a connection that has
+not sent a complete request by then is closed. A reverse proxy in front remains the first line (docs/deploying.md).
 """
 
 from __future__ import annotations

@@ -10,17 +10,9 @@ import sys
 from pathlib import Path
 
 from engine.testing.chat import run as chat
+from tests.conftest import SHOP_FLOW
 
 ROOT = Path(__file__).resolve().parents[2]
-
-SHOP = """[flow]
-name = "shop"
-start = "hello"
-
-[states.hello]
-template = "hello.j2"
-end = true
-"""
 
 
 def otnflow_test(path: Path) -> subprocess.CompletedProcess[str]:
@@ -51,7 +43,7 @@ def test_a_misspelt_conversation_flow_is_one_located_line_with_the_flows_there_a
 
 def test_conversation_templates_are_used_without_a_config_file(tmp_path: Path) -> None:
     (tmp_path / "flows").mkdir()
-    (tmp_path / "flows" / "shop.toml").write_text(SHOP)
+    (tmp_path / "flows" / "shop.toml").write_text(SHOP_FLOW)
     (tmp_path / "words").mkdir()
     (tmp_path / "words" / "hello.j2").write_text("Good morning {{ user.first_name }}!")
     test = tmp_path / "test_shop.toml"

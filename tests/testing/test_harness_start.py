@@ -16,17 +16,9 @@ from engine.testing import reuse
 from engine.testing.harness import Bot
 from engine.testing.reuse import COMPILED_FLOWS, scratch_folder
 from engine.web.keys import STORE
-from tests.conftest import example_bot
+from tests.conftest import SHOP_FLOW, example_bot
 
 ROOT = Path(__file__).resolve().parents[2]
-SHOP = """[flow]
-name = "shop"
-start = "hello"
-
-[states.hello]
-template = "hello.j2"
-end = true
-"""
 
 
 def schema(path: Path) -> list[tuple[str, str, str]]:
@@ -60,7 +52,7 @@ async def test_a_store_dir_started_on_again_keeps_its_users(tmp_path: Path) -> N
 
 async def test_flows_compile_once_and_again_when_a_file_changes(tmp_path: Path) -> None:
     (tmp_path / "flows").mkdir()
-    (tmp_path / "flows" / "shop.toml").write_text(SHOP)
+    (tmp_path / "flows" / "shop.toml").write_text(SHOP_FLOW)
     (tmp_path / "templates").mkdir()
     hello = tmp_path / "templates" / "hello.j2"
     hello.write_text("Good morning!")
