@@ -11,6 +11,7 @@ import gc
 import os
 import sys
 from collections.abc import Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -112,8 +113,10 @@ async def _notify(
     store = open_store(settings.store_url, settings.store.inbox_retention_days)
     await store.open()
     try:
-        async with aiohttp.ClientSession() as session:
-            graph = GraphClient(session, graph_settings(settings))
+        async with (
+            aiohttp.ClientSession() as session,
+            aclosing(GraphClient(session, graph_settings(settings))) as graph,
+        ):
             runtime = assemble(
                 settings,
                 LiveFlows(FlowSet.configured(settings, flows)),

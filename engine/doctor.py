@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -72,8 +73,10 @@ class Doctor:
         verdicts = list(self.local_checks())
         if self.settings is None:
             return verdicts
-        async with aiohttp.ClientSession() as session:
-            graph = GraphClient(session, graph_settings(self.settings))
+        async with (
+            aiohttp.ClientSession() as session,
+            aclosing(GraphClient(session, graph_settings(self.settings))) as graph,
+        ):
             verdicts += [
                 await check
                 for check in (

@@ -1,5 +1,6 @@
-"""The Send API and User Profile client: one aiohttp session, bounded retries with exponential backoff and full
-jitter, every failure classified (messenger/errors.py). It never raises on a Graph API answer; the caller decides
+"""The Send API and User Profile client: POSTs (sends, the Handover Protocol) over the client's own kept-alive
+connections (poster.py), GETs (profiles) on the app's aiohttp session; bounded retries with exponential backoff and
+full jitter, every failure classified (messenger/errors.py). It never raises on a Graph API answer; the caller decides
 from the returned outcome."""
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from yarl import URL
 from .. import jsonio
 from ..immutable import immutable
 from .errors import GraphError, Outcome, classify
+from .poster import NoAnswer, Poster
 from .signature import appsecret_proof
 
 log = logging.getLogger("otnflow.graph")
 #: The User Profile fields asked for once per user; templates read them as `user.<field>` (the flow checker's
 #: USER_FIELDS lists them too).
 PROFILE_FIELDS = ("first_name", "last_name", "profile_pic")
-_JSON_HEADERS = {"Content-Type": "application/json"}
 #: The Page Inbox's app id (people answering in Meta Business Suite): the usual target of a hand-over.
 PAGE_INBOX_APP_ID = "263902037430900"
+CONNECTIONS = 100  # at most this many POSTs in flight at once; the others wait for a connection
 METADATA_MAX_CHARS = 1_000  # the note for the agent; Meta's documented limit for `metadata` is 1,000 characters
 
 
@@ -80,13 +82,16 @@ class GraphClient:
         settings: GraphSettings,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        *,
+        poster: Poster | None = None,
     ) -> None:
         self._session = session
+        self._poster = poster or Poster(URL(settings.base_url), limit=CONNECTIONS)
         self.settings = settings
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._timeout = aiohttp.ClientTimeout(total=settings.timeout_seconds)
-        self._urls: dict[str, URL] = {}
+        self._targets: dict[str, str] = {}  # path -> its path and query on the wire, auth included
         self._auth = {"access_token": settings.page_token}
         if settings.app_secret:
             self._auth["appsecret_proof"] = appsecret_proof(settings.page_token, settings.app_secret)
@@ -95,6 +100,10 @@ class GraphClient:
     def session(self) -> aiohttp.ClientSession:
         """The app's one HTTP session (HTTP actions share its connection pool)."""
         return self._session
+
+    async def aclose(self) -> None:
+        """Close the POST connections (`contextlib.aclosing`); the session is its owner's to close."""
+        self._poster.close()
 
     def url(self, path: str) -> str:
         version = self.settings.version.lstrip("v")
@@ -126,8 +135,8 @@ class GraphClient:
         error: GraphError | None = None
         for attempt in range(1, self.settings.max_attempts + 1):
             try:
-                status, answer = await self._request("POST", path, json_body=body)
-            except (TimeoutError, aiohttp.ClientError) as err:
+                status, answer = await self._post_once(path, body)
+            except (TimeoutError, NoAnswer) as err:
                 error = GraphError(
                     status=0, code=None, subcode=None, message=f"{type(err).__name__}: {err}", fbtrace_id=None
                 )
@@ -176,26 +185,30 @@ class GraphClient:
     async def get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, Any]:
         return await self._request("GET", path, params=params)
 
+    async def _post_once(self, path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """One POST attempt on the client's kept-alive connections: the status and the decoded answer."""
+        target = self._targets.get(path)
+        if target is None:  # a handful of paths (me/messages, the thread-control calls): each built once
+            target = self._url(path, None).raw_path_qs
+            if len(self._targets) < 8:
+                self._targets[path] = target
+        status, raw = await self._poster.post(target, jsonio.dumps_bytes(body), self.settings.timeout_seconds)
+        return status, _decoded(raw)
+
     async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: dict[str, str] | None = None,
-        timeout: float | None = None,
+        self, method: str, path: str, *, params: dict[str, str] | None = None, timeout: float | None = None
     ) -> tuple[int, Any]:
         client_timeout = aiohttp.ClientTimeout(total=timeout) if timeout else self._timeout
-        url = self._urls.get(path) if params is None else None
-        if url is None:  # the Send API URL is built once; others (profiles) each time
-            url = URL(self.url(path)).with_query({**self._auth, **(params or {})})
-            if params is None and len(self._urls) < 8:
-                self._urls[path] = url
-        body = jsonio.dumps_bytes(json_body) if json_body is not None else None
-        headers = _JSON_HEADERS if body is not None else None
-        async with self._session.request(method, url, data=body, headers=headers, timeout=client_timeout) as response:
-            raw = await response.read()  # Graph answers UTF-8 JSON: no charset sniffing
-            try:
-                return response.status, jsonio.loads(raw) if raw else None
-            except ValueError:  # not JSON, or not UTF-8 (JSONDecodeError, UnicodeDecodeError)
-                return response.status, None
+        async with self._session.request(method, self._url(path, params), timeout=client_timeout) as response:
+            return response.status, _decoded(await response.read())
+
+    def _url(self, path: str, params: dict[str, str] | None) -> URL:
+        return URL(self.url(path)).with_query({**self._auth, **(params or {})})
+
+
+def _decoded(raw: bytes) -> Any:
+    """A Graph API answer's JSON (UTF-8: no charset sniffing); None when empty, not JSON or not UTF-8."""
+    try:
+        return jsonio.loads(raw) if raw else None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        return None

@@ -121,6 +121,7 @@ async def _graph_ctx(app: web.Application) -> AsyncIterator[None]:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=100), cookie_jar=aiohttp.DummyCookieJar())
     app[GRAPH] = GraphClient(session, graph_settings(settings, base_url))
     yield
+    await app[GRAPH].aclose()
     await session.close()
     if runner is not None:
         await runner.cleanup()

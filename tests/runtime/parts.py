@@ -9,7 +9,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,8 +128,7 @@ async def runtime_parts(
     await backend.open()
     clock, metrics = ManualClock(T0), Metrics()
     try:
-        async with aiohttp.ClientSession() as session:
-            graph = GraphClient(session, graph_settings(config))
+        async with aiohttp.ClientSession() as session, aclosing(GraphClient(session, graph_settings(config))) as graph:
             runtime = assemble(config, flows, backend, graph, clock, metrics, SendingHealth(), middlewares=middlewares)
             try:
                 yield Parts(runtime, backend, path, fake, clock, metrics)
