@@ -82,11 +82,9 @@ class GraphClient:
         settings: GraphSettings,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
-        *,
-        poster: Poster | None = None,
     ) -> None:
         self._session = session
-        self._poster = poster or Poster(URL(settings.base_url), limit=CONNECTIONS)
+        self._poster = Poster(URL(settings.base_url), limit=CONNECTIONS)
         self.settings = settings
         self._sleep = sleep
         self._rng = rng or random.Random()

@@ -113,7 +113,8 @@ class Poster:
         if origin.scheme not in ("http", "https") or not origin.host:
             raise ValueError(f"the Graph API URL must be http(s)://host[:port], not {origin}")
         self._host, self._port = origin.host, origin.port or (443 if origin.scheme == "https" else 80)
-        self._tls = (ssl_context or ssl.create_default_context()) if origin.scheme == "https" else None
+        self._https = origin.scheme == "https"
+        self._tls = ssl_context  # for https: the system's trusted roots unless given, loaded at the first connection
         self._head = b"Host: %s\r\nContent-Type: application/json\r\nAccept-Encoding: identity\r\n" % (
             origin.host_port_subcomponent or origin.host
         ).encode("ascii")
@@ -158,9 +159,11 @@ class Poster:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        if self._https and self._tls is None:
+            self._tls = ssl.create_default_context()  # tens of ms to load: not for a client that never POSTs
         try:
             _, connection = await loop.create_connection(
-                lambda: _Connection(self), self._host, self._port, ssl=self._tls
+                lambda: _Connection(self), self._host, self._port, ssl=self._tls if self._https else None
             )
         except OSError as err:  # refused, unreachable, DNS, TLS (ssl.SSLError is an OSError)
             raise NoAnswer(f"no connection to the Graph API: {type(err).__name__}: {err}") from err
