@@ -21,6 +21,9 @@ import httptools
 from yarl import URL
 
 MAX_ANSWER_BYTES = 1 << 20  # a Graph API answer is a few hundred bytes; more is not an answer to read
+#: A connection idle longer is closed, not reused: a NAT or load balancer may have dropped it without a word, and a
+#: POST written into it would wait out the whole timeout (aiohttp's connector keeps idle connections 15 s too).
+IDLE_SECONDS = 15.0
 
 
 class NoAnswer(Exception):
@@ -39,6 +42,7 @@ class _Connection(asyncio.Protocol):
         self._body: list[bytes] = []
         self._size = 0
         self.reusable = False
+        self.idle_since = 0.0  # the loop's time when its last answer came
 
     async def exchange(self, request: bytes) -> tuple[int, bytes]:
         assert self._transport is not None
@@ -109,7 +113,14 @@ class _Connection(asyncio.Protocol):
 class Poster:
     """Kept-alive connections to one origin (scheme, host, port), at most `limit` at once; `post` waits for one."""
 
-    def __init__(self, origin: URL, *, limit: int = 100, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        origin: URL,
+        *,
+        limit: int = 100,
+        ssl_context: ssl.SSLContext | None = None,
+        idle_seconds: float = IDLE_SECONDS,
+    ) -> None:
         if origin.scheme not in ("http", "https") or not origin.host:
             raise ValueError(f"the Graph API URL must be http(s)://host[:port], not {origin}")
         self._host, self._port = origin.host, origin.port or (443 if origin.scheme == "https" else 80)
@@ -118,6 +129,7 @@ class Poster:
         self._head = b"Host: %s\r\nContent-Type: application/json\r\nAccept-Encoding: identity\r\n" % (
             origin.host_port_subcomponent or origin.host
         ).encode("ascii")
+        self._idle_seconds = idle_seconds
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[_Connection] = []
         self._open: set[_Connection] = set()
@@ -136,15 +148,26 @@ class Poster:
             body,
         )
         async with asyncio.timeout(timeout), self._slots:
-            connection = self._idle.pop() if self._idle else await self._connect()
+            connection = self._take_idle() or await self._connect()
             try:
                 answer = await connection.exchange(request)
             except BaseException:  # no answer, a timeout or a cancel: a late answer must not reach the next POST
                 connection.close()
                 raise
         if connection.reusable:
+            connection.idle_since = asyncio.get_running_loop().time()
             self._idle.append(connection)
         return answer
+
+    def _take_idle(self) -> _Connection | None:
+        """The connection used last, if it has not been idle too long; those idle longer are closed."""
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            connection = self._idle.pop()
+            if now - connection.idle_since < self._idle_seconds:
+                return connection
+            connection.close()
+        return None
 
     def forget(self, connection: _Connection) -> None:
         """A connection closed (by either side): never handed out again."""

@@ -78,6 +78,20 @@ async def test_a_post_carries_its_path_query_and_json_body_and_keeps_its_connect
     poster.close()
 
 
+async def test_a_connection_idle_too_long_is_closed_not_reused(serve) -> None:  # type: ignore[no-untyped-def]
+    server, url = await serve(echo)
+    poster = Poster(url, idle_seconds=0.2)
+    await poster.post("/p", b"{}", 5)
+    await poster.post("/p", b"{}", 5)
+    assert len(server.peers) == 1
+    await asyncio.sleep(0.3)
+    await poster.post("/p", b"{}", 5)
+    assert len(server.peers) == 2
+    await asyncio.sleep(0.01)  # the stale one's close lands
+    assert poster.open_connections == 1
+    poster.close()
+
+
 async def test_at_most_limit_connections_are_open_and_every_post_is_answered(serve) -> None:  # type: ignore[no-untyped-def]
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(0.02)
