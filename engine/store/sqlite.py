@@ -311,6 +311,50 @@ class _ConnectionThread:
                 return
 
 
+#: The writer's own checkpoint, a backstop (SQLite's default is 1000 pages): the WAL stays under about 40 MB whatever
+#: happens to the checkpointer. Under steady load the WAL seldom restarts (that needs a writer's transaction to begin
+#: right after a checkpoint that caught up), so it reaches this size and the writer checkpoints what little is left.
+WRITER_CHECKPOINT_PAGES = 10_000
+CHECKPOINT_PAUSE_SECONDS = 0.1  # the least time between two checkpoints: ten a second at most while commits come
+
+
+class _Checkpointer:
+    """A thread that moves committed pages from the WAL into the database file (`PRAGMA wal_checkpoint(PASSIVE)`,
+    on its own connection) shortly after the writer commits. A checkpoint syncs both files to disk: run by the
+    writer at commit (SQLite's autocheckpoint), every write queued behind it, and so every webhook's 200, waited for
+    those syncs, 3-10 ms each time and 100-350 ms when the disk stalled (measured). A commit stays as durable as
+    before: `synchronous=NORMAL` never synced it, the checkpoint only copies what is already in the WAL."""
+
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._wrote = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="otnflow-sqlite-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wrote(self) -> None:
+        """The writer committed: checkpoint soon (any thread)."""
+        self._wrote.set()
+
+    def stop(self) -> None:
+        """End the thread (blocks until it has). Closing a file's last connection checkpoints it anyway."""
+        self._stopping.set()
+        self._wrote.set()
+        self._thread.join()
+
+    def _serve(self) -> None:
+        db = self._connect()
+        try:
+            while not self._stopping.is_set():
+                self._wrote.wait()
+                self._wrote.clear()
+                with contextlib.suppress(sqlite3.Error):  # busy or locked: the next commit brings another try
+                    db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                self._stopping.wait(CHECKPOINT_PAUSE_SECONDS)  # the pause between two, cut short by `stop`
+        finally:
+            db.close()
+
+
 def _each(batch: list[Job], db: sqlite3.Connection | None = None) -> list[Outcome]:
     """Reads: each job on its own (WAL gives each statement a consistent snapshot); a failing one fails alone."""
     outcomes: list[Outcome] = []
@@ -336,6 +380,7 @@ class SqliteStore:
         self.retention_ms = int(inbox_retention_days * 86_400_000)
         self._writer: _ConnectionThread | None = None
         self._reader: _ConnectionThread | None = None
+        self._checkpointer: _Checkpointer | None = None
         self.step_cache = step_cache if step_cache is not None else StepCache()
         self._effects: dict[asyncio.Future[Any], Effect] = {}  # a queued write's effect on the cache
         self._data_version: int | None = None  # the writer's last `PRAGMA data_version` (writer thread only)
@@ -391,6 +436,8 @@ class SqliteStore:
             self._notice_other_writers(db, batch)
             outcomes: list[Outcome] = [(future, fn(db), None) for fn, future in batch]
             db.execute("COMMIT")
+            if self._checkpointer is not None:
+                self._checkpointer.wrote()
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
@@ -436,6 +483,7 @@ class SqliteStore:
             db.execute(statement)
         db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         db.execute("COMMIT")
+        db.execute(f"PRAGMA wal_autocheckpoint={WRITER_CHECKPOINT_PAGES}")  # the checkpointer's job (_Checkpointer)
         return db
 
     async def open(self) -> None:
@@ -446,6 +494,7 @@ class SqliteStore:
         try:
             await self._writer.open(self._create_schema)
             await self._reader.open(self._connect)
+            self._checkpointer = _Checkpointer(self._connect)
         except BaseException:
             await self.close()
             raise
@@ -455,6 +504,9 @@ class SqliteStore:
             if thread is not None:
                 await thread.stop()
         self._writer = self._reader = None
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.stop)
+            self._checkpointer = None
 
     # -- inbox ---------------------------------------------------------------------------------------------
     async def add_events(self, events: Sequence[StoredEvent]) -> list[StoredEvent]:
