@@ -38,6 +38,7 @@ def meta_error(code: int, subcode: int | None = None, status: int = 400) -> dict
 class ScriptedGraph:
     """Answers each POST with the next scripted answer ({"status", "payload" or "body"}, or DROP); records them."""
 
+    url: str = ""  # where it listens, once started
     answers: list[dict[str, Any]] = field(default_factory=list)
     posts: list[tuple[str, dict[str, str], bytes, str]] = field(default_factory=list)  # path, query, body, type
 
@@ -62,7 +63,7 @@ async def graph() -> AsyncIterator[ScriptedGraph]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    scripted.url = f"http://127.0.0.1:{runner.addresses[0][1]}"  # type: ignore[attr-defined]
+    scripted.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     yield scripted
     await runner.cleanup()
 
@@ -76,7 +77,7 @@ async def client(graph: ScriptedGraph) -> AsyncIterator[GraphClient]:
 
     async with aiohttp.ClientSession() as session:
         settings = GraphSettings(
-            graph.url,  # type: ignore[attr-defined]
+            graph.url,
             "v21.0",
             "PAGE-TOKEN",
             "APP-SECRET",
@@ -172,7 +173,7 @@ async def test_connection_errors_are_transient() -> None:
 
 
 async def test_profile_returns_fields_or_none(client: GraphClient, graph: ScriptedGraph) -> None:
-    profile_url = re.compile(rf"^{re.escape(graph.url)}/v21\.0/u1\?.*$")  # type: ignore[attr-defined]
+    profile_url = re.compile(rf"^{re.escape(graph.url)}/v21\.0/u1\?.*$")
     with aioresponses() as mocked:
         mocked.get(profile_url, payload={"first_name": "Ann", "last_name": "Lee", "id": "u1"})
         mocked.get(profile_url, **meta_error(100))
