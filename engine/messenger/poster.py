@@ -1,6 +1,6 @@
 """POSTs to the Graph API over kept-alive HTTP/1.1 connections: the transport of every reply.
 
-A turn's reply is one POST, and aiohttp's client spent 90-140 us of the event loop's CPU on each (a request object, a
+A turn's reply is one POST, and aiohttp's client spent 88-140 us of the event loop's CPU on each (a request object, a
 response object, a body-writer task, header multidicts: a fifth of a turn). Here a POST is one formatted write on an
 idle connection and its answer parsed by httptools (llhttp, in C): 16-25 us. It does only what a Graph API POST
 needs: one origin, a JSON body, the whole answer read (at most `MAX_ANSWER_BYTES`), TLS for https, at most `limit`
